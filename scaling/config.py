@@ -1,0 +1,252 @@
+"""Load, merge, override and validate stage configs.
+
+A stage's config is built in layers, each validated as it is merged so that an error names the
+file (or the command line) that introduced it:
+
+1. the typed schema (``scaling.config_schema.StageConfig``): every key and its default;
+2. ``experiments/recipes/<kind>.yaml``: the paper recipe for the stage kind;
+3. ``experiments/recipes/<kind>/<rung>.yaml``: the rung's own recipe (if any);
+4. ``experiments/recipes/proxy.yaml``: CPU sizes, when the stage runs as a proxy;
+5. user files, then ``key=value`` overrides (OmegaConf dotlist).
+
+The resolved config is what a stage saves with its run, what MLflow gets as params, and what the
+fingerprint hashes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from scaling.config_schema import CHOICES, POSITIVE, RANGES, StageConfig
+from scaling.paths import EXPERIMENTS_DIR
+
+RECIPES_DIR = EXPERIMENTS_DIR / "recipes"
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message says which, where it came from, and what to do."""
+
+
+def schema() -> DictConfig:
+    """The typed, fully defaulted stage config (struct mode: unknown keys are errors)."""
+    cfg = OmegaConf.structured(StageConfig)
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for key in cfg:
+        full = f"{prefix}{key}"
+        keys.append(full)
+        value = cfg._get_node(key)
+        if isinstance(value, DictConfig) and not _is_free_dict(full):
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def _is_free_dict(key: str) -> bool:
+    # Tower overrides and tags are open dicts: their keys are checked by their consumers.
+    return key in ("model.vision", "model.text", "tracking.tags")
+
+
+def _explain(exc: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
+    key = getattr(exc, "full_key", None) or ""
+    msg = str(exc).splitlines()[0]
+    if "not in" in msg or "Key '" in msg and "not" in msg:
+        valid = _all_keys(base)
+        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        return ConfigError(f"{source}: unknown config key '{key}'.{hint}")
+    return ConfigError(f"{source}: bad value for '{key}': {msg}")
+
+
+def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
+    """Merge one layer onto ``base``; errors name ``source`` and the offending key."""
+    try:
+        merged = OmegaConf.merge(base, layer)
+    except OmegaConfBaseException as exc:
+        raise _explain(exc, base, source) from None
+    OmegaConf.set_struct(merged, True)
+    validate(merged, source)
+    return merged
+
+
+def _open_dicts(cfg: DictConfig) -> None:
+    for key in ("model.vision", "model.text", "tracking.tags"):
+        node = OmegaConf.select(cfg, key)
+        if isinstance(node, DictConfig):
+            OmegaConf.set_struct(node, False)
+
+
+def load_yaml(path: str | Path) -> DictConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and friends: report the file, not the parser stack
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return loaded
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(
+            f"command line: overrides must look like key=value (e.g. optim.lr=1e-4), got: {' '.join(bad)}"
+        )
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"command line: cannot parse overrides {list(overrides)}: {exc}") from None
+
+
+def validate(cfg: DictConfig, source: str = "config") -> None:
+    """Check values the type system cannot: choices, ranges, positivity, cross-field rules."""
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            raise ConfigError(
+                f"{source}: '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}"
+            )
+    for key, (low, high, inclusive) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        ok = low <= value <= high if inclusive else low <= value < high
+        if not ok:
+            bracket = "]" if inclusive else ")"
+            raise ConfigError(f"{source}: '{key}' must be in [{low}, {high}{bracket}; got {value}")
+    for key in POSITIVE:
+        value = OmegaConf.select(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigError(f"{source}: '{key}' must be > 0; got {value}")
+    scale = list(cfg.data.crop_scale)
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"{source}: 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1; got {scale}")
+    betas = list(cfg.optim.betas)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise ConfigError(f"{source}: 'optim.betas' must be two numbers in [0, 1); got {betas}")
+    mb = cfg.train.micro_batch
+    if mb is not None and (mb <= 0 or cfg.train.batch_size % mb):
+        raise ConfigError(
+            f"{source}: 'train.micro_batch' ({mb}) must be > 0 and divide 'train.batch_size' "
+            f"({cfg.train.batch_size})"
+        )
+    if cfg.distributed.zero_stage > 0 and not cfg.distributed.deepspeed:
+        raise ConfigError(
+            f"{source}: 'distributed.zero_stage={cfg.distributed.zero_stage}' needs "
+            "'distributed.deepspeed=true' (ZeRO is DeepSpeed's)"
+        )
+
+
+def _check_rung(name: str, key: str, source: str) -> None:
+    from scaling.models.registry import UnknownRungError, get_rung
+
+    try:
+        get_rung(name)
+    except UnknownRungError as exc:
+        raise ConfigError(f"{source}: '{key}': {exc}") from None
+
+
+def recipe_files(kind: str, rung: str, proxy: bool) -> list[Path]:
+    """The recipe layers that apply to a stage, in merge order (missing optional ones skipped)."""
+    from scaling.models.registry import get_rung
+
+    canonical = get_rung(rung).name
+    files = [RECIPES_DIR / f"{kind}.yaml"]
+    for name in dict.fromkeys((rung, canonical)):
+        candidate = RECIPES_DIR / kind / f"{name}.yaml"
+        if candidate.is_file():
+            files.append(candidate)
+            break
+    if proxy:
+        files.append(RECIPES_DIR / "proxy.yaml")
+        files.append(RECIPES_DIR / "proxy" / f"{kind}.yaml")
+    return [f for f in files if f.is_file()]
+
+
+def load_stage_config(
+    kind: str,
+    rung: str,
+    proxy: bool = True,
+    overrides: Sequence[str] = (),
+    files: Iterable[str | Path] = (),
+    extra: dict[str, Any] | DictConfig | None = None,
+) -> DictConfig:
+    """Resolve a stage config from the recipes, user ``files``, ``extra`` (programmatic) and overrides."""
+    if kind not in CHOICES["stage.kind"]:
+        raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(CHOICES['stage.kind'])}")
+    _check_rung(rung, "stage.rung", "command line")
+    cfg = schema()
+    _open_dicts(cfg)
+    cfg = merge(cfg, {"stage": {"kind": kind, "rung": rung, "proxy": proxy}}, "command line")
+    for path in recipe_files(kind, rung, proxy):
+        cfg = merge(cfg, load_yaml(path), str(path))
+    for path in files:
+        cfg = merge(cfg, load_yaml(path), str(path))
+    if extra:
+        cfg = merge(cfg, extra, "ladder")
+    if overrides:
+        cfg = merge(cfg, parse_overrides(overrides), "command line")
+    # The stage identity is fixed by the arguments, not by a layer that happens to set it.
+    cfg.stage.kind, cfg.stage.rung, cfg.stage.proxy = kind, rung, proxy
+    if cfg.stage.teacher_rung is not None:
+        _check_rung(cfg.stage.teacher_rung, "stage.teacher_rung", "config")
+    if cfg.stage.name is None:
+        cfg.stage.name = f"{kind}@{rung}"
+    return cfg
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def flatten(cfg: DictConfig | dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Dot-keyed string params (MLflow params), e.g. ``{'optim.lr': '0.0004'}``."""
+    data = to_container(cfg) if isinstance(cfg, DictConfig) else cfg
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, full + "."))
+        elif isinstance(value, (list, ListConfig)):
+            out[full] = json.dumps(list(value))
+        else:
+            out[full] = "" if value is None else str(value)
+    return out
+
+
+# Keys that say where or how a stage runs, not what it computes: they must not change its identity.
+NON_IDENTITY_PREFIXES = ("tracking.", "resources.", "out_dir", "train.log_every", "train.ckpt_every",
+                         "train.keep_checkpoints", "data.cache_dir", "data.workers", "eval.batch_size",
+                         "stage.name")
+
+
+def fingerprint(cfg: DictConfig | dict[str, Any], upstream: Sequence[str] = ()) -> str:
+    """Hash of what a stage computes: its resolved config (minus placement) + upstream fingerprints."""
+    flat = {
+        k: v for k, v in flatten(cfg).items()
+        if not any(k == p or k.startswith(p) for p in NON_IDENTITY_PREFIXES)
+    }
+    payload = json.dumps({"config": flat, "upstream": list(upstream)}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def save_resolved(cfg: DictConfig, path: str | Path) -> Path:
+    """Write the resolved config atomically (a reader never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    tmp.replace(path)
+    return path
