@@ -1,0 +1,46 @@
+# Two entry points for a fresh machine (see README.md):
+#   make ladder   set up .venv, run the proxy ladder E14 -> 18B, write the report
+#   make test     set up .venv, ruff, then every test tier (unit, integration, slow)
+# Both are idempotent: the venv is rebuilt only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Tools that otherwise write to shared places (home, /tmp) keep their state in the project.
+export MLFLOW_DISABLE_TELEMETRY := true
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
+export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
+
+.PHONY: setup ladder report test test-unit lint ui clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+ladder: setup
+	$(PY) -m scaling.ladder --from E14 --to 18B $(ARGS)
+
+report: setup
+	$(PY) -m scaling.analysis report --experiment $(or $(EXPERIMENT),ladder-eva) --out reports/$(or $(EXPERIMENT),ladder-eva)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test-unit: setup
+	$(PY) -m pytest -m "not integration and not slow" -q $(ARGS)
+
+# pytest exits 5 when it collected nothing: that must fail CI, and it does since make
+# propagates any non-zero status.
+test: lint
+	$(PY) -m pytest -q --timeout 900 $(ARGS)
+
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf runs mlflow.db mlartifacts reports .cache data
