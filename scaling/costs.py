@@ -1,0 +1,318 @@
+"""What a rung costs before it runs: parameters, FLOPs, memory per GPU, GPU-hours (no torch).
+
+Conventions
+-----------
+* ``params`` counts exactly what ``scaling.models.build`` builds (tests check every rung).
+* FLOPs are **2 x multiply-adds of the matmuls** (linear layers, attention scores ``QK^T`` and
+  ``AV``, the patch embedding). Norms, activations, softmax, RoPE and the loss are left out
+  (< 1 % at these sizes). Attention is counted dense over all ``T`` tokens.
+* ``eva02_gflops`` is the EVA-02 paper's "GFLOPs": multiply-adds (not x2), in billions, at 196
+  patch tokens plus the class token, whatever the tower's own resolution.
+* Training = 3 x forward (forward + backward ~ 2 x forward) for trained parts; a frozen MIM
+  teacher runs forward only. Patch dropout shortens the vision sequence (patch embedding still
+  sees every patch); MIM masking does not shorten the student's sequence (masked patches are
+  replaced by the [MASK] token), it only limits the prediction head to masked tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Union
+
+if TYPE_CHECKING:
+    from scaling.models.specs import RungSpec, TextSpec, TowerSpec
+
+    AnySpec = Union[TowerSpec, TextSpec]
+
+# Dense bf16 tensor-core peaks (no sparsity), FLOP/s: NVIDIA A100 and H100 SXM datasheets.
+GPU_PEAK_FLOPS: dict[str, float] = {
+    "a100-40gb": 312e12,
+    "a100-80gb": 312e12,
+    "h100-80gb": 989e12,
+}
+GPU_MEMORY_BYTES: dict[str, float] = {
+    "a100-40gb": 40 * 2**30,
+    "a100-80gb": 80 * 2**30,
+    "h100-80gb": 80 * 2**30,
+}
+PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
+OPTIMIZER_STATES = {"lamb": 2, "adamw": 2, "adam": 2, "sgd": 1}  # fp32 tensors per parameter
+KINDS = ("mim", "clip")
+
+
+def _is_text(spec: AnySpec) -> bool:
+    return hasattr(spec, "vocab_size")
+
+
+def _norm_params(spec: TowerSpec, dim: int) -> int:
+    # RMSNorm has a scale only; LayerNorm a scale and a bias
+    return dim if spec.norm == "rmsnorm" else 2 * dim
+
+
+def vision_block_params(spec: TowerSpec) -> int:
+    """Parameters of one EVA block."""
+    w, h = spec.width, spec.mlp_hidden
+    attn = 4 * w * w + w  # q, k, v, proj weights + proj bias
+    if spec.qkv_bias:
+        attn += 2 * w  # q and v biases (EVA has no k bias)
+    sub = spec.ln_mode == "sub"
+    if sub and spec.sub_ln_attn:
+        attn += _norm_params(spec, w)
+    n_in = 2 if spec.mlp == "swiglu" else 1  # SwiGLU: gate and value projections
+    mlp = n_in * (w * h + h) + h * w + w
+    if sub:
+        mlp += _norm_params(spec, h)
+    return attn + mlp + 2 * _norm_params(spec, w)
+
+
+def text_block_params(spec: TextSpec) -> int:
+    w, h = spec.width, spec.mlp_hidden
+    return (3 * w * w + 3 * w) + (w * w + w) + (w * h + h) + (h * w + w) + 2 * 2 * w
+
+
+def params(spec: AnySpec) -> int:
+    """Exact parameter count of a tower as built (vision incl. its CLIP projection, if any)."""
+    if _is_text(spec):
+        w = spec.width
+        embed = spec.vocab_size * w + spec.context_length * w
+        proj = w * spec.embed_dim if spec.embed_dim else 0
+        return embed + spec.depth * text_block_params(spec) + 2 * w + proj
+    w = spec.width
+    total = spec.in_chans * spec.patch_size**2 * w + w  # patch embedding conv + bias
+    total += w * int(spec.class_token)
+    if spec.abs_pos_embed or spec.pos == "abs":
+        total += spec.num_tokens * w
+    total += spec.depth * vision_block_params(spec)
+    total += _norm_params(spec, w)  # final norm
+    if spec.embed_dim:
+        total += w * spec.embed_dim + spec.embed_dim  # projection head (with bias)
+    return total
+
+
+def mim_head_params(spec: TowerSpec, teacher_width: int) -> int:
+    """The MIM student's extras: [MASK] token + linear head to the teacher width."""
+    return spec.width + spec.width * teacher_width + teacher_width
+
+
+def clip_params(rung: RungSpec) -> int:
+    """Vision + text + the temperature."""
+    if rung.text is None:
+        raise ValueError(f"{rung.name} has no text tower (MIM-only)")
+    return params(rung.vision) + params(rung.text) + 1
+
+
+def _block_macs(width: int, hidden: int, n_mlp_in: int, tokens: float) -> float:
+    linear = (4 * width * width + (n_mlp_in + 1) * width * hidden) * tokens
+    attention = 2 * tokens * tokens * width  # QK^T and AV
+    return linear + attention
+
+
+def forward_macs(
+    spec: AnySpec, image_size: int | None = None, tokens: float | None = None
+) -> float:
+    """Multiply-adds of one forward pass of one sample (see the module docstring)."""
+    if _is_text(spec):
+        t = spec.context_length if tokens is None else tokens
+        macs = spec.depth * _block_macs(spec.width, spec.mlp_hidden, 1, t)
+        return macs + (spec.width * spec.embed_dim if spec.embed_dim else 0)
+    size = spec.image_size if image_size is None else image_size
+    if size % spec.patch_size:
+        raise ValueError(f"image_size {size} is not a multiple of patch_size {spec.patch_size}")
+    patches = (size // spec.patch_size) ** 2
+    t = patches + int(spec.class_token) if tokens is None else tokens
+    n_in = 2 if spec.mlp == "swiglu" else 1
+    macs = patches * spec.in_chans * spec.patch_size**2 * spec.width
+    macs += spec.depth * _block_macs(spec.width, spec.mlp_hidden, n_in, t)
+    if spec.embed_dim:
+        macs += spec.width * spec.embed_dim
+    return macs
+
+
+def forward_flops(
+    spec: AnySpec, image_size: int | None = None, tokens: float | None = None
+) -> float:
+    """Forward FLOPs per sample = 2 x multiply-adds, at ``image_size`` (default: the spec's).
+
+    ``tokens`` overrides the sequence length through the blocks (e.g. after patch dropout).
+    """
+    return 2.0 * forward_macs(spec, image_size, tokens)
+
+
+def eva02_gflops(spec: TowerSpec) -> float:
+    """The EVA-02 paper's GFLOPs: billions of multiply-adds at 196 patch tokens + class token."""
+    patches = 196
+    t = patches + int(spec.class_token)
+    n_in = 2 if spec.mlp == "swiglu" else 1
+    macs = patches * spec.in_chans * spec.patch_size**2 * spec.width
+    macs += spec.depth * _block_macs(spec.width, spec.mlp_hidden, n_in, t)
+    return macs / 1e9
+
+
+def _kept_tokens(spec: TowerSpec, patch_dropout: float) -> float:
+    if not 0.0 <= patch_dropout < 1.0:
+        raise ValueError(f"patch_dropout must be in [0, 1); got {patch_dropout}")
+    return spec.num_patches * (1.0 - patch_dropout) + int(spec.class_token)
+
+
+def train_flops(
+    rung: RungSpec,
+    kind: str,
+    samples: float,
+    patch_dropout: float = 0.0,
+    mask_ratio: float = 0.4,
+    teacher: RungSpec | None = None,
+) -> float:
+    """Training FLOPs for ``samples`` samples seen (3 x forward for trained towers).
+
+    ``clip``: vision tower (with patch dropout) + text tower. ``mim``: the student tower on
+    every token, its head on the masked ones, plus the frozen ``teacher``'s vision tower
+    forward (not counted when ``teacher`` is None, e.g. with cached targets).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if samples < 0:
+        raise ValueError(f"samples must be >= 0; got {samples}")
+    if kind == "clip":
+        if rung.text is None:
+            raise ValueError(f"{rung.name} has no text tower; a clip stage needs a CLIP rung")
+        per_sample = forward_flops(rung.vision, tokens=_kept_tokens(rung.vision, patch_dropout))
+        per_sample += forward_flops(rung.text)
+        return 3.0 * per_sample * samples
+    if not 0.0 <= mask_ratio <= 1.0:
+        raise ValueError(f"mask_ratio must be in [0, 1]; got {mask_ratio}")
+    student = rung.mim
+    teacher_width = teacher.vision.width if teacher is not None else student.width
+    per_sample = forward_flops(student)
+    per_sample += 2.0 * mask_ratio * student.num_patches * student.width * teacher_width
+    total = 3.0 * per_sample
+    if teacher is not None:
+        total += forward_flops(teacher.vision)
+    return total * samples
+
+
+def _activation_elements(
+    width: int, hidden: int, depth: int, mlp: str, sub: bool, tokens: float, ckpt: bool
+) -> float:
+    """Saved activation elements per sample (fused attention: no T x T matrix kept)."""
+    per_block = 7 * width + (3 if mlp == "swiglu" else 2) * hidden
+    if sub:
+        per_block += width + hidden
+    if ckpt:  # block inputs kept, one block recomputed at a time
+        return tokens * (depth * width + per_block)
+    return tokens * depth * per_block
+
+
+def memory_per_gpu(
+    rung: RungSpec,
+    kind: str,
+    gpus: int,
+    micro_batch: int,
+    zero_stage: int,
+    precision: str = "bf16",
+    grad_checkpointing: bool = True,
+    optimizer: str = "lamb",
+    *,
+    patch_dropout: float = 0.0,
+    teacher: RungSpec | None = None,
+) -> dict[str, float]:
+    """Bytes per GPU: ``weights``, ``grads``, ``optimizer``, ``activations``, ``total``.
+
+    Mixed precision keeps bf16/fp16 weights and grads plus fp32 master weights and optimizer
+    moments (the ZeRO paper's 2 + 2 + 12 bytes per parameter for Adam/LAMB); ZeRO-1 shards the
+    optimizer, ZeRO-2 also the grads, ZeRO-3 also the weights (plus two gathered blocks in
+    flight). A MIM teacher is frozen and replicated in the training precision. Activations
+    assume a fused attention kernel and gradient checkpointing per block when asked.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+    if precision not in PRECISION_BYTES:
+        raise ValueError(
+            f"precision must be one of {', '.join(PRECISION_BYTES)}; got {precision!r}"
+        )
+    if optimizer not in OPTIMIZER_STATES:
+        raise ValueError(
+            f"optimizer must be one of {', '.join(OPTIMIZER_STATES)}; got {optimizer!r}"
+        )
+    if zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"zero_stage must be 0, 1, 2 or 3; got {zero_stage}")
+    if gpus < 1 or micro_batch < 1:
+        raise ValueError(f"gpus and micro_batch must be >= 1; got {gpus}, {micro_batch}")
+    act_bytes = PRECISION_BYTES[precision]
+    mixed = precision != "fp32"
+    if kind == "clip":
+        if rung.text is None:
+            raise ValueError(f"{rung.name} has no text tower; a clip stage needs a CLIP rung")
+        vision, n_params = rung.vision, clip_params(rung)
+        v_tokens = _kept_tokens(vision, patch_dropout)
+    else:
+        vision = rung.mim
+        teacher_width = teacher.vision.width if teacher is not None else vision.width
+        n_params = params(vision) + mim_head_params(vision, teacher_width)
+        v_tokens = vision.num_tokens
+    weight_bytes = n_params * act_bytes
+    grad_bytes = n_params * act_bytes
+    optim_bytes = n_params * (OPTIMIZER_STATES[optimizer] * 4 + (4 if mixed else 0))
+    if zero_stage >= 1:
+        optim_bytes /= gpus
+    if zero_stage >= 2:
+        grad_bytes /= gpus
+    if zero_stage >= 3:
+        # the gathered current block and the prefetched next one
+        in_flight = 2 * vision_block_params(vision) * act_bytes
+        weight_bytes = weight_bytes / gpus + in_flight
+    elements = _activation_elements(
+        vision.width,
+        vision.mlp_hidden,
+        vision.depth,
+        vision.mlp,
+        vision.ln_mode == "sub",
+        v_tokens,
+        grad_checkpointing,
+    )
+    extra = 0.0
+    if kind == "clip":
+        t = rung.text
+        elements += _activation_elements(
+            t.width, t.mlp_hidden, t.depth, "gelu", False, t.context_length, grad_checkpointing
+        )
+        # fp32 logits against the global batch, and their gradient
+        extra = 2 * 4.0 * micro_batch * micro_batch * gpus
+    else:
+        # teacher targets and student predictions, fp32
+        extra = 4.0 * micro_batch * vision.num_patches * teacher_width * 2
+    activation_bytes = elements * act_bytes * micro_batch + extra
+    out = {
+        "weights": float(weight_bytes),
+        "grads": float(grad_bytes),
+        "optimizer": float(optim_bytes),
+        "activations": float(activation_bytes),
+    }
+    if kind == "mim" and teacher is not None:
+        out["teacher"] = float(params(teacher.vision) * act_bytes)
+    out["total"] = float(sum(out.values()))
+    return out
+
+
+def fits(memory: dict[str, float], gpu: str, headroom: float = 0.9) -> bool:
+    """Whether ``memory['total']`` fits ``headroom`` of the GPU (the rest: CUDA context, fragmentation)."""
+    return memory["total"] <= headroom * _lookup(GPU_MEMORY_BYTES, gpu)
+
+
+def _lookup(table: dict[str, float], gpu: str) -> float:
+    if gpu not in table:
+        raise ValueError(f"unknown gpu '{gpu}'; known: {', '.join(table)}")
+    return table[gpu]
+
+
+def gpu_hours(train_flops: float, gpu: str = "a100-40gb", mfu: float = 0.4) -> float:
+    """GPU-hours for ``train_flops`` at model-FLOPs utilisation ``mfu`` of the GPU's bf16 peak."""
+    if not 0.0 < mfu <= 1.0:
+        raise ValueError(f"mfu must be in (0, 1]; got {mfu}")
+    return train_flops / (_lookup(GPU_PEAK_FLOPS, gpu) * mfu) / 3600.0
+
+
+def implied_mfu(train_flops: float, gpus: int, wall_hours: float, gpu: str = "a100-40gb") -> float:
+    """The MFU a run of ``train_flops`` must have reached to finish in ``wall_hours`` on ``gpus``."""
+    if gpus < 1 or wall_hours <= 0 or math.isnan(wall_hours):
+        raise ValueError(f"gpus must be >= 1 and wall_hours > 0; got {gpus}, {wall_hours}")
+    return train_flops / (gpus * wall_hours * 3600.0 * _lookup(GPU_PEAK_FLOPS, gpu))

@@ -1,0 +1,298 @@
+"""``python -m scaling.models``: the rungs, their sizes and FLOPs, and what a run would cost.
+
+Imports no torch: the numbers come from ``scaling.costs`` (exact counts, tested against the
+built modules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+
+from scaling import costs, paths
+from scaling.models.registry import (
+    LADDER_ORDER,
+    RungSpec,
+    SpecError,
+    UnknownRungError,
+    get_rung,
+    list_rungs,
+)
+
+GIB = 2**30
+
+
+def tower_rows(rung: RungSpec) -> list[dict[str, Any]]:
+    """One row per tower: ``vision`` and ``text`` for a CLIP, plus the ``mim`` form."""
+    rows = []
+    towers = (
+        [("vision", rung.vision), ("text", rung.text), ("mim", rung.mim)]
+        if rung.is_clip
+        else [("mim", rung.mim)]
+    )
+    for kind, spec in towers:
+        row: dict[str, Any] = {
+            "name": rung.name,
+            "alias": rung.alias,
+            "proxy": rung.proxy,
+            "tower": kind,
+            "depth": spec.depth,
+            "width": spec.width,
+            "heads": spec.heads,
+            "mlp_hidden": spec.mlp_hidden,
+            "params": costs.params(spec),
+            "gflops_fwd": costs.forward_flops(spec) / 1e9,
+        }
+        if kind == "text":
+            row.update(mlp="gelu", context_length=spec.context_length, embed_dim=spec.embed_dim)
+        else:
+            row.update(
+                mlp=spec.mlp,
+                norm=spec.norm,
+                ln_mode=spec.ln_mode,
+                pos=spec.pos,
+                qkv_bias=spec.qkv_bias,
+                image_size=spec.image_size,
+                patch_size=spec.patch_size,
+                embed_dim=spec.embed_dim,
+                eva02_gflops=costs.eva02_gflops(spec),
+            )
+        rows.append(row)
+    return rows
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}" if unit == "B" else f"{n / scale:.1f}{unit}"
+    return str(int(n))
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = f"{'rung':<22} {'alias':<8} {'tower':<6} {'depth':>5} {'width':>5} {'heads':>5} {'MLP':<13} {'params':>9} {'GFLOPs':>10}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        mlp = f"{r['mlp']} {r['mlp_hidden']}"
+        print(
+            f"{r['name']:<22} {r['alias']:<8} {r['tower']:<6} {r['depth']:>5} {r['width']:>5} {r['heads']:>5} "
+            f"{mlp:<13} {_human(r['params']):>9} {r['gflops_fwd']:>10.2f}"
+        )
+    print(
+        "\nGFLOPs: forward FLOPs per sample (2 x multiply-adds) at the tower's resolution / context length;"
+    )
+    print("mim rows count the encoder only (the [MASK] token and head depend on the teacher).")
+
+
+def _recipe(kind: str, rung: RungSpec) -> dict[str, Any]:
+    """Stage defaults from ``experiments/recipes`` (base, then the rung's file), if present."""
+    merged: dict[str, Any] = {}
+    base = paths.EXPERIMENTS_DIR / "recipes"
+    for path in (
+        base / f"{kind}.yaml",
+        base / kind / f"{rung.alias}.yaml",
+        base / kind / f"{rung.name}.yaml",
+    ):
+        try:
+            data = yaml.safe_load(path.read_text()) if path.is_file() else None
+        except yaml.YAMLError:
+            data = None
+        for section, values in (data or {}).items():
+            if isinstance(values, dict):
+                merged.setdefault(section, {}).update(values)
+    return merged
+
+
+def _default_teacher(rung: RungSpec) -> RungSpec | None:
+    if rung.alias in ("8B", "18B"):
+        return get_rung("E14", rung.proxy)  # seed 001: EVA-8B/18B learn from EVA-02-CLIP-E/14+
+    if rung.alias in LADDER_ORDER and LADDER_ORDER.index(rung.alias) > 0:
+        return get_rung(LADDER_ORDER[LADDER_ORDER.index(rung.alias) - 1], rung.proxy)
+    return None
+
+
+def cost_report(args: argparse.Namespace) -> dict[str, Any]:
+    rung = get_rung(args.rung, proxy=args.proxy)
+    kind = args.kind or ("clip" if rung.is_clip else "mim")
+    if kind == "clip" and not rung.is_clip:
+        raise ValueError(f"{rung.name} is MIM-only: use --kind mim")
+    recipe = _recipe(kind, rung)
+    train, model, dist = (
+        recipe.get("train", {}),
+        recipe.get("model", {}),
+        recipe.get("distributed", {}),
+    )
+    batch = args.batch or train.get("batch_size")
+    micro = args.micro_batch or (max(1, round(batch / args.gpus)) if batch else 32)
+    samples = args.samples or float(train.get("samples") or 1e9)
+    patch_dropout = (
+        args.patch_dropout
+        if args.patch_dropout is not None
+        else float(model.get("patch_dropout", 0.0))
+    )
+    if kind == "mim":
+        patch_dropout = 0.0
+    zero = (
+        args.zero
+        if args.zero is not None
+        else int(dist.get("zero_stage", 0) if dist.get("deepspeed") else 0)
+    )
+    precision = args.precision or train.get("precision", "bf16")
+    ckpt = not args.no_grad_checkpointing
+    teacher = (
+        get_rung(args.teacher, rung.proxy)
+        if args.teacher
+        else (_default_teacher(rung) if kind == "mim" else None)
+    )
+    mem = costs.memory_per_gpu(
+        rung,
+        kind,
+        args.gpus,
+        micro,
+        zero,
+        precision,
+        ckpt,
+        args.optimizer,
+        patch_dropout=patch_dropout,
+        teacher=teacher,
+    )
+    flops = costs.train_flops(
+        rung,
+        kind,
+        samples,
+        patch_dropout=patch_dropout,
+        mask_ratio=args.mask_ratio,
+        teacher=teacher,
+    )
+    hours = costs.gpu_hours(flops, args.gpu, args.mfu)
+    return {
+        "name": rung.name,
+        "alias": rung.alias,
+        "kind": kind,
+        "teacher": teacher.name if teacher else None,
+        "gpus": args.gpus,
+        "gpu": args.gpu,
+        "micro_batch": micro,
+        "global_batch": micro * args.gpus,
+        "zero_stage": zero,
+        "precision": precision,
+        "grad_checkpointing": ckpt,
+        "patch_dropout": patch_dropout,
+        "samples": samples,
+        "memory_bytes": mem,
+        "fits": costs.fits(mem, args.gpu),
+        "gpu_memory_bytes": costs.GPU_MEMORY_BYTES[args.gpu],
+        "train_flops": flops,
+        "mfu": args.mfu,
+        "gpu_hours": hours,
+        "wall_days": hours / args.gpus / 24,
+        "implied_mfu": (
+            costs.implied_mfu(flops, args.gpus, args.wall_days * 24, args.gpu)
+            if args.wall_days
+            else None
+        ),
+        "wall_days_given": args.wall_days,
+    }
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(
+        f"{r['name']} ({r['alias']}) {r['kind']} stage"
+        + (f", teacher {r['teacher']}" if r["teacher"] else "")
+    )
+    print(
+        f"  {r['gpus']} x {r['gpu']}, micro-batch {r['micro_batch']} (global {r['global_batch']}), ZeRO-{r['zero_stage']}, "
+        f"{r['precision']}, grad checkpointing {'on' if r['grad_checkpointing'] else 'off'}, patch dropout {r['patch_dropout']}"
+    )
+    print("  memory per GPU:")
+    for key, value in r["memory_bytes"].items():
+        print(f"    {key:<12} {value / GIB:9.2f} GiB")
+    verdict = "fits" if r["fits"] else "does NOT fit"
+    print(f"  -> {verdict} in {r['gpu_memory_bytes'] / GIB:.0f} GiB (90 % usable assumed)")
+    print(f"  training: {r['samples']:.3g} samples, {r['train_flops']:.3g} FLOPs")
+    print(
+        f"  at MFU {r['mfu']:.0%}: {r['gpu_hours']:,.0f} GPU-hours = {r['wall_days']:.1f} days on {r['gpus']} GPUs"
+    )
+    if r["implied_mfu"] is not None:
+        print(f"  a wall time of {r['wall_days_given']:g} days implies MFU {r['implied_mfu']:.1%}")
+    else:
+        print("  implied MFU: pass --wall-days (the seed papers do not publish the wall time)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m scaling.models",
+        description="List the EVA ladder's rungs (params, FLOPs) or estimate one run's memory and cost.",
+    )
+    p.add_argument(
+        "--proxy", action="store_true", help="show the CPU proxies instead of the real models"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--rung",
+        help=f"estimate memory and cost of one rung (name or alias: {', '.join(LADDER_ORDER)}, ...)",
+    )
+    g = p.add_argument_group("cost estimate (with --rung); defaults come from experiments/recipes")
+    g.add_argument("--kind", choices=costs.KINDS, help="stage kind (default: clip for CLIP rungs)")
+    g.add_argument("--gpus", type=int, default=8, help="number of GPUs (default 8)")
+    g.add_argument(
+        "--gpu", choices=sorted(costs.GPU_PEAK_FLOPS), default="a100-40gb", help="GPU type"
+    )
+    g.add_argument(
+        "--batch", type=int, help="global batch (default: the recipe's); micro-batch = batch / gpus"
+    )
+    g.add_argument("--micro-batch", type=int, help="per-GPU micro-batch (overrides --batch)")
+    g.add_argument(
+        "--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage (default: the recipe's)"
+    )
+    g.add_argument("--precision", choices=sorted(costs.PRECISION_BYTES), help="training precision")
+    g.add_argument("--optimizer", choices=sorted(costs.OPTIMIZER_STATES), default="lamb")
+    g.add_argument(
+        "--no-grad-checkpointing", action="store_true", help="assume no activation checkpointing"
+    )
+    g.add_argument("--patch-dropout", type=float, help="CLIP patch dropout (default: the recipe's)")
+    g.add_argument("--mask-ratio", type=float, default=0.4, help="MIM mask ratio (default 0.4)")
+    g.add_argument(
+        "--teacher", help="MIM teacher rung (default: E14 for 8B/18B, else the rung below)"
+    )
+    g.add_argument("--samples", type=float, help="samples seen (default: the recipe's)")
+    g.add_argument(
+        "--wall-days", type=float, help="a known wall time (days): report the MFU it implies"
+    )
+    g.add_argument(
+        "--mfu", type=float, default=0.4, help="assumed model-FLOPs utilisation (default 0.4)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.rung:
+            if args.gpus < 1:
+                raise ValueError("--gpus must be >= 1")
+            report = cost_report(args)
+            if args.json:
+                print(json.dumps(report, indent=2))
+            else:
+                print_report(report)
+            return 0
+        rows = [row for rung in list_rungs(proxy=args.proxy) for row in tower_rows(rung)]
+    except (UnknownRungError, SpecError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_table(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
