@@ -1,0 +1,44 @@
+"""Small functions for submitit jobs in tests. They live in an importable module (not a test
+file) because submitit pickles functions by reference: the job process imports them again."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+import submitit
+
+
+def where_am_i(x: int) -> dict[str, object]:
+    """Return what the job saw: its SLURM id, host and a value computed from the input."""
+    return {
+        "square": x * x,
+        "job_id": os.environ.get("SLURM_JOB_ID"),
+        "host": socket.gethostname(),
+        "restarts": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+    }
+
+
+def fail(message: str) -> None:
+    raise RuntimeError(message)
+
+
+class Countdown(submitit.helpers.Checkpointable):
+    """Counts ``steps`` ticks of ``tick_s`` seconds; submitit pickles ``self`` on preemption,
+    so a requeued run resumes from the tick it reached. ``progress`` is touched at every tick so
+    a test can wait until the job really runs."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.starts: list[int] = []  # the tick each attempt started from
+
+    def __call__(self, steps: int, tick_s: float, progress: Path) -> dict[str, object]:
+        self.starts.append(self.done)
+        while self.done < steps:
+            time.sleep(tick_s)
+            self.done += 1
+            progress.write_text(str(self.done))
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        return {"done": self.done, "starts": self.starts, "restarts": restarts}

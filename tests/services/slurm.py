@@ -1,0 +1,423 @@
+"""A real single-node SLURM cluster for tests and for trying ``--executor slurm`` by hand.
+
+Runs as root with no systemd: MariaDB, munge, slurmdbd, slurmctld and slurmd are started by hand,
+each with its files under one folder, listening on fixed, unusual ports on 127.0.0.1. Clients
+(sbatch, sacct, submitit) find the cluster through ``SLURM_CONF`` (see ``SlurmCluster.env``);
+nothing is written to /etc/slurm.
+
+    python tests/services/slurm.py up --root DIR     # prints the `export SLURM_CONF=...` line
+    python tests/services/slurm.py status --root DIR
+    python tests/services/slurm.py down --root DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+if __package__:
+    from . import processes as ps
+else:  # run as a script: python tests/services/slurm.py
+    import processes as ps
+
+# Debian package -> a program it provides (checked before anything starts).
+PACKAGES = {
+    "munge": "munged",
+    "slurmctld": "slurmctld",
+    "slurmd": "slurmd",
+    "slurm-client": "sbatch",
+    "slurmdbd": "slurmdbd",
+    "mariadb-server": "mariadbd",
+}
+CLUSTER_NAME = "scaling"
+PARTITION = "debug"
+# Daemons carry this variable (value: the cluster root) so that a later run can find and stop
+# daemons left behind by a crashed one, even when their pid files are gone.
+MARKER = "SCALING_TEST_SLURM_ROOT"
+# Smaller InnoDB files: ~100 MB per cluster folder instead of ~180 MB.
+_INNODB_SMALL = ["--innodb-log-file-size=8M", "--innodb-data-file-path=ibdata1:4M:autoextend",
+                 "--innodb-buffer-pool-size=64M"]  # fmt: skip
+DB_PASSWORD = "scaling-test"  # MariaDB listens on 127.0.0.1 only and lives as long as the cluster
+
+
+def ensure_packages() -> None:
+    """Install the Debian packages the cluster needs when any is missing (root only)."""
+    missing = [pkg for pkg, prog in PACKAGES.items() if not ps.which(prog)]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        raise ps.ServiceError(
+            f"SLURM test cluster needs the Debian packages {' '.join(missing)}; install them as "
+            f"root: apt-get install -y {' '.join(PACKAGES)}"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]  # another session may be installing too
+    ps.run_checked(["apt-get", *wait_for_lock, "update", "-qq"], env=env, timeout=600)
+    ps.run_checked(
+        ["apt-get", *wait_for_lock, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
+        env=env,
+        timeout=900,
+    )
+
+
+class SlurmCluster:
+    """Start/stop a single-node cluster (partition ``debug``) whose files live under ``root``.
+
+    ``port_base`` picks four consecutive ports: slurmctld, slurmd, slurmdbd, MariaDB.
+    """
+
+    def __init__(self, root: Path, port_base: int = 16817, cpus: int | None = None) -> None:
+        self.root = Path(root).resolve()
+        self.node = socket.gethostname().split(".")[0]
+        self.cpus = cpus or os.cpu_count() or 1
+        self._set_ports(port_base)
+        self.conf = self.root / "etc" / "slurm.conf"
+        self.munge_socket = self.root / "munge" / "munge.socket.2"
+        self.db_socket = self.root / "mysql" / "mysqld.sock"
+        self.logs = self.root / "log"
+        if len(str(self.munge_socket)) > 100:  # sun_path holds 108 bytes
+            raise ps.ServiceError(
+                f"SLURM test cluster root {self.root} is too long for unix sockets under it; "
+                "use a shorter folder"
+            )
+
+    def _set_ports(self, base: int) -> None:
+        self.ctld_port, self.slurmd_port, self.dbd_port, self.db_port = self.ports = tuple(
+            base + i for i in range(4)
+        )
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Variables a client process needs to talk to this cluster."""
+        return {"SLURM_CONF": str(self.conf)}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> SlurmCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 90, detached: bool = False) -> None:
+        """Install packages if needed, stop leftovers, start every daemon, wait for an idle node.
+
+        A cluster is stopped by ``stop()``; if its process dies first, the next ``start()`` on
+        the machine stops it, unless ``detached`` (kept until ``stop()``, as for the CLI)."""
+        if os.geteuid() != 0:
+            raise ps.ServiceError("the SLURM test cluster runs its daemons as root; run as root")
+        ensure_packages()
+        self._stop_leftovers()
+        self._write_files()
+        (self.root / "run" / "owner").write_text("0" if detached else str(os.getpid()))
+        deadline = time.monotonic() + timeout
+        self._spawned: list[str] = []
+        try:
+            self._spawn("munged", [ps.which("munged"), "--foreground", "--force", "--num-threads=10",
+                                   f"--socket={self.munge_socket}",
+                                   f"--key-file={self.root / 'munge' / 'munge.key'}",
+                                   f"--log-file={self.logs / 'munged.log'}",
+                                   f"--pid-file={self.root / 'run' / 'munged.pid'}",
+                                   f"--seed-file={self.root / 'munge' / 'munged.seed'}"])  # fmt: skip
+            self._wait("munge", lambda: self.munge_socket.exists(), deadline)
+            self._start_mariadb(deadline)
+            self._spawn("slurmdbd", [ps.which("slurmdbd"), "-D"])
+            self._wait(
+                "slurmdbd", lambda: self._ok(["sacctmgr", "-n", "list", "cluster"]), deadline
+            )
+            if CLUSTER_NAME not in self._out(
+                ["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster"]
+            ):
+                ps.run_checked(
+                    ["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME], env=self._client_env()
+                )
+            self._spawn("slurmctld", [ps.which("slurmctld"), "-D", "-f", str(self.conf)])
+            self._spawn("slurmd", [ps.which("slurmd"), "-D", "-f", str(self.conf)])
+            self._wait("an idle node in `sinfo`", self._node_idle, deadline)
+            self._wait("slurmctld registered in slurmdbd", self._registered, deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """Cancel jobs, then stop every daemon of this root and everything they started."""
+        pids = ps.marked_pids(MARKER, str(self.root))
+        if not pids:
+            return
+        if self._ok(["squeue", "-h"]):
+            subprocess.run(["scancel", "--user", "root", "--full"], env=self._client_env(),
+                           capture_output=True, timeout=30)  # fmt: skip
+            end = time.monotonic() + 10
+            while self._out(["squeue", "-h", "-o", "%i"]).strip() and time.monotonic() < end:
+                time.sleep(0.3)
+        # Job steps first (children of slurmd), then daemons in reverse start order;
+        # slurmscriptd ignores TERM and leaves with its slurmctld.
+        ps.kill_all(ps.descendants([p for p in pids if ps.proc_name(p) == "slurmd"]))
+        for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
+            ps.kill_all([p for p in pids if ps.proc_name(p) == name], grace=10)
+        ps.kill_all(ps.marked_pids(MARKER, str(self.root)), grace=1)
+
+    def status(self) -> str:
+        """Human-readable state: daemons alive and `sinfo` output."""
+        names = sorted(ps.proc_name(p) for p in ps.marked_pids(MARKER, str(self.root)))
+        if not names:
+            return f"no SLURM test cluster running under {self.root}"
+        sinfo = self._out(["sinfo", "-N", "-o", "%N %P %T %c %m"]) if self._ok(["sinfo"]) else ""
+        return f"daemons: {' '.join(names)}\nSLURM_CONF={self.conf}\n{sinfo.strip()}"
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _stop_leftovers(self) -> None:
+        """Stop this root's old daemons and those of dead sessions; skip ports still in use."""
+        stale = [p for p in ps.marked_pids(MARKER) if not self._owned_by_live_session(p)]
+        if stale:
+            print(f"stopping leftover SLURM test daemons: {stale}", file=sys.stderr)
+            ps.kill_all(ps.descendants(stale) + stale)
+        for pidfile in (self.root / "run").glob("*.pid"):
+            pidfile.unlink()
+        self.munge_socket.unlink(missing_ok=True)  # left by a killed munged; start-up waits for it
+        # Another live cluster (a parallel test session, one started by hand) keeps its ports.
+        first = self.ctld_port
+        for _ in range(10):
+            if all(ps.port_free(p) for p in self.ports):
+                return
+            self._set_ports(self.ctld_port + 10)
+        raise ps.ServiceError(
+            f"no four free ports on 127.0.0.1 in {first}..{first + 99}; "
+            "stop what holds them or pass another port_base (--port-base)"
+        )
+
+    def _owned_by_live_session(self, pid: int) -> bool:
+        root = Path(ps.marker_value(pid, MARKER) or "")
+        if root == self.root:
+            return False
+        try:
+            owner = int((root / "run" / "owner").read_text())
+        except (OSError, ValueError):
+            return False  # folder deleted: nobody can use or stop that cluster any more
+        return owner == 0 or ps.alive(owner)  # 0: started by hand, lives until `down`
+
+    def _write_files(self) -> None:
+        for sub in ("etc", "munge", "mysql", "run", "log", "spool/ctld", "spool/d"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.root.chmod(0o755)  # munged insists on a socket dir reachable by everyone
+        (self.root / "munge").chmod(0o755)
+        key = self.root / "munge" / "munge.key"
+        if not key.exists():
+            key.write_bytes(secrets.token_bytes(1024))
+        key.chmod(0o400)
+        self.conf.write_text(self._slurm_conf())
+        (self.conf.parent / "plugstack.conf").write_text("")
+        dbd = self.conf.parent / "slurmdbd.conf"
+        dbd.write_text(self._slurmdbd_conf())
+        dbd.chmod(0o600)  # slurmdbd refuses a world-readable file holding the DB password
+
+    def _slurm_conf(self) -> str:
+        r = self.root
+        return f"""\
+ClusterName={CLUSTER_NAME}
+SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldPort={self.ctld_port}
+SlurmdPort={self.slurmd_port}
+# slurmd binds to NodeAddr only (slurmctld and slurmdbd of 22.05 still listen on any address).
+CommunicationParameters=NoInAddrAny
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+# A requeued job otherwise waits for the default 120 s credential lifetime before restarting.
+AuthInfo=socket={self.munge_socket},cred_expire=10
+StateSaveLocation={r}/spool/ctld
+SlurmdSpoolDir={r}/spool/d
+SlurmctldPidFile={r}/run/slurmctld.pid
+SlurmdPidFile={r}/run/slurmd.pid
+SlurmctldLogFile={r}/log/slurmctld.log
+SlurmdLogFile={r}/log/slurmd.log
+PlugStackConfig={r}/etc/plugstack.conf
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
+MailProg=/bin/true
+SwitchType=switch/none
+ReturnToService=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SlurmdParameters=config_overrides
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1,bf_interval=1
+# Without this an `afterok` dependant of a failed job stays pending forever.
+DependencyParameters=kill_invalid_depend
+JobRequeue=1
+MinJobAge=10
+KillWait=2
+Waittime=0
+InactiveLimit=0
+SlurmctldTimeout=10
+SlurmdTimeout=30
+MessageTimeout=10
+# submitit reads job states from sacct: without accounting a cancelled job never reads as done.
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort={self.dbd_port}
+# The munge socket for talking to slurmdbd (AuthInfo's socket covers the other connections).
+AccountingStoragePass={self.munge_socket}
+JobCompType=jobcomp/none
+NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_memory_mb()} State=UNKNOWN
+PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+"""
+
+    def _slurmdbd_conf(self) -> str:
+        r = self.root
+        return f"""\
+AuthType=auth/munge
+AuthInfo=socket={self.munge_socket}
+DbdAddr=127.0.0.1
+DbdHost={self.node}
+DbdPort={self.dbd_port}
+SlurmUser=root
+PidFile={r}/run/slurmdbd.pid
+LogFile={r}/log/slurmdbd.log
+DebugLevel=info
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={self.db_port}
+StorageUser=slurm
+StoragePass={DB_PASSWORD}
+StorageLoc=slurm_acct_db
+"""
+
+    def _start_mariadb(self, deadline: float) -> None:
+        datadir = self.root / "mysql" / "data"
+        if not (datadir / "mysql").exists():
+            ps.run_checked([ps.which("mariadb-install-db") or "mariadb-install-db", "--no-defaults",
+                  "--user=root", f"--datadir={datadir}", "--auth-root-authentication-method=socket",
+                  "--skip-test-db", *_INNODB_SMALL], timeout=120)  # fmt: skip
+        self._spawn("mariadbd", [ps.which("mariadbd"), "--no-defaults", "--user=root",
+                                 f"--datadir={datadir}", f"--socket={self.db_socket}",
+                                 f"--pid-file={self.root / 'run' / 'mariadbd.pid'}",
+                                 f"--port={self.db_port}", "--bind-address=127.0.0.1",
+                                 "--skip-name-resolve", "--skip-log-bin",
+                                 f"--log-error={self.logs / 'mariadbd.log'}",
+                                 "--innodb-lock-wait-timeout=900", *_INNODB_SMALL])  # fmt: skip
+        client = [ps.which("mariadb") or "mariadb", "--no-defaults", f"--socket={self.db_socket}"]
+        self._wait("MariaDB", lambda: self._ok([*client, "-e", "select 1"]), deadline)
+        grants = "".join(
+            f"CREATE USER IF NOT EXISTS 'slurm'@'{host}' IDENTIFIED BY '{DB_PASSWORD}';"
+            f"GRANT ALL ON slurm_acct_db.* TO 'slurm'@'{host}';"
+            for host in ("127.0.0.1", "localhost")
+        )
+        ps.run_checked([*client, "-e", grants])
+
+    def _spawn(self, name: str, cmd: list[str | None]) -> None:
+        if cmd[0] is None:
+            raise ps.ServiceError(
+                f"{name} is not installed (apt-get install -y {' '.join(PACKAGES)})"
+            )
+        env = {**os.environ, **self.env, MARKER: str(self.root)}
+        self._spawned.append(name)
+        log = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - handed to the daemon
+        with log:
+            subprocess.Popen([str(c) for c in cmd], env=env, stdin=subprocess.DEVNULL,
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def _wait(self, what: str, ready: Callable[[], bool], deadline: float) -> None:
+        while time.monotonic() < deadline:
+            if ready():
+                return
+            self._check_daemons()
+            time.sleep(0.25)
+        raise ps.ServiceError(f"timed out waiting for {what}\n{self._log_tails()}")
+
+    def _check_daemons(self) -> None:
+        names = {ps.proc_name(p) for p in ps.marked_pids(MARKER, str(self.root))}
+        for name in self._spawned:
+            if name not in names:
+                raise ps.ServiceError(f"{name} exited during start-up\n{self._log_tails([name])}")
+
+    def _log_tails(self, names: list[str] | None = None, lines: int = 12) -> str:
+        """The last lines of the daemons' logs (all of them unless ``names``)."""
+        parts = []
+        for log in sorted(self.logs.iterdir()):
+            text = ps.tail(log.read_text(errors="replace"), lines)
+            if text and (names is None or log.stem in names):
+                parts.append(f"--- {log} ---\n{text}")
+        return "\n".join(parts)
+
+    def _client_env(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def _ok(self, cmd: list[str]) -> bool:
+        try:
+            return subprocess.run(cmd, env=self._client_env(), capture_output=True,
+                                  timeout=15).returncode == 0  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    def _out(self, cmd: list[str]) -> str:
+        try:
+            proc = subprocess.run(
+                cmd, env=self._client_env(), capture_output=True, text=True, timeout=15
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return proc.stdout
+
+    def _node_idle(self) -> bool:
+        return self._out(["sinfo", "-h", "-N", "-o", "%T"]).strip() == "idle"
+
+    def _registered(self) -> bool:
+        out = self._out(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster,controlport"])
+        return f"{CLUSTER_NAME}|{self.ctld_port}" in out
+
+
+def _memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return max(int(line.split()[1]) // 1024 - 1024, 512)  # leave 1 GiB to the system
+    return 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Start, inspect or stop the single-node SLURM test cluster (root only). "
+        "After `up`, run `export SLURM_CONF=<root>/etc/slurm.conf` to use sbatch/squeue/sacct "
+        "or `--executor slurm` against it."
+    )
+    parser.add_argument(
+        "action",
+        choices=["up", "down", "status"],
+        help="up: start (restarts the cluster of this root if it runs), down: stop, status: show",
+    )
+    parser.add_argument("--root", type=Path, required=True, help="folder for configs, logs, state")
+    parser.add_argument(
+        "--port-base", type=int, default=16817, help="first of four ports (default 16817)"
+    )
+    args = parser.parse_args(argv)
+    cluster = SlurmCluster(args.root, port_base=args.port_base)
+    try:
+        if args.action == "up":
+            started = time.monotonic()
+            cluster.start(detached=True)
+            print(f"SLURM test cluster up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+            print(f"export SLURM_CONF={cluster.conf}")
+        elif args.action == "down":
+            cluster.stop()
+        else:
+            print(cluster.status())
+    except ps.ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
