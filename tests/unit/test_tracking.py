@@ -1,0 +1,341 @@
+"""MLflow tracking on a SQLite store: run tree, params, resume without duplicate steps."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from scaling import tracking
+from scaling.metrics import MetricLogger, NullLogger
+from scaling.tracking import store
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # Creating the schema takes seconds; every test gets a copy of one migrated database.
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    tracking.client(f"sqlite:///{db}")
+    return db
+
+
+@pytest.fixture
+def uri(template_db: Path, tmp_path: Path) -> str:
+    db = tmp_path / "store" / "mlflow.db"
+    db.parent.mkdir()
+    shutil.copy(template_db, db)
+    return f"sqlite:///{db}"
+
+
+def steps_of(uri: str, run_id: str, key: str) -> list[int]:
+    return [m.step for m in tracking.get_metric_history(uri, run_id, key)]
+
+
+def test_importing_tracking_does_not_import_mlflow() -> None:
+    code = "import sys, scaling.tracking; print('mlflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_resolve_uri_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_uri() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert tracking.artifact_root(None) == (tmp_path / "mlartifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.resolve_uri() == "http://127.0.0.1:5000"
+    assert tracking.artifact_root(None) is None
+    assert tracking.resolve_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path / 'sub' / 'x.db'}"
+
+
+def test_limits_match_mlflow() -> None:
+    from mlflow.utils import validation
+
+    assert store.MAX_PARAMS_TAGS_PER_BATCH == validation.MAX_PARAMS_TAGS_PER_BATCH
+    assert store.MAX_METRICS_PER_BATCH == validation.MAX_METRICS_PER_BATCH
+    assert store.MAX_PARAM_VAL_LENGTH == validation.MAX_PARAM_VAL_LENGTH
+    assert store.MAX_TAG_VAL_LENGTH == validation.MAX_TAG_VAL_LENGTH
+    assert store.MAX_KEY_LENGTH == validation.MAX_ENTITY_KEY_LENGTH
+
+
+def test_run_tree_is_queryable(uri: str) -> None:
+    parent = tracking.start_run(uri, "ladder", "E14->18B", tags=tracking.standard_tags())
+    mim = tracking.start_run(
+        uri, "ladder", "mim@18B", parent_run_id=parent,
+        tags=tracking.standard_tags(rung="18B", stage="mim", fingerprint="f-mim"),
+    )
+    clip = tracking.start_run(
+        uri, "ladder", "clip@18B", parent_run_id=parent,
+        tags=tracking.standard_tags(rung="18B", stage="clip", init_run_id=mim, fingerprint="f-clip"),
+    )
+    tracking.end_run(uri, mim, "FINISHED")
+
+    children = tracking.find_runs(uri, "ladder", parent_run_id=parent)
+    assert {r.info.run_id for r in children} == {mim, clip}
+    assert children[0].info.run_id == clip  # newest first
+    assert [r.info.run_id for r in tracking.find_runs(uri, "ladder", tags={"stage": "clip"})] == [clip]
+    assert tracking.get_run(uri, clip).data.tags["init_run_id"] == mim
+    assert tracking.get_run(uri, clip).data.tags[tracking.PARENT_TAG] == parent
+    assert [r.info.run_id for r in tracking.find_runs(uri, "ladder", status="FINISHED")] == [mim]
+    assert tracking.find_stage_run(uri, "ladder", "f-mim") == (mim, "FINISHED")
+    assert tracking.find_stage_run(uri, "ladder", "f-clip") == (clip, "RUNNING")
+    assert tracking.find_stage_run(uri, "ladder", "nope") is None
+    assert tracking.find_runs(uri, "no-such-experiment") == []
+    # A rerun with the same fingerprint: the newest one is the stage's run.
+    again = tracking.start_run(uri, "ladder", "mim@18B", parent_run_id=parent,
+                               tags={"fingerprint": "f-mim"})
+    assert tracking.find_stage_run(uri, "ladder", "f-mim") == (again, "RUNNING")
+    tracking.set_tags(uri, again, {"note": "it's \"quoted\""})
+    assert tracking.get_run(uri, again).data.tags["note"] == "it's \"quoted\""
+
+
+def test_params_are_batched_and_truncated(uri: str) -> None:
+    params = {f"group{i // 10}.key{i}": i for i in range(250)}
+    params["data.captions"] = "x" * 10_000
+    run = tracking.start_run(uri, "params", "stage", params=params)
+    logged = tracking.get_run(uri, run).data.params
+    assert len(logged) == 251
+    assert logged["group3.key37"] == "37"
+    assert len(logged["data.captions"]) == store.MAX_PARAM_VAL_LENGTH
+    assert logged["data.captions"].endswith(store.TRUNCATION_MARKER)
+    tracking.log_params(uri, run, params)  # same values again: accepted, nothing new
+    with pytest.raises(ValueError, match="write-once"):
+        tracking.log_params(uri, run, {"group0.key1": "changed"})
+
+
+def test_standard_tags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    tags = tracking.standard_tags(rung="E14", stage="clip", teacher_run_id=None)
+    assert tags["slurm_job_id"] == "4242"
+    assert tags["host"] == socket.gethostname()
+    assert tags["rung"] == "E14" and "teacher_run_id" not in tags
+    assert tags["git_sha"] == "unknown" or len(tags["git_sha"]) == 40
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert tracking.standard_tags()["slurm_job_id"] == "none"
+
+
+def test_resumed_run_continues_without_duplicate_steps(uri: str) -> None:
+    run = tracking.start_run(uri, "resume", "mim@B16")
+    first = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
+    assert isinstance(first, MetricLogger)
+    for step in range(50):
+        first.log_metrics({"train/loss": 1.0 / (step + 1), "train/lr/vision": 0.1}, step)
+    first.close("KILLED")  # preempted after step 49; its last checkpoint was at step 39
+    assert tracking.run_status(uri, run) == "KILLED"
+
+    second = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
+    for step in range(40, 80):
+        second.log_metrics({"train/loss": -1.0, "train/lr/vision": 0.1}, step)
+    second.close()
+
+    assert steps_of(uri, run, "train/loss") == list(range(80))
+    values = {m.step: m.value for m in tracking.get_metric_history(uri, run, "train/loss")}
+    assert values[45] == pytest.approx(1 / 46) and values[60] == -1.0  # first attempt's kept
+    assert steps_of(uri, run, "train/lr/vision") == list(range(80))
+    assert tracking.run_status(uri, run) == "FINISHED"
+    assert len(tracking.find_runs(uri, "resume")) == 1
+
+
+def test_duplicates_within_a_session_are_dropped(uri: str) -> None:
+    run = tracking.start_run(uri, "dups", "stage")
+    with tracking.MlflowLogger(uri, run, flush_every_s=0.05) as logger:
+        logger.log_metrics({"a": 1.0}, 5)
+        logger.log_metrics({"a": 2.0, "b": 1.0}, 5)  # a@5 again: dropped; b@5 is new
+        logger.log_metrics({"a": 3.0}, 3)  # older step: dropped
+        logger.log_metrics({"a": 4.0}, 6)
+        logger.log_metrics({"bad": "not a number"}, 6)
+    assert [(m.step, m.value) for m in tracking.get_metric_history(uri, run, "a")] == [
+        (5, 1.0), (6, 4.0)]
+    assert steps_of(uri, run, "b") == [5]
+    assert steps_of(uri, run, "bad") == []
+
+
+def test_artifacts_params_and_tags_through_the_logger(uri: str, tmp_path: Path) -> None:
+    run = tracking.start_run(uri, "artifacts", "stage", params={"optim.lr": "0.1"})
+    (tmp_path / "config.yaml").write_text("optim:\n  lr: 0.1\n")
+    with tracking.MlflowLogger(uri, run) as logger:
+        logger.log_artifact(tmp_path / "config.yaml")
+        logger.log_dict({"imagenet": {"top1": 0.5}}, "eval/results.json")
+        logger.log_text("hello", "notes/readme.txt")
+        logger.log_params({"optim.lr": "0.1", "optim.wd": "0.05"})
+        logger.set_tags({"rung": "B16"})
+        logger.log_checkpoint(tmp_path / "config.yaml")
+        with pytest.raises(FileNotFoundError):
+            logger.log_artifact(tmp_path / "missing.pt")
+    client = tracking.client(uri)
+    assert {f.path for f in client.list_artifacts(run)} >= {"config.yaml", "eval", "notes"}
+    data = tracking.get_run(uri, run).data
+    assert data.params == {"optim.lr": "0.1", "optim.wd": "0.05"}
+    assert data.tags["rung"] == "B16"
+    assert data.tags["checkpoint_path"] == str(tmp_path / "config.yaml")
+    local = client.download_artifacts(run, "eval/results.json", str(tmp_path))
+    assert '"top1": 0.5' in Path(local).read_text()
+
+
+def test_a_missing_run_warns_once_and_does_not_stop_training(
+    uri: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
+        logger = tracking.MlflowLogger(uri, "f" * 32, flush_every_s=0.05)
+        for step in range(5):
+            logger.log_metrics({"train/loss": 1.0}, step)
+            logger.set_tags({"rung": "B16"})
+        logger.flush(timeout_s=5)
+        logger.close(timeout_s=1)
+    assert sum("cannot be logged to" in r.getMessage() for r in caplog.records) == 1
+    assert logger.pending == 0
+
+
+def test_only_rank_zero_logs(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = tracking.start_run(uri, "ranks", "stage")
+    monkeypatch.setenv("RANK", "1")
+    assert isinstance(tracking.rank_zero_logger(uri, run), NullLogger)
+    logger = tracking.rank_zero_logger(uri, run, rank=0)
+    assert isinstance(logger, tracking.MlflowLogger)
+    logger.close()
+
+
+class FlakyClient:
+    """A client whose metric batches fail twice: first after landing (the reply is lost), then
+    before landing. The logger must neither lose nor duplicate a step."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.failures = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def log_batch(self, run_id: str, metrics=(), **kwargs: object) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if metrics and self.failures < 2:
+            self.failures += 1
+            if self.failures == 1:
+                self.real.log_batch(run_id, metrics=metrics, **kwargs)
+            raise MlflowException("Connection reset by peer")
+        self.real.log_batch(run_id, metrics=metrics, **kwargs)
+
+
+def test_lost_reply_is_not_resent(uri: str, monkeypatch: pytest.MonkeyPatch,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    run = tracking.start_run(uri, "flaky", "stage")
+    flaky = FlakyClient(tracking.client(uri))
+    monkeypatch.setattr(store, "client", lambda u=None: flaky)
+    logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
+    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
+        for step in range(30):
+            logger.log_metrics({"train/loss": float(step)}, step)
+            if step == 9:
+                assert logger.flush(timeout_s=0.2) is False  # first batch in trouble
+        logger.close(timeout_s=20)
+    assert flaky.failures == 2
+    assert steps_of(uri, run, "train/loss") == list(range(30))
+    assert sum("unreachable; buffering" in r.message for r in caplog.records) == 1
+    assert any("reachable again" in r.message for r in caplog.records)
+
+
+class DownClient:
+    """A store that is down: every call fails as a dead server's would."""
+
+    def __getattr__(self, name: str) -> object:
+        from mlflow.exceptions import MlflowException
+
+        def fail(*args: object, **kwargs: object) -> None:
+            raise MlflowException("Connection refused")
+
+        return fail
+
+
+def test_undelivered_metrics_survive_into_the_next_attempt(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tracking.start_run(uri, "spill", "stage")
+    real_client = store.client
+    monkeypatch.setattr(store, "client", lambda u=None: DownClient())
+    first = tracking.MlflowLogger(uri, run, flush_every_s=0.05, spill_dir=tmp_path / "out")
+    for step in range(10):
+        first.log_metrics({"train/loss": float(step)}, step)
+    first.close("KILLED", timeout_s=0.5)  # the server is still down when the job ends
+    assert first.spill_path is not None and first.spill_path.exists()
+
+    monkeypatch.setattr(store, "client", real_client)
+    second = tracking.MlflowLogger(uri, run, flush_every_s=0.05, spill_dir=tmp_path / "out")
+    for step in range(5, 15):  # resumed from the checkpoint at step 5
+        second.log_metrics({"train/loss": -1.0}, step)
+    second.close()
+    history = tracking.get_metric_history(uri, run, "train/loss")
+    assert [m.step for m in history] == list(range(15))
+    assert [m.value for m in history[:10]] == [float(s) for s in range(10)]
+    assert not second.spill_path.exists()
+
+
+def test_unreachable_server_keeps_training_with_a_bounded_buffer(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens here once closed
+    uri = f"http://127.0.0.1:{port}"
+    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
+        logger = tracking.MlflowLogger(uri, "0" * 32, flush_every_s=0.05, max_buffer=10)
+        for step in range(15):
+            logger.log_metrics({"train/loss": 1.0}, step)
+        assert logger.pending == 10 and logger.dropped == 5
+        logger.close("FAILED", timeout_s=1.0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"MLflow at {uri} unreachable; buffering" in m for m in messages)
+    assert any("buffer full" in m for m in messages)
+    assert any("could not be delivered" in m for m in messages)
+
+
+def test_exit_without_close_delivers_and_marks_the_run_killed(uri: str) -> None:
+    run = tracking.start_run(uri, "exit", "stage")
+    code = textwrap.dedent(f"""
+        from scaling import tracking
+        logger = tracking.MlflowLogger({uri!r}, {run!r}, flush_every_s=60)
+        for step in range(20):
+            logger.log_metrics({{"train/loss": 1.0}}, step)
+    """)  # the process ends (e.g. preempted) without close(); nothing flushed yet
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)
+    assert steps_of(uri, run, "train/loss") == list(range(20))
+    assert tracking.run_status(uri, run) == "KILLED"
+
+
+class LateLookup:
+    """A client whose first experiment lookup misses: another process creates it meanwhile."""
+
+    def __init__(self, real: object) -> None:
+        self.real = real
+        self.lookups = 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+    def get_experiment_by_name(self, name: str) -> object:
+        self.lookups += 1
+        return None if self.lookups == 1 else self.real.get_experiment_by_name(name)
+
+
+def test_experiment_created_by_someone_else_meanwhile(uri: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    real = tracking.client(uri)
+    created = real.create_experiment("shared")
+    late = LateLookup(real)
+    monkeypatch.setattr(store, "client", lambda u=None: late)
+    assert tracking.get_or_create_experiment("shared", uri) == created
+    assert late.lookups == 2
+    real.delete_experiment(created)
+    assert tracking.get_or_create_experiment("shared", uri) == created  # restored from the bin
+    assert real.get_experiment(created).lifecycle_stage == "active"
