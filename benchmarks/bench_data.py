@@ -1,0 +1,207 @@
+"""Throughput of the data path: the synthetic world's generator and the shard pipeline.
+
+    python benchmarks/bench_data.py                      # prints a table
+    python benchmarks/bench_data.py --json bench_data.json --samples 5000
+
+Figures are single-process, single-thread (best of ``--repeat`` runs, as shared machines are
+noisy): the generator's samples/s (whole shards written: scene, drawing, caption, PNG, tar),
+the same split into parts, and the pipeline's samples/s from shards to training batches
+(decode, random resized crop, tokenizer, block mask), and the cost of restoring a stream position.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+CPU_TIMES: dict[str, float] = {}
+
+
+def _best(fn, repeat: int, name: str | None = None) -> float:
+    """Best wall time of ``repeat`` calls of ``fn``; the best CPU time goes to ``CPU_TIMES[name]``
+    (on a busy machine the CPU time is the steadier figure: other processes inflate wall time)."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    if name:
+        CPU_TIMES[name] = min(cpus)
+    return min(walls)
+
+
+def bench_generator(work: Path, samples: int, size: int, repeat: int) -> dict:
+    from scaling.data import captions, synth, world
+
+    def write() -> None:
+        out = work / f"gen{size}"
+        shutil.rmtree(out, ignore_errors=True)
+        synth.write_world(out, samples, size, seed=0, shard_size=1000)
+
+    n_parts = min(samples, 1000)
+
+    def draw() -> None:
+        for i in range(n_parts):
+            rnd = world.sample_rng("train", 0, i)
+            scene = world.sample_scene(rnd, size)
+            world.render_indexed(scene, size, rnd)
+            captions.caption(scene, rnd)
+
+    drawings = [synth._make_indexed("train", 0, i, size)[0] for i in range(n_parts)]
+
+    def encode() -> None:
+        for d in drawings:
+            synth.png_indexed(*d)
+
+    t_write = _best(write, repeat, "write")
+    shard_bytes = sum(p.stat().st_size for p in (work / f"gen{size}").glob("*.tar"))
+    return {
+        "image_size": size,
+        "samples": samples,
+        "write_samples_per_s": samples / t_write,
+        "write_samples_per_cpu_s": samples / CPU_TIMES["write"],
+        "scene_draw_caption_samples_per_s": n_parts / _best(draw, repeat),
+        "png_encode_per_s": n_parts / _best(encode, repeat),
+        "bytes_per_sample": shard_bytes / samples,
+    }
+
+
+def bench_pipeline(work: Path, size: int, batch_size: int, batches: int, repeat: int) -> dict:
+    from scaling.data import synth
+    from scaling.data.masking import BlockMaskGenerator
+    from scaling.data.shards import ShardStream
+    from scaling.data.tokenizer import get_tokenizer
+    from scaling.data.transforms import train_transform
+
+    samples = max(batch_size * batches * 2, 2000)
+    shards = synth.write_world(work / f"pipe{size}", samples, size, seed=0, shard_size=1000)
+    pattern = synth.shard_pattern(shards)
+    grid = (size // 8, size // 8)
+    kw = dict(
+        batch_size=batch_size,
+        transform=train_transform(size),
+        tokenizer=get_tokenizer(32),
+        mask_generator=BlockMaskGenerator(grid),
+        seed=0,
+        shuffle_buffer=1000,
+    )
+
+    def run() -> ShardStream:
+        stream = ShardStream(pattern, **kw)
+        it = iter(stream)
+        for _ in range(batches):
+            next(it)
+        return stream
+
+    # steady state: the first batch (filling the shuffle buffer) is not timed
+    walls, cpus = [], []
+    for _ in range(repeat):
+        it = iter(ShardStream(pattern, **kw))
+        next(it)
+        t0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(batches):
+            next(it)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    t_full, CPU_TIMES["pipeline"] = min(walls), min(cpus)
+    state = run().state_dict()
+
+    def restore() -> None:
+        stream = ShardStream(pattern, **kw)
+        stream.load_state_dict(state)
+        next(iter(stream))
+
+    t_restore = _best(restore, repeat)
+    t_one = _best(lambda: next(iter(ShardStream(pattern, **kw))), repeat)
+    n = batch_size * batches
+    return {
+        "image_size": size,
+        "batch_size": batch_size,
+        "mask_grid": list(grid),
+        "samples_per_s": n / t_full,
+        "samples_per_cpu_s": n / CPU_TIMES["pipeline"],
+        "restore_after_samples": n,
+        "restore_s": t_restore - t_one,
+        "restore_replay_samples_per_s": n / max(t_restore - t_one, 1e-9),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=3000,
+        help="samples the generator writes per size (default 3000)",
+    )
+    p.add_argument(
+        "--sizes", type=int, nargs="+", default=[32, 64], help="image sizes (default 32 64)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="pipeline batch size (default 64)")
+    p.add_argument("--batches", type=int, default=20, help="pipeline batches timed (default 20)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per figure, best kept (default 3)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
+    p.add_argument(
+        "--workdir", type=Path, help="scratch folder (default: a temporary one under .cache/)"
+    )
+    args = p.parse_args(argv)
+    if args.samples < 1 or args.batches < 1 or args.batch_size < 1 or args.repeat < 1:
+        p.error("--samples, --batches, --batch-size and --repeat must be >= 1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    base = args.workdir or REPO_ROOT / ".cache"
+    base.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "load_average_1min": os.getloadavg()[0],
+        },
+        "generator": [],
+        "pipeline": [],
+    }
+    with tempfile.TemporaryDirectory(dir=base, prefix="bench-data-") as tmp:
+        work = Path(tmp)
+        for size in args.sizes:
+            g = bench_generator(work, args.samples, size, args.repeat)
+            results["generator"].append(g)
+            print(
+                f"generator {size:>3d} px: {g['write_samples_per_s']:6.0f} samples/s written "
+                f"({g['write_samples_per_cpu_s']:.0f} per CPU-second; "
+                f"scene+draw+caption {g['scene_draw_caption_samples_per_s']:.0f}/s, "
+                f"PNG {g['png_encode_per_s']:.0f}/s, {g['bytes_per_sample']:.0f} B/sample)"
+            )
+        for size in args.sizes:
+            r = bench_pipeline(work, size, args.batch_size, args.batches, args.repeat)
+            results["pipeline"].append(r)
+            print(
+                f"pipeline  {size:>3d} px: {r['samples_per_s']:6.0f} samples/s to batches "
+                f"({r['samples_per_cpu_s']:.0f} per CPU-second; decode+crop+tokenize+mask {r['mask_grid'][0]}x{r['mask_grid'][1]}, batch {r['batch_size']}); "
+                f"restore after {r['restore_after_samples']} samples: {r['restore_s']:.2f} s"
+            )
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""The stream of one (rank, loader worker): shard order, shuffle buffer, decoding, batches.
+
+``ShardStream`` (in ``shards``) runs one of these in-process or one per DataLoader worker and
+interleaves their batches. Each position is the number of shuffled raw samples consumed;
+replaying to it skips decoding, so a restore costs reading the tar bytes again.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from scaling.data.errors import DataError
+from scaling.data.tario import ShardStats, read_shard
+
+_PIL_FORMATS = {"png": ["PNG"], "jpg": ["JPEG"], "jpeg": ["JPEG"], "webp": ["WEBP"]}
+
+
+def _open_image(data: bytes, ext: str) -> Image.Image:
+    """Decode, trying the format the extension names first (PIL otherwise probes its plugins in
+    turn); web data often has the wrong extension, so fall back to probing."""
+    formats = _PIL_FORMATS.get(ext)
+    if formats:
+        try:
+            img = Image.open(io.BytesIO(data), formats=formats)
+            img.load()
+            return img
+        except Exception:  # any failure: probe all formats below
+            pass
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    return img
+
+
+@dataclass
+class StreamConfig:
+    urls: list[str]
+    pattern: str
+    batch_size: int
+    transform: Callable | None
+    tokenizer: Callable | None
+    mask_generator: Callable | None
+    seed: int
+    rank: int
+    world_size: int
+    resampled: bool
+    shuffle_buffer: int
+    num_workers: int
+    epochs: int | None
+    drop_last: bool
+
+
+def _default_transform(img: Image.Image) -> torch.Tensor:
+    from torchvision.transforms.functional import pil_to_tensor
+
+    return pil_to_tensor(img.convert("RGB")).float().div_(255)
+
+
+class WorkerStream:
+    """The stream of one (rank, loader worker): shard order, shuffle, decode, batches."""
+
+    def __init__(self, cfg: StreamConfig, worker: int, start: dict | None) -> None:
+        self.cfg, self.worker = cfg, worker
+        self.workers = max(cfg.num_workers, 1)
+        self.start = start or {}
+        self.stats = ShardStats()
+        self.delivered = 0
+        self.covered = False
+        self.raw_good = 0
+        # while nothing was delivered: distinct raw samples seen, and those that failed decoding
+        self.seen_ids: set = set()
+        self.failed_ids: set = set()
+        self.unusable = False  # this worker's share of the shards has no usable sample
+        slots = cfg.world_size * self.workers
+        self.owns_all = cfg.resampled or slots == 1
+        if not cfg.resampled and len(cfg.urls) < slots:
+            raise DataError(
+                f"{cfg.pattern!r} has {len(cfg.urls)} shards, fewer than world_size x num_workers = "
+                f"{slots}: use resampled=True, fewer loader workers, or more shards"
+            )
+
+    def _no_usable(self, when: str = "") -> DataError:
+        where = (
+            "" if self.owns_all else f" (the share of rank {self.cfg.rank}, worker {self.worker})"
+        )
+        where += f" in {when}" if when else ""
+        return DataError(
+            f"no usable sample in {self.cfg.pattern!r}{where}: {len(self.cfg.urls)} shards, "
+            f"{self.stats.skipped} bad items skipped {dict(list(self.stats.skipped_by_shard.items())[:5])}; "
+            "check the shards (img2dataset layout: KEY.jpg|png|webp + KEY.txt)"
+        )
+
+    def _shard_order(self) -> Iterator[tuple[str, int]]:
+        """(url, size of the pool it is drawn from) in this worker's order."""
+        cfg, urls = self.cfg, self.cfg.urls
+        if cfg.resampled:
+            rng = np.random.default_rng([cfg.seed, cfg.rank, self.worker, 0])
+            while True:
+                yield urls[int(rng.integers(len(urls)))], len(urls)
+        slot, slots = cfg.rank * self.workers + self.worker, cfg.world_size * self.workers
+        epoch = 0
+        while cfg.epochs is None or epoch < cfg.epochs:
+            perm = np.random.default_rng([cfg.seed, 1, epoch]).permutation(len(urls))
+            mine = perm[slot::slots]
+            for i in mine:
+                yield urls[int(i)], len(mine)
+            epoch += 1
+
+    def _raw(self) -> Iterator[dict]:
+        visited: set[str] = set()
+        barren = 0  # shard reads in a row without a sample
+        for url, pool in self._shard_order():
+            before = self.raw_good
+            for sample in read_shard(url, self.stats):
+                self.raw_good += 1
+                if self.delivered == 0 and self.stats.samples == 0:
+                    self.seen_ids.add((url, sample["key"]))
+                yield sample
+            visited.add(url)
+            self.covered = self.covered or len(visited) >= pool
+            barren = 0 if self.raw_good > before else barren + 1
+            # never anything, or (data gone bad while running) a long run of empty reads
+            if (self.covered and self.raw_good == 0) or barren >= max(3 * pool, 20):
+                if self.owns_all:
+                    raise self._no_usable(f"the last {barren} shard reads" if self.raw_good else "")
+                return  # this worker's share is unusable; the others may still deliver
+
+    def _shuffled(self) -> Iterator[dict]:
+        size = self.cfg.shuffle_buffer
+        if size <= 1:
+            yield from self._raw()
+            return
+        rng = np.random.default_rng([self.cfg.seed, self.cfg.rank, self.worker, 1])
+        buf: list[dict] = []
+        for sample in self._raw():
+            buf.append(sample)
+            if len(buf) >= size:
+                i = int(rng.integers(len(buf)))
+                buf[i], buf[-1] = buf[-1], buf[i]
+                yield buf.pop()
+        while buf:
+            i = int(rng.integers(len(buf)))
+            buf[i], buf[-1] = buf[-1], buf[i]
+            yield buf.pop()
+
+    def _decode(self, sample: dict, pos: int) -> dict | None:
+        try:
+            img = _open_image(sample["image"], sample.get("ext", ""))
+        except Exception as exc:  # PIL raises many types for bad bytes
+            self.stats.skip(
+                sample["shard"],
+                f"sample {sample['key']!r}: undecodable image ({type(exc).__name__})",
+            )
+            if self.delivered == 0:
+                self.failed_ids.add((sample["shard"], sample["key"]))
+                if self.covered and len(self.failed_ids) >= len(self.seen_ids):
+                    if self.owns_all:
+                        raise self._no_usable() from None
+                    self.unusable = True  # end this worker; the others may still deliver
+            return None
+        cfg = self.cfg
+        # one generator per sample, from a string seed (cheaper than numpy's SeedSequence)
+        sample_rng = random.Random(f"{cfg.seed}/{cfg.rank}/{self.worker}/{pos}")
+        transform = cfg.transform or _default_transform
+        # seed torch's CPU generator and Python's for this sample, restoring the caller's after;
+        # (torch.manual_seed / fork_rng would also touch every accelerator backend: ~1 ms a call)
+        torch_state, py_state = torch.get_rng_state(), random.getstate()
+        torch.default_generator.manual_seed(sample_rng.getrandbits(62))
+        random.seed(sample_rng.getrandbits(62))
+        try:
+            image = transform(img)
+        finally:
+            torch.set_rng_state(torch_state)
+            random.setstate(py_state)
+        out = {"image": image, "text": sample["text"], "key": sample["key"]}
+        if cfg.mask_generator is not None:
+            out["mask"] = cfg.mask_generator(np.random.default_rng(sample_rng.getrandbits(64)))
+        return out
+
+    def _collate(self, items: list[dict], pos: int) -> dict:
+        texts = [it["text"] for it in items]
+        batch: dict[str, Any] = {
+            "image": torch.stack([it["image"] for it in items]),
+            "key": [it["key"] for it in items],
+            "caption": texts,
+        }
+        if self.cfg.tokenizer is not None:
+            batch["text"] = self.cfg.tokenizer(texts)
+        if self.cfg.mask_generator is not None:
+            batch["mask"] = torch.from_numpy(np.stack([it["mask"] for it in items]))
+        batch["__meta__"] = {"worker": self.worker, "pos": pos, "stats": self.stats.snapshot()}
+        return batch
+
+    def batches(self) -> Iterator[dict]:
+        skip = int(self.start.get("pos", 0))
+        if skip and not self.start.get("done"):
+            self.stats.quiet = True
+        else:
+            self.stats.restore(self.start.get("stats", {}))
+        items: Iterator = iter(()) if self.start.get("done") else self._shuffled()
+        pending: list[dict] = []
+        pos = 0
+        for pos, sample in enumerate(items, start=1):
+            if pos <= skip:
+                if pos == skip:  # replayed up to the saved position: from here on, count
+                    self.stats.restore(self.start.get("stats", {}))
+                    self.stats.quiet = False
+                    self.delivered = self.stats.samples
+                continue
+            item = self._decode(sample, pos - 1)
+            if item is None:
+                if self.unusable:
+                    break
+                continue
+            pending.append(item)
+            if self.delivered == 0:  # usable data found: stop tracking sample ids
+                self.seen_ids, self.failed_ids = set(), set()
+            self.delivered += 1
+            self.stats.samples += 1
+            if len(pending) == self.cfg.batch_size:
+                yield self._collate(pending, pos)
+                pending = []
+        if pending and not self.cfg.drop_last:
+            yield self._collate(pending, pos)
+        self.stats.quiet = False
+        yield {
+            "__meta__": {
+                "worker": self.worker,
+                "pos": max(pos, skip),
+                "stats": self.stats.snapshot(),
+                "end": True,
+            }
+        }
