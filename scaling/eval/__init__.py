@@ -1,0 +1,1 @@
+"""Zero-shot evaluation: classification with prompt ensembles and image<->text retrieval."""

@@ -1,0 +1,164 @@
+"""One interface over the three ways a stage steps its model: plain torch (1 process), DDP
+(N processes) and DeepSpeed (ZeRO 0-3). The loop calls ``forward``-side code on ``model``,
+then ``backward`` per micro-batch and ``step`` per optimiser step."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from scaling.train.errors import StageSetupError
+from scaling.train.optim import CosineSchedule
+
+DS_TAG = "state"
+
+
+def check_combination(cfg: DictConfig) -> None:
+    if cfg.optim.name == "lamb" and cfg.distributed.deepspeed and cfg.distributed.zero_stage >= 1:
+        raise StageSetupError(
+            f"optim.name=lamb with distributed.zero_stage={cfg.distributed.zero_stage}: ZeRO hands the "
+            "optimizer one flat shard per rank, so LAMB's per-layer trust ratios would become per-shard "
+            "ratios (results change with the ZeRO stage and the number of ranks). Set "
+            "distributed.zero_stage=0 (DeepSpeed without partitioning, e.g. with bf16) or "
+            "optim.name=adamw to keep ZeRO partitioning.")
+    if cfg.train.precision == "fp16" and not torch.cuda.is_available():
+        raise StageSetupError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Engine:
+    """Plain torch / DDP stepping. ``model`` is what to call, ``module`` the bare model."""
+
+    deepspeed = False
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, schedule: CosineSchedule,
+                 grad_clip: float | None, precision: str, device: torch.device, world_size: int) -> None:
+        self.module = module
+        self.optimizer = optimizer
+        self.client_optimizer = optimizer
+        self.schedule = schedule
+        self.grad_clip = grad_clip
+        self.precision = precision
+        self.device = device
+        self.model: nn.Module = module
+        if world_size > 1:
+            ids = [device.index] if device.type == "cuda" else None
+            self.model = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.precision, self.device)
+
+    def micro_context(self, last: bool) -> contextlib.AbstractContextManager:
+        """No gradient all-reduce before the last micro-batch of an optimiser step."""
+        if isinstance(self.model, DistributedDataParallel) and not last:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, accum: int) -> None:
+        self.scaler.scale(loss / accum).backward()
+
+    def step(self) -> float:
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        limit = self.grad_clip if self.grad_clip else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, limit)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.schedule.step()
+        return float(norm)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The whole model's weights (call on every rank; meaningful on rank 0)."""
+        return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
+
+    def save(self, tmp: Path, rank: int) -> None:
+        if rank == 0:
+            torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                        "scaler": self.scaler.state_dict()}, tmp / "train_state.pt")
+
+    def load(self, ckpt: Path) -> None:
+        self.module.load_state_dict(torch.load(ckpt / "model.pt", map_location=self.device, weights_only=True))
+        state = torch.load(ckpt / "train_state.pt", map_location=self.device, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed with our own (client) optimizer: its fused LAMB is CUDA-only."""
+
+    deepspeed = True
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, schedule: CosineSchedule,
+                 cfg: DictConfig, micro_batch: int, accum: int, device: torch.device) -> None:
+        import deepspeed
+
+        self.module_ref = module
+        self.schedule = schedule
+        self.precision = cfg.train.precision
+        self.device = device
+        self.zero_stage = cfg.distributed.zero_stage
+        config = {
+            "train_batch_size": cfg.train.batch_size,
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": accum,
+            "gradient_clipping": float(cfg.optim.grad_clip or 0.0),
+            "zero_optimization": {"stage": self.zero_stage},
+            "bf16": {"enabled": self.precision == "bf16"},
+            "fp16": {"enabled": self.precision == "fp16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 1 << 30,
+            "wall_clock_breakdown": False,
+        }
+        self.model, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
+                                                                config=config)
+        self.module = self.model.module
+        self.client_optimizer = optimizer
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # DeepSpeed casts the model itself for bf16/fp16
+
+    def micro_context(self, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # DeepSpeed syncs at its own accumulation boundary
+
+    def backward(self, loss: torch.Tensor, accum: int) -> None:
+        self.model.backward(loss)  # DeepSpeed divides by the accumulation steps itself
+        self.model.step()  # a no-op except at the accumulation boundary
+
+    def step(self) -> float:
+        norm = self.model.get_global_grad_norm()
+        self.schedule.step()
+        return float(norm) if norm is not None else float("nan")
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        import deepspeed
+
+        params = list(self.module.parameters())
+        ctx = (deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero_stage == 3
+               else contextlib.nullcontext())
+        with ctx:
+            return {k: v.detach().clone().float() for k, v in self.module.state_dict().items()}
+
+    def save(self, tmp: Path, rank: int) -> None:
+        self.model.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG, save_latest=False)
+        if rank == 0:
+            torch.save({"schedule": self.schedule.state_dict()}, tmp / "train_state.pt")
+
+    def load(self, ckpt: Path) -> None:
+        self.model.load_checkpoint(str(ckpt / "deepspeed"), tag=DS_TAG, load_optimizer_states=True,
+                                   load_lr_scheduler_states=False)
+        state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=False)
+        self.schedule.load_state_dict(state["schedule"])

@@ -1,0 +1,257 @@
+"""The training loop of a stage: setup, resume, steps, periodic evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from scaling.metrics import MetricLogger
+from scaling.train import checkpoint as ckpt
+from scaling.train import distributed as dist_utils
+from scaling.train.engine import DeepSpeedEngine, Engine
+from scaling.train.errors import StageConfigError
+from scaling.train.inputs import build_stage_model
+from scaling.train.losses import ContrastiveLoss, mim_loss, teacher_targets
+from scaling.train.optim import (
+    CosineSchedule,
+    TowerGroups,
+    build_optimizer,
+    param_groups,
+    tower_lrs,
+)
+from scaling.train.result import StageResult
+from scaling.train.stage_data import resolve_sources, train_stream
+from scaling.train.throughput import flops_per_sample, peak_flops
+
+log = logging.getLogger(__name__)
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def batch_layout(cfg: DictConfig, world: int) -> tuple[int, int]:
+    """(micro batch per process, accumulation steps) for the global ``train.batch_size``."""
+    batch = cfg.train.batch_size
+    micro = cfg.train.micro_batch or batch // world
+    if micro <= 0 or batch % (micro * world):
+        raise StageConfigError(
+            f"train.batch_size={batch} is not a multiple of micro batch ({micro}) x processes ({world}); "
+            "set train.micro_batch or the batch size so that it divides")
+    return micro, batch // (micro * world)
+
+
+class Stage:
+    def __init__(self, cfg: DictConfig, device: torch.device, logger: MetricLogger,
+                 stop_requested=None) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.logger = logger
+        self.stop_requested = stop_requested
+        self.rank, self.world = dist_utils.world()
+        self.out = Path(cfg.out_dir)
+        self.kind = cfg.stage.kind
+        self.micro, self.accum = batch_layout(cfg, self.world)
+        self.total_steps = max(1, cfg.train.samples // cfg.train.batch_size)
+        self.step = 0
+        self.samples_seen = 0
+        self.metrics: dict[str, float] = {}
+
+        if cfg.train.compile:
+            log.warning("train.compile=true is not supported by the stages yet; running eagerly")
+        seed_all(cfg.train.seed)  # identical initial weights on every rank
+        self.module, self.teacher, info = build_stage_model(cfg, device)
+        self.rung = info["rung"]
+        spec = self.rung.mim if self.kind == "mim" else self.rung.vision
+        self.image_size, self.grid = spec.image_size, spec.grid
+        self.teacher_image_size = info.get("teacher_image_size")
+        self.engine = self._engine()
+        self.loss_fn = ContrastiveLoss(self.rank, self.world) if self.kind == "clip" else None
+
+        from scaling.data.tokenizer import get_tokenizer
+
+        self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
+        self.sources = resolve_sources(cfg, self.image_size, progress=self.rank == 0)
+        self.stream = train_stream(cfg, self.sources.train, self.image_size, self.grid, self.tokenizer,
+                                   self.micro, self.rank, self.world)
+        self.flops_per_sample = flops_per_sample(self.kind, self.rung, cfg.model.patch_dropout,
+                                                 cfg.loss.mask_ratio, info.get("teacher_spec"))
+        self.peak, self.peak_source = peak_flops(cfg.train.peak_flops, device, cfg.resources.gpu)
+        if self.rank == 0:
+            log.info("%s: %d steps of %d (%d per process x %d accumulation x %d processes); MFU against "
+                     "%.3g FLOP/s per process (%s)", cfg.stage.name, self.total_steps, cfg.train.batch_size,
+                     self.micro, self.accum, self.world, self.peak, self.peak_source)
+        from scaling.eval.runner import StageEvaluator
+
+        self.evaluator = StageEvaluator(cfg, self.sources, self.image_size, self.grid, self.tokenizer,
+                                        device, self.teacher, self.teacher_image_size)
+        # Per-rank randomness (drop path, patch dropout) after the shared init.
+        seed_all(cfg.train.seed + 1_000_003 * self.rank)
+
+    # -- setup -------------------------------------------------------------------------------
+    def _engine(self) -> Engine:
+        from scaling.models.build import text_layer_id, vision_layer_id
+
+        cfg = self.cfg
+        text_lr = cfg.optim.text_lr if cfg.optim.text_lr is not None else cfg.optim.lr
+        text_wd = cfg.optim.text_weight_decay if cfg.optim.text_weight_decay is not None else cfg.optim.weight_decay
+        if self.kind == "clip":
+            towers = [TowerGroups("vision", self.module.visual, cfg.optim.lr, cfg.optim.weight_decay,
+                                  cfg.optim.layer_decay, vision_layer_id),
+                      TowerGroups("text", self.module.text, text_lr, text_wd, cfg.optim.text_layer_decay,
+                                  text_layer_id)]
+            extra = {"logit_scale": self.module.logit_scale}
+        else:
+            towers = [TowerGroups("vision", self.module.encoder, cfg.optim.lr, cfg.optim.weight_decay,
+                                  cfg.optim.layer_decay, vision_layer_id),
+                      TowerGroups("head", self.module, cfg.optim.lr, cfg.optim.weight_decay, 1.0)]
+            extra = None
+        groups = param_groups(towers, extra=extra)
+        optimizer = build_optimizer(cfg.optim.name, groups, cfg.optim.betas, cfg.optim.eps)
+        warmup = math.ceil(cfg.optim.warmup_samples / cfg.train.batch_size)
+        schedule = CosineSchedule(optimizer, self.total_steps, warmup, cfg.optim.min_lr)
+        if cfg.distributed.deepspeed:
+            return DeepSpeedEngine(self.module, optimizer, schedule, cfg, self.micro, self.accum, self.device)
+        return Engine(self.module, optimizer, schedule, cfg.optim.grad_clip, cfg.train.precision,
+                      self.device, self.world)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def resume(self) -> Path | None:
+        found = ckpt.latest_checkpoint(self.out)
+        if found is None:
+            return None
+        manifest = ckpt.read_manifest(found)
+        self.engine.load(found)
+        self.step, self.samples_seen = int(manifest["step"]), int(manifest["samples_seen"])
+        rank_file = found / f"rank_{self.rank}.pt"
+        if manifest.get("world_size") == self.world and rank_file.is_file():
+            state = torch.load(rank_file, map_location="cpu", weights_only=False)
+            ckpt.set_rng_state(state["rng"])
+            self.stream.load_state_dict(state["stream"])
+        else:
+            log.warning("resuming %s saved by %s processes on %s: data order and RNG streams restart",
+                        found, manifest.get("world_size"), self.world)
+        if self.rank == 0:
+            log.info("resumed from %s (step %d, %d samples)", found, self.step, self.samples_seen)
+        return found
+
+    def save(self, target: Path, final: bool = False) -> Path:
+        full = self.engine.full_state_dict()
+        manifest = {"kind": self.kind, "rung": self.cfg.stage.rung, "proxy": self.cfg.stage.proxy,
+                    "step": self.step, "samples_seen": self.samples_seen, "world_size": self.world,
+                    "deepspeed": self.engine.deepspeed, "final": final,
+                    "metrics": self.metrics if final else {}}
+        rank_state = {"rng": ckpt.rng_state(), "stream": self.stream.state_dict()}
+        path = ckpt.save(target, self.rank, dist_utils.barrier,
+                         write_shared=lambda tmp: torch.save(full, tmp / ckpt.MODEL_FILE),
+                         rank_state=rank_state, manifest=manifest,
+                         write_collective=lambda tmp: self.engine.save(tmp, self.rank))
+        if self.rank == 0 and not final:
+            ckpt.prune(self.out, self.cfg.train.keep_checkpoints)
+        return path
+
+    # -- steps ---------------------------------------------------------------------------------
+    def micro_loss(self, batch: dict) -> torch.Tensor:
+        images = batch["image"].to(self.device, non_blocking=True)
+        model = self.engine.model
+        if self.kind == "mim":
+            mask = batch["mask"].to(self.device).bool()
+            targets = teacher_targets(self.teacher, images, self.teacher_image_size)
+            return mim_loss(model(images, mask), targets, mask)
+        tokens = batch["text"].to(self.device, non_blocking=True)
+        image_features, text_features, scale = model(images, tokens)
+        return self.loss_fn(image_features, text_features, scale)
+
+    def train_step(self, batches) -> tuple[float, float]:
+        total = torch.zeros((), dtype=torch.float64)
+        for i in range(self.accum):
+            batch = next(batches)
+            with self.engine.micro_context(i == self.accum - 1), self.engine.autocast():
+                loss = self.micro_loss(batch)
+            self.engine.backward(loss, self.accum)
+            total += loss.detach().double().cpu()
+        self.step_lrs = tower_lrs(self.engine.client_optimizer)  # the lrs this step used
+        grad_norm = self.engine.step()
+        return float(total) / self.accum, grad_norm
+
+    def _stop(self) -> bool:
+        return self.stop_requested is not None and dist_utils.any_true(bool(self.stop_requested()))
+
+    def _log_train(self, window_loss: float, window_steps: int, grad_norm: float, elapsed: float) -> None:
+        loss, skipped = dist_utils.mean([window_loss / max(1, window_steps),
+                                         float(self.stream.stats().get("skipped", 0))])
+        samples_per_s = window_steps * self.cfg.train.batch_size / max(elapsed, 1e-9)
+        flops_per_s = samples_per_s * self.flops_per_sample
+        metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/samples_seen": self.samples_seen,
+                   "train/samples_per_s": samples_per_s, "train/flops_per_s": flops_per_s,
+                   "train/mfu": flops_per_s / (self.peak * self.world), "data/skipped": skipped * self.world,
+                   "train/step": self.step}
+        metrics |= {f"train/lr/{k}": v for k, v in self.step_lrs.items()}
+        if self.kind == "clip":
+            metrics["train/temperature"] = float(1.0 / self.module.logit_scale.detach().float().exp())
+        self.metrics.update(metrics)
+        self.logger.log_metrics(metrics, step=self.step)
+
+    def evaluate(self) -> None:
+        results = self.evaluator(self.engine.module, self.rank, self.engine.deepspeed and
+                                 self.cfg.distributed.zero_stage == 3)
+        if self.rank == 0 and results:
+            self.metrics.update(results)
+            self.logger.log_metrics(results, step=self.step)
+
+    def run(self) -> StageResult:
+        cfg = self.cfg
+        self.resume()
+        batches = iter(self.stream)
+        every = cfg.eval.every_samples
+        bar = _progress(self.total_steps, self.step, f"{self.cfg.stage.name}", self.rank == 0)
+        window_loss, window_steps, grad_norm = 0.0, 0, float("nan")
+        tick = time.perf_counter()
+        while self.step < self.total_steps:
+            if self._stop():
+                target = self.out / "checkpoints" / f"step_{self.step}"
+                # a periodic checkpoint of this very step already holds this state
+                path = target if ckpt.is_complete(target) else self.save(target)
+                bar.close()
+                return StageResult("preempted", self.step, self.samples_seen, dict(self.metrics), str(path),
+                                   str(self.out))
+            self.module.train()
+            loss, grad_norm = self.train_step(batches)
+            self.step += 1
+            self.samples_seen += cfg.train.batch_size
+            window_loss += loss
+            window_steps += 1
+            bar.update(1)
+            if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+                self._log_train(window_loss, window_steps, grad_norm, time.perf_counter() - tick)
+                bar.set_postfix(loss=f"{self.metrics['train/loss']:.4f}")
+                window_loss, window_steps = 0.0, 0
+                tick = time.perf_counter()
+            paused = time.perf_counter()
+            if every and self.samples_seen // every > (self.samples_seen - cfg.train.batch_size) // every \
+                    and self.step < self.total_steps:
+                self.evaluate()
+            if cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:
+                self.save(self.out / "checkpoints" / f"step_{self.step}")
+            tick += time.perf_counter() - paused  # eval and checkpoints do not count as training time
+        bar.close()
+        self.evaluate()
+        path = self.save(self.out / "final", final=True)
+        return StageResult("finished", self.step, self.samples_seen, dict(self.metrics), str(path), str(self.out))
+
+
+def _progress(total: int, initial: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
+                disable=not enabled or not sys.stderr.isatty(), dynamic_ncols=True)

@@ -1,0 +1,85 @@
+"""``run_stage``: one MIM or CLIP stage as a function of its resolved config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from scaling.metrics import MetricLogger, NullLogger
+from scaling.train.result import StageResult
+
+log = logging.getLogger(__name__)
+
+
+def finished_result(out_dir: str | os.PathLike) -> StageResult | None:
+    """The result of a stage whose ``final/`` checkpoint is complete, or None."""
+    from scaling.train.checkpoint import MANIFEST, final_checkpoint
+
+    final = final_checkpoint(out_dir)
+    if final is None:
+        return None
+    manifest = json.loads((final / MANIFEST).read_text())
+    return StageResult("finished", int(manifest["step"]), int(manifest["samples_seen"]),
+                       {k: float(v) for k, v in manifest.get("metrics", {}).items()}, str(final), str(out_dir))
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """Fail before any heavy import when a stage input is missing (the error names the key)."""
+    from scaling.train.errors import StageInputError
+
+    if cfg.stage.kind == "mim" and cfg.inputs.teacher is None:
+        raise StageInputError(
+            "a mim stage needs a teacher: set 'inputs.teacher' (or --teacher) to a CLIP checkpoint "
+            "(a clip stage folder, its final/ checkpoint, or an open_clip state dict file)")
+    for key in ("teacher", "init_vision", "init_text"):
+        path = cfg.inputs[key]
+        if path is not None and not Path(path).expanduser().exists():
+            raise StageInputError(f"'inputs.{key}': checkpoint not found: {path}")
+
+
+def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
+              stop_requested: Callable[[], bool] | None = None) -> StageResult:
+    """Train (or continue, or just report) the stage described by ``cfg`` under ``cfg.out_dir``.
+
+    Resumes from the newest complete checkpoint there; returns at once when ``final/`` exists.
+    ``stop_requested`` is polled at every step boundary (OR over ranks); when true the stage saves
+    a checkpoint and returns ``status='preempted'``. Only global rank 0 talks to ``logger``.
+    """
+    out = Path(cfg.out_dir)
+    done = finished_result(out)
+    if done is not None:
+        log.info("stage already finished: %s", done.checkpoint)
+        return done
+    check_inputs(cfg)
+    import torch.distributed as dist
+
+    from scaling.config import save_resolved
+    from scaling.train import distributed
+    from scaling.train.engine import check_combination
+
+    check_combination(cfg)
+    env = distributed.detect()
+    device = distributed.pick_device(env)
+    owns_group = not (dist.is_available() and dist.is_initialized())
+    distributed.init(env, distributed.pick_backend(cfg.distributed.backend, device),
+                     export=cfg.distributed.deepspeed)
+    rank, _ = distributed.world()
+    if rank == 0:
+        save_resolved(cfg, out / "config.yaml")
+    logger = logger if (logger is not None and rank == 0) else NullLogger()
+    from scaling.train.loop import Stage
+
+    try:
+        result = Stage(cfg, device, logger, stop_requested).run()
+    except BaseException:
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()  # no barrier: the other ranks may never reach it
+        raise
+    if owns_group:
+        distributed.cleanup()
+    return result

@@ -1,0 +1,67 @@
+"""The stage's data: training stream, tokenizer, transforms, and the held-out sets it evaluates on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from scaling.paths import REPO_ROOT
+
+
+@dataclass
+class StageData:
+    train: str  # shard pattern
+    classification: str | None
+    retrieval: str | None
+    synthetic: bool
+
+
+def _abs(path: str) -> str:
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else REPO_ROOT / p)
+
+
+def resolve_sources(cfg: DictConfig, image_size: int, progress: bool = False) -> StageData:
+    """Real shards from ``data.train`` (eval sets from ``eval.*``), or the synthetic world,
+    generated once under ``data.cache_dir`` with its held-out zero-shot sets."""
+    synth = None
+    if cfg.data.train is None:
+        from scaling.data.synth import ensure_synthetic
+
+        synth = ensure_synthetic(_abs(cfg.data.cache_dir), samples=cfg.data.synth_samples,
+                                 image_size=image_size, seed=cfg.data.synth_seed, progress=progress)
+    train = cfg.data.train if cfg.data.train is not None else synth["train"]
+    cls = cfg.eval.classification or (synth or {}).get("classification")
+    ret = cfg.eval.retrieval or (synth or {}).get("retrieval")
+    return StageData(train=train, classification=cls, retrieval=ret, synthetic=cfg.data.train is None)
+
+
+def mask_generator(cfg: DictConfig, grid: int):
+    from scaling.data.masking import BlockMaskGenerator
+
+    return BlockMaskGenerator((grid, grid), mask_ratio=cfg.loss.mask_ratio,
+                              min_patches=cfg.loss.min_mask_patches)
+
+
+def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokenizer, micro_batch: int,
+                 rank: int, world_size: int):
+    """The rank's infinite (resampled) stream of micro-batches, resumable via state_dict."""
+    from scaling.data.shards import ShardStream
+    from scaling.data.transforms import train_transform
+
+    masks = mask_generator(cfg, grid) if cfg.stage.kind == "mim" else None
+    return ShardStream(
+        urls,
+        batch_size=micro_batch,
+        transform=train_transform(image_size, tuple(cfg.data.crop_scale)),
+        tokenizer=tokenizer if cfg.stage.kind == "clip" else None,
+        mask_generator=masks,
+        seed=cfg.train.seed,
+        rank=rank,
+        world_size=world_size,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        num_workers=cfg.data.workers,
+        resampled=cfg.data.resampled,
+    )

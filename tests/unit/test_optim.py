@@ -1,0 +1,127 @@
+"""Parameter groups (layer decay, no weight decay), the cosine schedule and LAMB's update rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from scaling.train.optim import (
+    CosineSchedule,
+    TowerGroups,
+    build_optimizer,
+    layer_id,
+    lr_factor,
+    param_groups,
+    tower_lrs,
+)
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.norm = nn.LayerNorm(4)
+
+
+class Tower(nn.Module):
+    def __init__(self, depth=3):
+        super().__init__()
+        self.pos_embed = nn.Parameter(torch.zeros(1, 5, 4))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+        self.patch_embed = nn.Linear(4, 4)
+        self.blocks = nn.ModuleList(Block() for _ in range(depth))
+        self.head = nn.Linear(4, 2)
+
+
+def by_param(groups):
+    return {id(p): g for g in groups for p in g["params"]}
+
+
+def test_layer_ids_embeddings_blocks_top():
+    assert layer_id("pos_embed", 3) == 0
+    assert layer_id("patch_embed.weight", 3) == 0
+    assert layer_id("blocks.0.fc.weight", 3) == 1
+    assert layer_id("transformer.resblocks.2.mlp.c_fc.weight", 3) == 3
+    assert layer_id("head.weight", 3) == 4
+
+
+def test_layer_decay_scales_and_no_weight_decay():
+    tower = Tower(depth=3)
+    groups = param_groups([TowerGroups("vision", tower, lr=1.0, weight_decay=0.05, layer_decay=0.5)],
+                          extra={"logit_scale": nn.Parameter(torch.zeros([]))}, extra_lr=0.1)
+    of = by_param(groups)
+    assert of[id(tower.head.weight)]["lr"] == pytest.approx(1.0)  # top: depth + 1
+    assert of[id(tower.blocks[2].fc.weight)]["lr"] == pytest.approx(0.5)
+    assert of[id(tower.blocks[0].fc.weight)]["lr"] == pytest.approx(0.5**3)
+    assert of[id(tower.pos_embed)]["lr"] == pytest.approx(0.5**4)
+    # decay only on >= 2-D weights that are not embeddings/tokens
+    assert of[id(tower.blocks[0].fc.weight)]["weight_decay"] == 0.05
+    for p in (tower.blocks[0].fc.bias, tower.blocks[0].norm.weight, tower.pos_embed, tower.cls_token):
+        assert of[id(p)]["weight_decay"] == 0.0
+    logit = next(g for g in groups if g["name"] == "logit_scale")
+    assert logit["weight_decay"] == 0.0 and logit["lr"] == 0.1
+    assert sum(len(g["params"]) for g in groups) == len(list(tower.parameters())) + 1
+
+
+def test_shared_parameters_are_grouped_once():
+    tower = Tower()
+    groups = param_groups([TowerGroups("a", tower, 1.0, 0.0), TowerGroups("b", tower, 2.0, 0.0)])
+    assert {g["tower"] for g in groups} == {"a"}
+
+
+def test_lr_factor_warmup_then_cosine_to_min():
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0)
+    assert lr_factor(100, 100, 10, min_factor=0.1) == pytest.approx(0.1)
+    values = [lr_factor(s, 100, 10) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def test_schedule_sets_group_lrs_and_roundtrips():
+    tower = Tower()
+    groups = param_groups([TowerGroups("vision", tower, 1e-3, 0.0, 0.5)])
+    opt = build_optimizer("adamw", groups, (0.9, 0.98), 1e-6)
+    sched = CosineSchedule(opt, total_steps=20, warmup_steps=4)
+    assert tower_lrs(opt)["vision"] == pytest.approx(1e-3 * 0.25)
+    for _ in range(7):
+        sched.step()
+    lrs = [g["lr"] for g in opt.param_groups]
+    other = CosineSchedule(opt, total_steps=20, warmup_steps=4)
+    other.load_state_dict(sched.state_dict())
+    assert [g["lr"] for g in opt.param_groups] == lrs
+    ratio = [g["lr"] / g["peak_lr"] for g in opt.param_groups]
+    assert max(ratio) == pytest.approx(min(ratio))  # one factor for every layer
+
+
+def test_lamb_step_matches_the_formula():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(3, 4))
+    w0 = w.detach().clone()
+    grad = torch.randn(3, 4)
+    w.grad = grad.clone()
+    lr, wd, (b1, b2), eps = 0.1, 0.05, (0.9, 0.98), 1e-6
+    opt = build_optimizer("lamb", [{"params": [w], "lr": lr, "weight_decay": wd}], (b1, b2), eps)
+    opt.step()
+    m = (1 - b1) * grad / (1 - b1)
+    v = (1 - b2) * grad**2 / (1 - b2)
+    update = m / (v.sqrt() + eps) + wd * w0
+    trust = w0.norm() / update.norm()
+    expected = w0 - lr * trust * update
+    torch.testing.assert_close(w.detach(), expected, rtol=1e-5, atol=1e-6)
+    # the step length is lr x ||w||, whatever the gradient scale: LAMB's layer-wise adaptivity
+    assert (w.detach() - w0).norm() == pytest.approx(lr * w0.norm().item(), rel=1e-4)
+
+
+def test_unknown_optimizer_is_named():
+    with pytest.raises(ValueError, match="optim.name"):
+        build_optimizer("sgd", [{"params": [nn.Parameter(torch.zeros(1))]}], (0.9, 0.9), 1e-8)
+
+
+def test_cosine_factor_midpoint_is_half():
+    assert lr_factor(50, 100, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
