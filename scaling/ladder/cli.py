@@ -1,0 +1,169 @@
+"""``python -m scaling.ladder``: plan, dry-run, dispatch and follow the weak-to-strong ladder.
+
+The planning path (``--help``, ``--dry-run``, ``status``) imports no torch, mlflow, submitit or
+deepspeed; they load only when stages are actually dispatched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+EPILOG = """\
+overrides (key=value, validated against the stage schema; see experiments/ladders/eva.yaml):
+  train.samples=5000              every stage
+  mim.optim.lr=1e-3               every stage of one kind (mim | clip)
+  clip@18B.train.samples=5000     one stage
+  ladder.teacher_checkpoint=PATH  the --from rung's CLIP checkpoint (needed with --no-proxy)
+
+examples:
+  python -m scaling.ladder --from E14 --to 18B --dry-run
+  python -m scaling.ladder --from E14 --to 18B                 # proxy ladder, local executor
+  python -m scaling.ladder --from E14 --to 18B --no-proxy --executor slurm \\
+      resources.partition=gpu ladder.teacher_checkpoint=/ckpt/eva02_clip_e14plus
+  python -m scaling.ladder status --from E14 --to 18B     # same selectors and overrides as the run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m scaling.ladder",
+        description="Plan, dispatch and track the weak-to-strong EVA ladder (teacher CLIP -> MIM -> "
+        "CLIP, rung by rung). 'status' as first argument shows each stage's state instead.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--from", dest="start", metavar="RUNG", help="teacher rung (default: --to's teacher in the ladder file)")
+    parser.add_argument("--to", dest="end", metavar="RUNG", help="last rung to train (default: the ladder's last)")
+    parser.add_argument("--via", action="append", default=[], metavar="RUNG",
+                        help="go through these rungs (repeat or comma-separate); default: the ladder file's teachers")
+    parser.add_argument("--ladder", metavar="FILE", help="ladder file (default: experiments/ladders/eva.yaml)")
+    parser.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default="auto",
+                        help="auto: slurm when a SLURM cluster is reachable, else local subprocesses")
+    proxy = parser.add_mutually_exclusive_group()
+    proxy.add_argument("--proxy", dest="proxy", action="store_true", default=None, help="tiny CPU proxies of every rung")
+    proxy.add_argument("--no-proxy", dest="proxy", action="store_false", help="real sizes (GPUs)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and its costs; submit nothing")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (plan, status or results)")
+    parser.add_argument("--experiment", help="MLflow experiment (default: the ladder file's)")
+    parser.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
+    parser.add_argument("--runs-dir", default="runs", help="where stage folders go: RUNS/<experiment>/<stage>-<fingerprint>")
+    parser.add_argument("--jobs-dir", help="submitit folder (default: RUNS/<experiment>/jobs)")
+    parser.add_argument("--report-dir", help="where the final report goes (default: reports/<experiment>)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def gpu_visible() -> bool:
+    return Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None
+
+
+def _fail(message: str) -> int:
+    print(f"scaling.ladder: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _plan(args: argparse.Namespace, proxy: bool, dry: bool):
+    from scaling.ladder.plan import plan_ladder
+
+    via = [v for item in args.via for v in item.split(",") if v]
+    return plan_ladder(args.start, args.end, via, ladder=args.ladder, proxy=proxy, overrides=args.overrides,
+                       experiment=args.experiment, runs_dir=args.runs_dir, tracking_uri=args.tracking_uri,
+                       allow_missing_teacher=dry)
+
+
+def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: bool) -> None:
+    from scaling.ladder.render import status_table
+    from scaling.ladder.status import stage_rows
+
+    rows = stage_rows(plan)
+    if as_json:
+        print(json.dumps(rows, indent=1), file=out)
+        return
+    print("\nresults (zero-shot top-1 on the held-out evaluation set):", file=out)
+    print(status_table(rows), file=out)
+    if uri:
+        ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
+        print(f"\nMLflow: {ui}   (experiment '{plan.experiment}')", file=out)
+        try:
+            from scaling.analysis.report import write_report
+        except ImportError:
+            return
+        try:
+            path = write_report(uri, plan.experiment, Path(report_dir or Path("reports") / plan.experiment))
+            print(f"report: {path}", file=out)
+        except Exception as exc:  # a report problem must not turn a finished ladder into an error
+            print(f"warning: no report written: {exc}", file=out)
+
+
+def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = "run"
+    if argv and argv[0] in ("status", "run"):
+        command = argv.pop(0)
+    args = build_parser().parse_args(argv)
+
+    from scaling.config import ConfigError
+    from scaling.launch.executors import LaunchError, resolve_executor
+    from scaling.models.specs import SpecError
+
+    try:
+        executor = resolve_executor(args.executor) if command == "run" else args.executor
+        proxy = args.proxy
+        if proxy is None:
+            proxy = not gpu_visible()
+        dry = args.dry_run or command == "status"
+        plan = _plan(args, proxy, dry)
+    except (ConfigError, LaunchError, SpecError, ValueError) as exc:
+        return _fail(str(exc))
+    if command == "run":
+        for note in plan.notes:
+            print(note, file=sys.stderr)
+
+    if command == "status":
+        from scaling.ladder.render import status_table
+        from scaling.ladder.status import stage_rows
+
+        rows = stage_rows(plan)
+        print(json.dumps(rows, indent=1) if args.json else status_table(rows))
+        return 0
+    if args.dry_run:
+        from scaling.ladder.estimate import plan_rows
+        from scaling.ladder.render import plan_table
+
+        rows = plan_rows(plan)
+        if args.json:
+            print(json.dumps(rows, indent=1))
+        else:
+            mode = "proxy (CPU)" if plan.proxy else "real sizes"
+            print(f"ladder '{plan.ladder.name}' {' -> '.join(plan.path)}, {mode}, experiment '{plan.experiment}'")
+            print(plan_table(rows))
+        return 0
+
+    if args.proxy is None and args.executor == "auto":
+        where = "no GPU" if proxy else "a GPU"
+        print(f"{where} and {'SLURM' if executor == 'slurm' else 'no SLURM'} here: running the "
+              f"{'proxy' if proxy else 'real-size'} ladder on the {executor} executor "
+              "(--no-proxy / --executor slurm to change)")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    from scaling.ladder.dispatch import Dispatcher
+
+    dispatcher = Dispatcher(plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
+                            stage_fn=stage_fn, argv=["python -m scaling.ladder", *sys.argv[1:]])
+    try:
+        outcome = dispatcher.run()
+    except KeyboardInterrupt:
+        return 130
+    except (ConfigError, LaunchError) as exc:
+        return _fail(str(exc))
+    uri = outcome.uri
+    if uri is None:
+        from scaling.tracking import resolve_uri
+
+        uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
+    _results(plan, sys.stdout, uri, args.report_dir, args.json)
+    return 0 if outcome.ok else 1

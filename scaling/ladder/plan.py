@@ -1,0 +1,265 @@
+"""Turn a ladder file + ``--from/--to/--via`` + overrides into an ordered list of stages.
+
+Nothing here touches the disk beyond reading configs and stage state files, imports torch, or
+talks to MLflow: a plan (and its dry run) is cheap and has no side effects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from scaling.config import ConfigError, fingerprint, load_stage_config, merge, parse_overrides
+from scaling.ladder.overrides import Overrides, split_overrides
+from scaling.ladder.spec import LadderSpec, load_ladder
+from scaling.launch.state import read_state
+
+TEACHER_KEY = "ladder.teacher_checkpoint"
+
+
+@dataclass
+class PlannedStage:
+    name: str  # "mim@18B"
+    kind: str
+    rung: str  # ladder key
+    cfg: DictConfig
+    fingerprint: str
+    out_dir: Path
+    teacher: str | None = None  # stage name or checkpoint path (mim)
+    teacher_rung: str | None = None
+    init: dict[str, str] = field(default_factory=dict)  # clip: {"vision": ..., "text": ...}
+    depends_on: list[str] = field(default_factory=list)
+    bootstrap: bool = False  # the --from rung's CLIP trained from scratch (proxy ladders)
+
+    def state(self) -> dict[str, Any]:
+        return read_state(self.out_dir)
+
+
+@dataclass
+class Plan:
+    ladder: LadderSpec
+    path: list[str]  # rung keys, --from first
+    proxy: bool
+    experiment: str
+    runs_dir: Path
+    stages: list[PlannedStage]
+    teacher_source: str  # "checkpoint" | "ladder" | "bootstrap" | "missing"
+    teacher_checkpoint: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def stage(self, name: str) -> PlannedStage:
+        return next(s for s in self.stages if s.name == name)
+
+    def downstream(self, name: str) -> list[str]:
+        """Every stage that depends on ``name``, directly or not."""
+        out: list[str] = []
+        for stage in self.stages:
+            if any(d == name or d in out for d in stage.depends_on):
+                out.append(stage.name)
+        return out
+
+
+def rung_path(spec: LadderSpec, start: str, end: str, via: Sequence[str] = ()) -> list[str]:
+    """Rung keys from ``start`` to ``end``: through ``via`` if given, else along the teachers."""
+    first, last = spec.rung(start).key, spec.rung(end).key
+    i_first, i_last = spec.index(first), spec.index(last)
+    if i_first >= i_last:
+        raise ConfigError(
+            f"--from {start} must be below --to {end} on ladder '{spec.name}' "
+            f"(order: {' -> '.join(spec.keys())})"
+        )
+    if via:
+        middle = [spec.rung(v).key for v in via]
+        for key in middle:
+            if not i_first < spec.index(key) < i_last:
+                raise ConfigError(f"--via {key} must lie between --from {first} and --to {last} "
+                                  f"(order: {' -> '.join(spec.keys())})")
+        middle = sorted(dict.fromkeys(middle), key=spec.index)
+        return [first, *middle, last]
+    chain, current = [last], last
+    while current != first:
+        teacher = next(r for r in spec.rungs if r.key == current).teacher
+        if teacher is None or spec.index(teacher) < i_first:
+            chain.append(first)  # the file's teachers skip --from: start there directly
+            break
+        chain.append(teacher)
+        current = teacher
+    return chain[::-1]
+
+
+def _ladder_trained_clip(runs_dir: Path, experiment: str, rung: str, proxy: bool) -> Path | None:
+    """Out_dir of this experiment's newest finished ``clip@rung`` stage, if any."""
+    best: tuple[float, Path] | None = None
+    folder = runs_dir / experiment
+    if not folder.is_dir():
+        return None
+    for candidate in folder.glob(f"clip@{rung}-*"):
+        state = read_state(candidate)
+        if state.get("state") == "finished" and bool(state.get("proxy", proxy)) == proxy:
+            stamp = float(state.get("updated", 0))
+            if best is None or stamp > best[0]:
+                best = (stamp, candidate)
+    return best[1] if best else None
+
+
+def _stage_config(spec: LadderSpec, overrides: Overrides, kind: str, rung: str, proxy: bool,
+                  wiring: dict[str, Any]) -> DictConfig:
+    name = f"{kind}@{rung}"
+    cfg = load_stage_config(kind, rung, proxy=proxy)
+    # Plain assignments (typed, but no merge + validate round): the dry run must stay fast.
+    for dotted, value in _dotted(wiring):
+        OmegaConf.update(cfg, dotted, value, merge=False)
+    sections = ("config", "proxy") if proxy else ("config",)
+    for section in sections:
+        for target in ("all", kind, name):
+            layer = spec.layers.get(section, {}).get(target)
+            if layer:
+                cfg = merge(cfg, layer, f"{spec.path}: {section}.{target}")
+    for group in overrides.for_stage(kind, [name]):
+        cfg = merge(cfg, parse_overrides(group), "command line")
+    cfg.stage.kind, cfg.stage.rung, cfg.stage.proxy, cfg.stage.name = kind, rung, proxy, name
+    return cfg
+
+
+def _dotted(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.extend(_dotted(value, f"{prefix}{key}."))
+        elif not isinstance(value, dict):
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def _identity(cfg: DictConfig, internal: dict[str, str]) -> dict[str, Any]:
+    """The config as fingerprinted: inputs made by this plan named by stage, not by folder."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key, stage in internal.items():
+        data["inputs"][key] = f"stage:{stage}"  # type: ignore[index]
+    return data  # type: ignore[return-value]
+
+
+def plan_ladder(
+    start: str | None = None,
+    end: str | None = None,
+    via: Sequence[str] = (),
+    ladder: str | Path | None = None,
+    proxy: bool = True,
+    overrides: Sequence[str] = (),
+    experiment: str | None = None,
+    runs_dir: str | Path = "runs",
+    tracking_uri: str | None = None,
+    allow_missing_teacher: bool = False,
+) -> Plan:
+    """The stages of ``--from start --to end`` (defaults: the last rung, from its teacher).
+
+    Raises ``ConfigError`` (one line naming the key, file or option) for anything wrong.
+    """
+    split = split_overrides(overrides)
+    spec = load_ladder(ladder, split.ladder)
+    end_key = spec.rung(end).key if end else spec.rungs[-1].key
+    if start is None:
+        teacher = next(r for r in spec.rungs if r.key == end_key).teacher
+        if teacher is None:
+            raise ConfigError(f"--to {end_key} has no teacher rung in {spec.path}: give --from")
+        start = teacher
+    path = rung_path(spec, start, end_key, via)
+    experiment = experiment or spec.experiment
+    runs = Path(runs_dir).resolve()
+    entries = {r.key: r for r in spec.rungs}
+    stage_names = [f"{k}@{r}" for r in path[1:] for k in entries[r].stages]
+    first = path[0]
+    notes: list[str] = []
+
+    # Where the --from rung's CLIP comes from.
+    teacher_ckpt: str | None = None
+    if spec.teacher_checkpoint:
+        ckpt = Path(spec.teacher_checkpoint).expanduser()
+        if not ckpt.exists():
+            raise ConfigError(f"{TEACHER_KEY}: {spec.teacher_checkpoint} does not exist; give the "
+                              f"{first} CLIP checkpoint (a stage out_dir, checkpoint folder or file)")
+        source, teacher_ckpt = "checkpoint", str(ckpt.resolve())
+    elif not proxy and (found := _ladder_trained_clip(runs, experiment, first, proxy)) is not None:
+        # (a proxy plan keeps its bootstrap stage: finished, it is skipped by fingerprint)
+        source, teacher_ckpt = "ladder", str(found)
+        notes.append(f"teacher clip@{first}: this ladder's finished stage {found}")
+    elif proxy:
+        source = "bootstrap"
+        stage_names.insert(0, f"clip@{first}")
+        notes.append(f"no {first} CLIP checkpoint: the proxy ladder trains clip@{first} from scratch first")
+    elif allow_missing_teacher:
+        source = "missing"
+        notes.append(f"missing teacher checkpoint: set {TEACHER_KEY}=PATH (the {first} CLIP) to run this plan")
+    else:
+        raise ConfigError(
+            f"missing teacher checkpoint: no {first} CLIP for mim@{path[1]}; set "
+            f"{TEACHER_KEY}=PATH (an EVA-CLIP {first} checkpoint) or train clip@{first} with this ladder first"
+        )
+
+    # Stage-targeted overrides must hit a stage of this plan.
+    targeted = {}
+    for typed, items in split.by_stage.items():
+        kind, _, rung = typed.partition("@")
+        name = f"{kind}@{spec.rung(rung).key}"
+        if name not in stage_names:
+            raise ConfigError(f"command line: '{typed}.…' targets no stage of this plan; stages: {', '.join(stage_names)}")
+        targeted.setdefault(name, []).extend(items)
+    split.by_stage = targeted
+
+    placement = {"out_dir": "", "tracking": {"experiment": experiment}}
+    if tracking_uri:
+        placement["tracking"]["uri"] = tracking_uri
+    stages: list[PlannedStage] = []
+    by_name: dict[str, PlannedStage] = {}
+    # clip@<rung> outputs: stage name (planned) or checkpoint path (external).
+    clip_of: dict[str, str | None] = {first: teacher_ckpt}
+    if source == "missing":
+        clip_of[first] = f"<{TEACHER_KEY}>"  # shown by the dry run; never dispatched
+
+    def add(kind: str, rung: str, wiring: dict[str, Any], internal: dict[str, str], **info: Any) -> None:
+        inputs = {key: (by_name[v].out_dir.as_posix() if v in by_name else v) for key, v in wiring.items()}
+        extra = {**placement, "inputs": inputs}
+        if info.get("teacher_rung"):
+            extra["stage"] = {"teacher_rung": info["teacher_rung"]}
+        cfg = _stage_config(spec, split, kind, rung, proxy, extra)
+        upstream = [by_name[s].fingerprint for s in dict.fromkeys(internal.values())]
+        fp = fingerprint(_identity(cfg, internal), upstream)
+        name = f"{kind}@{rung}"
+        out_dir = runs / experiment / f"{name}-{fp}"
+        cfg.out_dir = out_dir.as_posix()
+        stage = PlannedStage(name, kind, rung, cfg, fp, out_dir, depends_on=list(dict.fromkeys(internal.values())), **info)
+        stages.append(stage)
+        by_name[name] = stage
+
+    if source == "bootstrap":
+        add("clip", first, {}, {}, bootstrap=True)
+        clip_of[first] = f"clip@{first}"
+    for teacher_rung, rung in zip(path, path[1:], strict=False):
+        teacher = clip_of.get(teacher_rung)
+        if teacher is None and source != "missing":
+            raise ConfigError(f"{spec.path}: rungs.{teacher_rung}.stages has no clip stage, but "
+                              f"{teacher_rung} teaches {rung} on this path")
+        internal_teacher = {"teacher": teacher} if teacher in by_name else {}
+        mim_name = None
+        if "mim" in entries[rung].stages:
+            wiring = {"teacher": teacher} if teacher else {}
+            add("mim", rung, wiring, internal_teacher, teacher=teacher, teacher_rung=teacher_rung)
+            mim_name = f"mim@{rung}"
+        if "clip" in entries[rung].stages:
+            wiring, internal = {}, {}
+            if mim_name:
+                wiring["init_vision"] = internal["init_vision"] = mim_name
+            if teacher:
+                wiring["init_text"] = teacher
+                if teacher in by_name:
+                    internal["init_text"] = teacher
+            init = {"vision": mim_name, "text": teacher}
+            add("clip", rung, wiring, internal, init={k: v for k, v in init.items() if v})
+            clip_of[rung] = f"clip@{rung}"
+        else:
+            clip_of[rung] = None
+    return Plan(spec, path, proxy, experiment, runs, stages, source, teacher_ckpt, notes)

@@ -1,0 +1,74 @@
+"""Text tables for the dry run, ``status`` and the final results."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+def human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "-"
+    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}"
+
+
+def duration(hours: float | None) -> str:
+    if hours is None:
+        return "-"
+    if hours >= 48:
+        return f"{hours / 24:.1f} d"
+    if hours >= 1:
+        return f"{hours:.1f} h"
+    return f"{hours * 60:.0f} min"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(c) for c in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plan_table(rows: Sequence[dict[str, Any]]) -> str:
+    headers = ["stage", "teacher", "init", "params", "GFLOP/sample", "samples", "train FLOPs",
+               "nodes x GPUs", "micro-batch", "mem/GPU (ZeRO)", "GPU-hours", "wall", "state"]
+    body = []
+    for r in rows:
+        init = ", ".join(f"{k}={v}" for k, v in (r.get("init") or {}).items()) or "-"
+        if r["gpus_per_node"]:
+            world = f"{r['nodes']} x {r['gpus_per_node']}"
+            mem = f"{r['memory_per_gpu_gb']:.1f} GiB (Z{r['zero_stage']})"
+            if r.get("fits") is False:
+                mem += " !"
+        else:
+            world, mem = f"cpu x {r['processes']}", "-"
+        body.append([
+            r["stage"] + (" (bootstrap)" if r.get("bootstrap") else ""), r.get("teacher") or "-", init,
+            human(r["params"]), f"{r['gflops_per_sample']:.4g}", human(r["samples"]), f"{r['train_flops']:.3g}",
+            world, r["micro_batch"], mem, human(r["gpu_hours"]), duration(r["wall_hours"]), r.get("state", "new"),
+        ])
+    return table(headers, body)
+
+
+def zero_shot(metrics: dict[str, Any] | None) -> str:
+    """``eval/<set>/top1`` values as ``set 12.3%``."""
+    found = [(k.split("/")[1], v) for k, v in (metrics or {}).items()
+             if k.startswith("eval/") and k.endswith("/top1") and k.count("/") == 2]
+    if not found and "eval/mim/loss" in (metrics or {}):  # a MIM stage has no zero-shot head
+        return f"mim loss {float(metrics['eval/mim/loss']):.3f}"  # type: ignore[index]
+    return ", ".join(f"{name} {100 * float(v):.1f}%" for name, v in sorted(found)) or "-"
+
+
+def status_table(rows: Sequence[dict[str, Any]]) -> str:
+    headers = ["stage", "state", "run id", "job id", "progress", "zero-shot top-1 / eval", "out_dir"]
+    body = []
+    for r in rows:
+        done, total = r.get("samples_seen"), r.get("samples")
+        progress = f"{human(done)}/{human(total)} ({100 * done / total:.0f}%)" if done is not None and total else "-"
+        body.append([r["stage"], r["state"], r.get("run_id") or "-", r.get("job_id") or "-", progress,
+                     zero_shot(r.get("metrics")), r["out_dir"]])
+    return table(headers, body)

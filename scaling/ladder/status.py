@@ -1,0 +1,34 @@
+"""Each planned stage's state, run id, job id, progress and final metrics, from its out_dir."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scaling.ladder.plan import Plan
+from scaling.launch.state import read_progress
+
+
+def stage_rows(plan: Plan) -> list[dict[str, Any]]:
+    rows = []
+    for stage in plan.stages:
+        state = stage.state()
+        progress = read_progress(stage.out_dir)
+        metrics = dict(state.get("metrics") or {}) or {
+            k: v for k, v in (progress.get("metrics") or {}).items() if k.startswith("eval/")
+        }
+        seen = state.get("samples_seen") if state.get("state") == "finished" else None
+        if seen is None:
+            seen = (progress.get("metrics") or {}).get("train/samples_seen", state.get("samples_seen"))
+        rows.append({
+            "stage": stage.name,
+            "state": state.get("state", "new"),
+            "run_id": state.get("run_id"),
+            "job_id": state.get("job_id"),
+            "samples_seen": None if seen is None else int(seen),
+            "samples": int(stage.cfg.train.samples),
+            "metrics": metrics,
+            "fingerprint": stage.fingerprint,
+            "out_dir": stage.out_dir.as_posix(),
+            "error": state.get("error"),
+        })
+    return rows

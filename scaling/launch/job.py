@@ -1,0 +1,175 @@
+"""``StageJob``: one training stage as a checkpointable submitit job.
+
+On USR2 (timeout or preemption, sent by SLURM or by submitit's ``job._interrupt()``) or TERM,
+the job only raises a flag; the stage notices it at the next step boundary, saves a checkpoint
+and returns ``preempted``. Then, if USR2 came, the job hands over to submitit's own handler,
+which calls ``checkpoint()`` (a fresh ``StageJob`` pointing at the newest checkpoint), dumps it
+and requeues the job. A TERM alone (``scancel``, or an outside ``scontrol requeue``) stops
+without requeueing: SLURM decides what happens next. The requeued job resumes from the stage's
+``out_dir`` and keeps logging to the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import submitit
+from omegaconf import DictConfig, OmegaConf
+
+from scaling.launch.distributed_env import run_distributed_env
+from scaling.launch.state import ProgressLogger, newest_checkpoint, write_state
+
+log = logging.getLogger("scaling.launch")
+
+# After TERM, how long to wait for the USR2 that submitit's _interrupt() sends right after it.
+_USR2_GRACE_S = 5.0
+
+
+class StopFlag:
+    """Records USR2/TERM; keeps submitit's USR2 handler to requeue through it later."""
+
+    def __init__(self) -> None:
+        self.signals: list[int] = []
+        self.submitit_handler: Any = None
+
+    def install(self) -> StopFlag:
+        usr = submitit.JobEnvironment._usr_sig()
+        previous = signal.getsignal(usr)
+        self._saved = {usr: previous, signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+        # Only a submitit handler (a bound method) can requeue; defaults/None cannot.
+        if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
+            self.submitit_handler = previous
+        signal.signal(usr, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def _on_signal(self, signum: int, frame: Any = None) -> None:
+        self.signals.append(signum)
+        log.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
+
+    def restore(self) -> None:
+        """Put back the handlers found at ``install`` (matters for in-process ``debug`` jobs)."""
+        for signum, handler in getattr(self, "_saved", {}).items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def is_set(self) -> bool:
+        return bool(self.signals)
+
+    def wants_requeue(self, grace_s: float | None = None) -> bool:
+        usr = submitit.JobEnvironment._usr_sig()
+        deadline = time.monotonic() + (_USR2_GRACE_S if grace_s is None else grace_s)
+        while usr not in self.signals and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return usr in self.signals
+
+    def requeue(self) -> None:
+        """Let submitit checkpoint (``StageJob.checkpoint``) and requeue; exits the process."""
+        if self.submitit_handler is None:
+            return
+        try:
+            self.submitit_handler(submitit.JobEnvironment._usr_sig(), None)
+        except subprocess.CalledProcessError as exc:
+            # e.g. SLURM already requeued the job itself: nothing left to do but leave.
+            log.warning("requeue failed (%s); exiting, the scheduler decides what follows", exc)
+            sys.exit(-1)
+
+
+def _has_job_env() -> bool:
+    """Inside a local or SLURM submitit job (not an in-process debug one)."""
+    return bool(os.environ.get("SUBMITIT_EXECUTOR"))
+
+
+def _container(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+class StageJob(submitit.helpers.Checkpointable):
+    """Runs ``scaling.train.run_stage(cfg)`` in a job; requeues itself on timeout/preemption.
+
+    The config travels as a plain dict (picklable). ``resume_from`` is informative only: the
+    stage always resumes from the newest complete checkpoint under ``cfg.out_dir``.
+    """
+
+    def __init__(self, cfg: DictConfig | Mapping[str, Any], resume_from: str | None = None,
+                 stage_fn: Callable[..., Any] | None = None) -> None:
+        self.cfg = _container(cfg)
+        self.resume_from = resume_from
+        # A stand-in for run_stage (tests of the dispatch machinery); None -> the real stages.
+        self.stage_fn = stage_fn
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        newest = newest_checkpoint(self.cfg["out_dir"])
+        log.info("requeueing %s from %s", self.cfg["stage"]["name"], newest or "its start")
+        return submitit.helpers.DelayedSubmission(StageJob(self.cfg, newest, self.stage_fn))
+
+    def _logger(self, cfg: DictConfig, rank: int) -> Any:
+        if rank != 0:
+            return None
+        progress = ProgressLogger(cfg.out_dir)
+        if not cfg.tracking.run_id:
+            return progress
+        from scaling.metrics import MultiLogger
+        from scaling.tracking import MlflowLogger
+
+        return MultiLogger([MlflowLogger(cfg.tracking.uri, cfg.tracking.run_id), progress])
+
+    def __call__(self) -> dict[str, Any]:
+        if not logging.getLogger().handlers:  # the job's log file shows the stage's own progress
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        cfg = OmegaConf.create(self.cfg)
+        env = run_distributed_env()
+        rank = int(env["RANK"])
+        stop = StopFlag().install()
+        try:
+            return self._run(cfg, env, rank, stop)
+        finally:
+            stop.restore()
+
+    def _run(self, cfg: DictConfig, env: dict[str, str], rank: int, stop: StopFlag) -> dict[str, Any]:
+        logger = self._logger(cfg, rank)
+        run_id = cfg.tracking.run_id
+        if rank == 0:
+            write_state(cfg.out_dir, "running", job_id=env.get("JOB_ID"), run_id=run_id,
+                        resume_from=self.resume_from, started=time.time())
+        if self.stage_fn is None:
+            from scaling.train import run_stage
+        else:
+            run_stage = self.stage_fn
+        try:
+            result = run_stage(cfg, logger=logger, stop_requested=stop.is_set)
+        except BaseException as exc:
+            if rank == 0:
+                write_state(cfg.out_dir, "failed", error=f"{type(exc).__name__}: {exc}")
+                if logger is not None:
+                    logger.close("FAILED")
+            raise
+        out = {"stage": cfg.stage.name, "status": result.status, "metrics": dict(result.metrics),
+               "checkpoint": result.checkpoint, "run_id": run_id, "steps": result.steps,
+               "samples_seen": result.samples_seen, "out_dir": cfg.out_dir}
+        if result.status == "preempted":
+            if rank == 0:
+                if logger is not None and hasattr(logger, "loggers"):
+                    for sub in logger.loggers:
+                        getattr(sub, "flush", lambda: None)()
+                write_state(cfg.out_dir, "preempted", checkpoint=result.checkpoint,
+                            samples_seen=result.samples_seen)
+            if stop.is_set() and stop.wants_requeue():
+                stop.requeue()  # does not return when submitit requeues
+            elif stop.is_set() and _has_job_env():
+                raise SystemExit(143)  # TERM only: cancelled, or requeued by SLURM itself
+            return out
+        if rank == 0:
+            if logger is not None:
+                logger.close("FINISHED")
+            write_state(cfg.out_dir, "finished", checkpoint=result.checkpoint, metrics=out["metrics"],
+                        samples_seen=result.samples_seen, steps=result.steps, finished=time.time())
+        return out

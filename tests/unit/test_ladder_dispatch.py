@@ -1,0 +1,119 @@
+"""Dispatch with the in-process ``debug`` executor, a stand-in stage and a SQLite MLflow store:
+skip finished stages, rerun what changed and what depends on it, cancel after a failure,
+resume an unfinished stage in the same MLflow run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from scaling.ladder import plan_ladder
+from scaling.ladder.dispatch import Dispatcher
+from scaling.launch.state import read_state
+from scaling.train.result import StageResult
+
+
+def fake_stage(cfg, logger=None, stop_requested=None):
+    """Three logged steps, a final manifest; ``train.seed=13`` fails; ``train.seed=7`` stops once."""
+    out = Path(cfg.out_dir)
+    final = out / "final"
+    for key in ("teacher", "init_vision", "init_text"):
+        path = cfg.inputs[key]
+        if path and not (Path(path) / "final" / "manifest.json").is_file():
+            raise FileNotFoundError(f"inputs.{key}: {path} has no final checkpoint")
+    if cfg.train.seed == 13:
+        raise RuntimeError("diverged (seed 13)")
+    start = 0
+    resumed = out / "checkpoints" / "step_2" / "manifest.json"
+    if resumed.is_file():
+        start = 2
+    for step in range(start + 1, 4):
+        logger.log_metrics({"train/loss": 1.0 / step, "train/samples_seen": 10 * step}, step)
+        if step == 2 and cfg.train.seed == 7 and not resumed.is_file():
+            resumed.parent.mkdir(parents=True)
+            resumed.write_text("{}")
+            return StageResult("preempted", 2, 20, {}, str(resumed.parent), str(out))
+    metrics = {"eval/synth_cls/top1": 0.5}
+    logger.log_metrics(metrics, 3)
+    final.mkdir(parents=True, exist_ok=True)
+    (final / "manifest.json").write_text(json.dumps({"step": 3}))
+    return StageResult("finished", 3, 30, metrics, str(final), str(out))
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory):
+    # A fresh SQLite store costs MLflow's schema migrations (seconds): one per module.
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, store_uri, request):
+    monkeypatch.chdir(tmp_path)
+    return {"uri": store_uri, "runs": tmp_path / "runs", "jobs": tmp_path / "jobs",
+            "experiment": f"ladder-{request.node.name[5:40]}"}
+
+
+def _run(env, overrides=(), start="E14"):
+    plan = plan_ladder(start, "18B", proxy=True, overrides=list(overrides), runs_dir=env["runs"],
+                       tracking_uri=env["uri"], experiment=env["experiment"])
+    outcome = Dispatcher(plan, "debug", tracking_uri=env["uri"], jobs_dir=env["jobs"], stage_fn=fake_stage,
+                         poll_s=0.01).run()
+    return plan, outcome
+
+
+def _runs(env):
+    from scaling import tracking
+
+    return tracking.find_runs(env["uri"], env["experiment"])
+
+
+def test_ladder_runs_tracks_lineage_and_skips_when_finished(env):
+    plan, outcome = _run(env)
+    assert outcome.ok and outcome.submitted == ["clip@E14", "mim@18B", "clip@18B"]
+    runs = {r.info.run_name: r for r in _runs(env)}
+    parent = runs[next(n for n in runs if n.startswith("ladder"))]
+    assert parent.info.status == "FINISHED"
+    ids = outcome.run_ids
+    for name in ("clip@E14", "mim@18B", "clip@18B"):
+        run = runs[name]
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["fingerprint"] == plan.stage(name).fingerprint
+        assert run.data.params["train.samples"] == str(plan.stage(name).cfg.train.samples)
+    assert runs["mim@18B"].data.tags["teacher_run_id"] == ids["clip@E14"]
+    assert runs["clip@18B"].data.tags["init_run_id"] == ids["mim@18B"]
+    assert runs["clip@18B"].data.tags["teacher_run_id"] == ids["clip@E14"]
+    assert runs["clip@18B"].data.metrics["eval/synth_cls/top1"] == 0.5
+
+    _, again = _run(env)
+    assert again.submitted == [] and again.ok and set(again.states.values()) == {"skipped"}
+    assert len(_runs(env)) == 4  # no new parent run either
+
+    # one key changed: that stage and its dependants rerun, upstream is skipped
+    _, changed = _run(env, ["mim.optim.lr=0.002"])
+    assert changed.submitted == ["mim@18B", "clip@18B"] and changed.states["clip@E14"] == "skipped"
+
+
+def test_failed_stage_cancels_its_dependants(env):
+    plan, outcome = _run(env, ["mim.train.seed=13"])
+    assert not outcome.ok
+    assert outcome.states == {"clip@E14": "finished", "mim@18B": "failed", "clip@18B": "cancelled"}
+    assert outcome.submitted == ["clip@E14", "mim@18B"]  # the dependant was never started
+    assert "diverged" in read_state(plan.stage("mim@18B").out_dir)["error"]
+    status = {r.info.run_name: r.info.status for r in _runs(env)}
+    assert status["mim@18B"] == "FAILED" and status["clip@18B"] == "KILLED"
+    assert status[next(n for n in status if n.startswith("ladder"))] == "FAILED"
+
+
+def test_unfinished_stage_resumes_in_the_same_run(env):
+    from scaling import tracking
+
+    plan, first = _run(env, ["clip@18B.train.seed=7"])
+    assert first.states["clip@18B"] == "preempted" and not first.ok
+    run_id = first.run_ids["clip@18B"]
+    _, second = _run(env, ["clip@18B.train.seed=7"])
+    assert second.submitted == ["clip@18B"] and second.ok and second.run_ids["clip@18B"] == run_id
+    steps = [m.step for m in tracking.get_metric_history(env["uri"], run_id, "train/loss")]
+    assert steps == [1, 2, 3]  # every step once across the two jobs
+    assert tracking.run_status(env["uri"], run_id) == "FINISHED"
