@@ -57,8 +57,9 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int]
 def retrieval(model: nn.Module, image_batches: Iterable[torch.Tensor], captions: Sequence[Sequence[str]],
               tokenizer: Callable, device: torch.device, ks: Sequence[int] = (1, 5, 10),
               text_batch: int = 256) -> dict[str, float]:
-    """``image_r@k``: text query -> image (the caption's own image among the k best);
-    ``text_r@k``: image query -> any of its captions among the k best texts."""
+    """``image_r<k>``: text query -> image (the caption's own image among the k best);
+    ``text_r<k>``: image query -> any of its captions among the k best texts.
+    (No ``@`` in the names: MLflow rejects it in metric keys.)"""
     image_feats = torch.cat([F.normalize(model.encode_image(b.to(device)).float(), dim=-1)
                              for b in image_batches])
     texts = [t for caps in captions for t in caps]
@@ -72,4 +73,4 @@ def retrieval(model: nn.Module, image_batches: Iterable[torch.Tensor], captions:
     positives = owner.view(-1, 1) == torch.arange(len(image_feats), device=device).view(1, -1)
     image_r = recall_at_k(scores, positives, ks)
     text_r = recall_at_k(scores.T, positives.T, ks)
-    return {**{f"image_r@{k}": v for k, v in image_r.items()}, **{f"text_r@{k}": v for k, v in text_r.items()}}
+    return {**{f"image_r{k}": v for k, v in image_r.items()}, **{f"text_r{k}": v for k, v in text_r.items()}}

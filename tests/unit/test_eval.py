@@ -69,10 +69,10 @@ def test_retrieval_counts_any_caption_of_the_image():
     images = colour_images([0, 1, 2])
     captions = [["a red one", "red"], ["green"], ["blue", "a blue one"]]
     out = retrieval(model, [images], captions, colour_tokenizer, torch.device("cpu"), ks=(1, 5))
-    assert out["image_r@1"] == 1.0 and out["text_r@1"] == 1.0
+    assert out["image_r1"] == 1.0 and out["text_r1"] == 1.0
     shuffled = [["green"], ["blue"], ["red"]]
     out = retrieval(model, [images], shuffled, colour_tokenizer, torch.device("cpu"), ks=(1,))
-    assert out["image_r@1"] == 0.0 and out["text_r@1"] == 0.0
+    assert out["image_r1"] == 0.0 and out["text_r1"] == 0.0
 
 
 def png(colour):

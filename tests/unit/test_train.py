@@ -43,8 +43,8 @@ def test_clip_stage_logs_every_metric_and_saves_final(clip_stage):
     keys = set().union(*rows)
     for key in ("train/loss", "train/lr/vision", "train/lr/text", "train/grad_norm", "train/samples_seen",
                 "train/samples_per_s", "train/flops_per_s", "train/mfu", "data/skipped", "train/temperature",
-                "eval/synth_cls/top1", "eval/synth_cls/top5", "eval/synth_ret/image_r@1",
-                "eval/synth_ret/image_r@10", "eval/synth_ret/text_r@5"):
+                "eval/synth_cls/top1", "eval/synth_cls/top5", "eval/synth_ret/image_r1",
+                "eval/synth_ret/image_r10", "eval/synth_ret/text_r5"):
         assert key in keys, key
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
     assert [r["step"] for r in rows if "eval/synth_cls/top1" in r] == [2, 4]  # every 32 samples + end
