@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from scaling.config import runtime_problems
 from scaling.train.errors import StageSetupError
 from scaling.train.optim import CosineSchedule
 
@@ -19,13 +20,8 @@ DS_TAG = "state"
 
 
 def check_combination(cfg: DictConfig) -> None:
-    if cfg.optim.name == "lamb" and cfg.distributed.deepspeed and cfg.distributed.zero_stage >= 1:
-        raise StageSetupError(
-            f"optim.name=lamb with distributed.zero_stage={cfg.distributed.zero_stage}: ZeRO hands the "
-            "optimizer one flat shard per rank, so LAMB's per-layer trust ratios would become per-shard "
-            "ratios (results change with the ZeRO stage and the number of ranks). Set "
-            "distributed.zero_stage=0 (DeepSpeed without partitioning, e.g. with bf16) or "
-            "optim.name=adamw to keep ZeRO partitioning.")
+    for problem in runtime_problems(cfg):
+        raise StageSetupError(problem)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise StageSetupError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
 
