@@ -1,0 +1,104 @@
+"""The EVA papers' published numbers, as data files next to this module.
+
+Every row names the table it comes from (``table``: seed 000 = EVA-CLIP paper, seed 001 =
+EVA-CLIP-18B paper, seed 002 = EVA-02 paper) and where the number was checked (``source``:
+BAAI's EVA GitHub READMEs). A value that could not be checked against a citable source is left
+empty and the ``note`` column says so; nothing here is estimated. The EVA-CLIP-18B paper's
+linear-probe table (Tab. 7) is not transcribed for the same reason.
+
+Units: parameters in millions, samples seen in billions, batch size in thousands, accuracies in
+percent, ``gflops`` as the EVA-02 paper counts them (multiply-adds).
+"""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+
+import pandas as pd
+
+TABLES: dict[str, str] = {
+    "clip_models": "CLIP models: configs, IN-1K zero-shot, 27-set averages (seed 001 Tab. 1, seed 002 Tab. 10)",
+    "eva02_sizes": "EVA-02 MIM towers: shapes and parameters (seed 002 Tab. 5)",
+    "headlines": "Headline results (seed 000 / seed 001 abstracts)",
+}
+
+# Registry names of the rung files (experiments/models/*.yaml) for the published CLIP models, used
+# to compute forward FLOPs with the project's cost model.
+REGISTRY_NAMES: dict[str, str] = {
+    "EVA-01-CLIP-g/14": "EVA01-CLIP-g-14",
+    "EVA-01-CLIP-g/14+": "EVA01-CLIP-g-14-plus",
+    "EVA-02-CLIP-B/16": "EVA02-CLIP-B-16",
+    "EVA-02-CLIP-L/14": "EVA02-CLIP-L-14",
+    "EVA-02-CLIP-L/14+": "EVA02-CLIP-L-14-336",
+    "EVA-02-CLIP-E/14": "EVA02-CLIP-E-14",
+    "EVA-02-CLIP-E/14+": "EVA02-CLIP-E-14-plus",
+    "EVA-CLIP-8B": "EVA-CLIP-8B",
+    "EVA-CLIP-18B": "EVA-CLIP-18B",
+}
+
+
+class UnknownTableError(KeyError):
+    """A published table name that does not exist."""
+
+
+def table(name: str) -> pd.DataFrame:
+    """One published table as a DataFrame (empty cells are NaN)."""
+    if name not in TABLES:
+        raise UnknownTableError(f"unknown published table {name!r}; choose one of {', '.join(TABLES)}")
+    with resources.files("scaling.analysis").joinpath(f"published/{name}.csv").open() as fh:
+        return pd.read_csv(fh)
+
+
+def _approx_forward_gflops(row: pd.Series) -> float:
+    # Fallback when the rung registry is unavailable: 2 FLOPs per parameter per token
+    # (patch tokens + class token for the image tower, 77 tokens for the text tower).
+    tokens = (row["image_size"] / 14) ** 2 + 1
+    text = row["text_params_m"] if not math.isnan(row["text_params_m"]) else 0.0
+    return 2e-3 * (row["image_params_m"] * tokens + text * 77)
+
+
+def forward_gflops(model: str, image_size: int | None = None) -> float | None:
+    """Forward GFLOPs (2 x multiply-adds) of one image-text pair from the cost model, or None."""
+    name = REGISTRY_NAMES.get(model)
+    if name is None:
+        return None
+    try:
+        from scaling import costs
+        from scaling.models.registry import get_rung
+
+        rung = get_rung(name)
+        flops = costs.forward_flops(rung.vision, image_size=image_size)
+        if rung.text is not None:
+            flops += costs.forward_flops(rung.text)
+        return flops / 1e9
+    except Exception:  # the registry is optional here: fall back to the parameter estimate
+        return None
+
+
+def bubble_frame(metric: str = "img_cls_avg27") -> pd.DataFrame:
+    """Published CLIP models with ``metric`` set, plus forward GFLOPs and total training compute.
+
+    Columns added: ``forward_gflops`` (cost model, or 2 x params x tokens when the rung files
+    are missing), ``flops_source`` and ``gflops_x_samples`` (bubble size, as in EVA-CLIP-18B Fig. 1).
+    """
+    df = table("clip_models")
+    if metric not in df.columns:
+        raise KeyError(f"{metric!r} is not a column of clip_models; choose one of {', '.join(df.columns)}")
+    df = df[df[metric].notna()].copy()
+    gflops, origin = [], []
+    for _, row in df.iterrows():
+        value = forward_gflops(row["model"], int(row["image_size"]))
+        gflops.append(value if value is not None else _approx_forward_gflops(row))
+        origin.append("cost model" if value is not None else "2 x params x tokens")
+    df["forward_gflops"] = gflops
+    df["flops_source"] = origin
+    df["gflops_x_samples"] = df["forward_gflops"] * df["samples_seen_b"] * 1e9
+    return df.reset_index(drop=True)
+
+
+def format_table(name: str) -> str:
+    """A table as aligned text for the terminal (NaN shown as '-')."""
+    df = table(name)
+    shown = df.drop(columns=[c for c in ("source", "note") if c in df.columns])
+    return f"{name}: {TABLES[name]}\n" + shown.to_string(index=False, na_rep="-")

@@ -1,0 +1,310 @@
+"""One experiment's report: PNG + SVG figures and ``report.md`` with tables, from MLflow alone.
+
+Whatever cannot be drawn (no finished runs, too few points to fit, a metric never logged) becomes
+a line under "Notes" in the report and the figures that can be drawn are still written.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from scaling.analysis import load, published
+from scaling.analysis.fits import FitError
+from scaling.analysis.predict import (
+    MetricSpec,
+    compute_points,
+    fit_frontier,
+    next_rung,
+    predicted_vs_achieved,
+    record_prediction,
+)
+
+log = logging.getLogger(__name__)
+DEFAULT_METRIC = "eval/synth_cls/top1"
+SECTIONS = ("ladder", "sweep", "published")
+CURVE_KEYS = ["train/loss", "train/samples_seen", "eval/synth_cls/top1", "eval/mim/loss"]
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` produced."""
+
+    path: Path
+    figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    predictions: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "study"
+
+
+def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    if df.empty:
+        return "_(none)_\n"
+
+    def cell(v) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "–" if math.isnan(v) else format(float(v), floatfmt)
+        return str(v).replace("|", "\\|") if v is not None else "–"
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, sep, *rows]) + "\n"
+
+
+def _human(v) -> str:
+    from scaling.analysis.plots.style import human
+
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else human(float(v))
+
+
+class _Writer:
+    def __init__(self, out_dir: Path, formats: tuple[str, ...]):
+        self.out = out_dir
+        self.formats = formats
+        self.figures: list[Path] = []
+        self.notes: list[str] = []
+
+    def figure(self, name: str, make) -> str | None:
+        """Draw and save one figure; a failure becomes a note, not a traceback."""
+        from scaling.analysis.plots.style import save
+
+        try:
+            fig = make()
+        except Exception as exc:  # one broken figure must not cost the others
+            log.debug("figure %s failed", name, exc_info=True)
+            self.notes.append(f"figure '{name}' could not be drawn: {exc}")
+            return None
+        paths = save(fig, self.out, name, self.formats)
+        self.figures.extend(paths)
+        return paths[0].name
+
+
+def _runs_section(stages: pd.DataFrame, metric: str) -> str:
+    df = stages[["label", "rung", "kind", "status"]].rename(columns={"label": "stage"})
+    df["params"] = [_human(v) for v in stages["n_params"]]
+    df["train FLOPs"] = [_human(v) for v in stages["flops"]]
+    df["FLOPs from"] = stages["flops_source"].fillna("")
+    for key in (metric, "eval/mim/loss", "train/loss"):
+        col = f"metrics.{key}"
+        df[key] = stages.get(col, np.nan)
+    df["minutes"] = stages["duration_s"] / 60.0
+    return md_table(df)
+
+
+def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool) -> tuple[list[str], pd.DataFrame]:
+    from scaling.analysis.plots import compute as compute_plot
+    from scaling.analysis.plots import ladder as ladder_plot
+
+    lines: list[str] = []
+    stages = runs[runs["stage"].notna() & runs["optuna_trial_number"].isna()]
+    if stages.empty:
+        return lines, pd.DataFrame()
+    lines += ["## Ladder stages", "", _runs_section(stages, metric), ""]
+    img = w.figure("ladder_lineage", lambda: ladder_plot.lineage(stages))
+    if img:
+        lines += [f"![stage lineage]({img})", ""]
+    curves = load.histories(uri, list(stages["run_id"]), CURVE_KEYS)
+    img = w.figure("training_curves", lambda: ladder_plot.training_curves(stages, curves))
+    if img:
+        lines += [f"![training curves]({img})", ""]
+
+    finished = stages[(stages["status"] == "FINISHED") & (stages["kind"] == "clip")]
+    if finished.empty:
+        w.notes.append("no finished CLIP stage yet: no compute scaling fit")
+        return lines, pd.DataFrame()
+    points = compute_points(uri, finished, metric)
+    spec = MetricSpec.for_key(metric, points["value"] if not points.empty else None)
+    fit = front = None
+    message = ""
+    if points.empty:
+        w.notes.append(f"the finished CLIP stages have no '{metric}' and compute: nothing to fit")
+    else:
+        try:
+            fit, front = fit_frontier(points, spec)
+        except FitError as exc:
+            message = f"no fit: {exc}"
+            w.notes.append(f"compute scaling: {exc} (evaluate during training, eval.every_samples, "
+                           "or run more rungs)")  # fmt: skip
+    if front is not None and front["run_id"].nunique() == 1:
+        w.notes.append("every frontier point comes from one run: the fit follows that run's training "
+                       "curve, not a law across rungs (finish more rungs for a scaling law)")  # fmt: skip
+    nxt = next_rung(stages) if fit is not None else None
+    checks = predicted_vs_achieved(points, finished, spec) if not points.empty else pd.DataFrame()
+    img = w.figure("compute_scaling", lambda: compute_plot.compute_scaling(points, spec, fit, front, nxt,
+                                                                           checks, message))  # fmt: skip
+    lines += ["## Scaling with compute", ""]
+    if img:
+        lines += [f"![metric vs compute]({img})", ""]
+    if fit is not None:
+        b_lo, b_hi = fit.exponent_interval()
+        lines += [f"Fit on the binned compute frontier ({fit.n} points): "
+                  f"`{fit.formula('err' if spec.higher_is_better else 'y', 'C', 'FLOPs')}`, "
+                  f"exponent 90 % bootstrap interval [{b_lo:.3g}, {b_hi:.3g}], R² (log) = {fit.r2:.3f}.", ""]  # fmt: skip
+        if nxt is not None:
+            y = float(fit.predict(nxt[1]))
+            lo, hi = (float(spec.from_fit(v[0])) for v in fit.band(nxt[1]))
+            lines += [f"**Next rung {nxt[0]}** (planned {_human(nxt[1])} FLOPs): predicted `{metric}` = "
+                      f"{float(spec.from_fit(y)):.4g} (90 % band {min(lo, hi):.4g} – {max(lo, hi):.4g}).", ""]  # fmt: skip
+    if not checks.empty:
+        table = checks[["label", "flops", "predicted", "low", "high", "achieved", "n_fit"]].copy()
+        table["flops"] = [_human(v) for v in table["flops"]]
+        table.columns = ["run", "FLOPs", "predicted", "band low", "band high", "achieved", "fit points"]
+        lines += ["### Predicted vs achieved", "",
+                  "Each run's metric as predicted by the fit on the runs with less compute.", "",
+                  md_table(table)]  # fmt: skip
+        if record:
+            for _, row in checks.dropna(subset=["predicted"]).iterrows():
+                try:
+                    record_prediction(uri, row["run_id"], metric, row["predicted"], row["formula"])
+                except Exception as exc:  # the report is still useful without the write-back
+                    w.notes.append(f"could not record the prediction on run {row['run_id']}: {exc}")
+    return lines, checks
+
+
+def _sweeps(w: _Writer, runs: pd.DataFrame) -> list[str]:
+    from scaling.analysis.plots import sweep as sweep_plot
+    from scaling.analysis.sweep_frame import importances, sweeps
+
+    lines: list[str] = []
+    for sw in sweeps(runs):
+        slug = _slug(sw.study)
+        counts = sw.trials["state"].value_counts().to_dict()
+        lines += [f"## Sweep '{sw.study}'", "",
+                  f"Objective: `{sw.objective}` ({sw.direction}); trials: "
+                  + ", ".join(f"{k.lower()} {v}" for k, v in sorted(counts.items())) + ".", ""]  # fmt: skip
+        best = sw.best()
+        if best is None:
+            w.notes.append(f"sweep '{sw.study}': no complete trial with '{sw.objective}' yet")
+        else:
+            hp = ", ".join(f"{h}={best[h]:.4g}" if isinstance(best[h], (float, np.floating)) else f"{h}={best[h]}"
+                           for h in sw.hp)  # fmt: skip
+            lines += [f"Best: trial {int(best['trial'])}, {sw.objective} = {best['objective']:.4g} ({hp}).", ""]
+        try:
+            imp = importances(sw)
+        except Exception as exc:  # importance needs enough varied trials; the rest still works
+            imp = {}
+            w.notes.append(f"sweep '{sw.study}': parameter importances unavailable ({exc})")
+        figs = [
+            ("history", lambda sw=sw: sweep_plot.history(sw)),
+            ("importance", lambda sw=sw, imp=imp: sweep_plot.importance(sw, imp)),
+            ("parallel", lambda sw=sw: sweep_plot.parallel_coordinates(sw)),
+            ("ablation", lambda sw=sw: sweep_plot.ablation_table(sw)),
+        ]
+        for name, make in figs:
+            img = w.figure(f"sweep_{slug}_{name}", make)
+            if img:
+                lines += [f"![{name}]({img})", ""]
+        table = sw.trials.drop(columns=["run_id", "status"]).rename(columns={"objective": sw.objective})
+        lines += ["### Trials", "", md_table(table), ""]
+    return lines
+
+
+def build_report(
+    uri: str | None,
+    experiment: str,
+    out_dir: str | Path,
+    *,
+    metric: str = DEFAULT_METRIC,
+    log_artifacts: bool = False,
+    record_predictions: bool | None = None,
+    sections: tuple[str, ...] = SECTIONS,
+    formats: tuple[str, ...] = ("png", "svg"),
+) -> Report:
+    """Write the figures and ``report.md`` for ``experiment`` into ``out_dir``.
+
+    ``sections``: any of ``ladder``, ``sweep``, ``published`` (the bubble chart and its table).
+    """
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise load.AnalysisError(f"unknown report section(s) {', '.join(unknown)}; use {', '.join(SECTIONS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = load.runs_frame(uri, experiment)
+    w = _Writer(out, tuple(formats))
+    record = log_artifacts if record_predictions is None else record_predictions
+    finished = runs[runs["status"] == "FINISHED"] if not runs.empty else runs
+    children = runs[~runs["is_parent"]] if not runs.empty else runs
+    if runs.empty:
+        w.notes.append(f"experiment '{experiment}' has no runs yet")
+    elif finished[~finished["is_parent"]].empty:
+        w.notes.append(f"experiment '{experiment}' has no finished runs yet")
+
+    from scaling.analysis.plots import bubble
+
+    # ladder stages only: a sweep's trials share one size and would pile up in the bubble chart
+    clip_runs = (finished[(finished["kind"] == "clip") & finished["optuna_trial_number"].isna()]
+                 if not finished.empty else finished)  # fmt: skip
+    body: list[str] = []
+    img = w.figure("bubble", lambda: bubble.bubble_chart(clip_runs, metric)) if "published" in sections else None
+    ladder_lines, checks = [], pd.DataFrame()
+    if "ladder" in sections and not runs.empty:
+        ladder_lines, checks = _ladder(w, uri, runs, metric, record)
+    sweep_lines = _sweeps(w, runs) if "sweep" in sections and not runs.empty else []
+
+    status = children["status"].value_counts().to_dict() if not children.empty else {}
+    head = [f"# Scaling report: {experiment}", "",
+            f"Runs: {len(children)} ({', '.join(f'{k.lower()} {v}' for k, v in sorted(status.items())) or 'none'}); "
+            f"invocations (parent runs): {int(runs['is_parent'].sum()) if not runs.empty else 0}. "
+            f"Metric: `{metric}`.", ""]  # fmt: skip
+    body += ladder_lines + sweep_lines
+    if "published" in sections:
+        body += ["## Published EVA-CLIP results", ""]
+        if img:
+            body += [f"![published bubble chart]({img})", ""]
+        pub = published.table("clip_models")[["model", "total_params_m", "samples_seen_b", "in1k_zero_shot",
+                                              "img_cls_avg27", "table"]]  # fmt: skip
+        pub.columns = ["model", "params (M)", "samples (B)", "IN-1K zero-shot", "27-set avg", "source table"]
+        body += [md_table(pub, ".4g"), "Empty cells: not checked against a citable source "
+                 "(see `python -m scaling.analysis published`).", ""]  # fmt: skip
+    notes = ["## Notes", "", *[f"- {n}" for n in w.notes], ""] if w.notes else []
+    path = out / "report.md"
+    path.write_text("\n".join(head + notes + body))
+    report = Report(path, w.figures, w.notes, checks)
+    if log_artifacts:
+        _log(uri, experiment, report)
+    return report
+
+
+def _log(uri, experiment: str, report: Report) -> None:
+    parent = load.latest_parent_run(uri, experiment)
+    if parent is None:
+        report.notes.append("no parent run to attach the report to")
+        return
+    mlc = load.client(uri)
+    for path in [report.path, *report.figures]:
+        try:
+            mlc.log_artifact(parent, str(path), "report")
+        except Exception as exc:  # e.g. an artifact store this machine cannot write to
+            report.notes.append(f"could not log {path.name} to run {parent}: {exc}")
+            return
+
+
+def write_report(
+    uri: str | None,
+    experiment: str,
+    out_dir: str | Path,
+    *,
+    metric: str = DEFAULT_METRIC,
+    log_artifacts: bool = False,
+    record_predictions: bool | None = None,
+    **kwargs,
+) -> Path:
+    """Write the report of ``experiment`` into ``out_dir`` and return the path of ``report.md``.
+
+    ``log_artifacts``: also attach report and figures to the experiment's latest parent run and
+    record each run's predicted metric (``pred/<metric>``) unless ``record_predictions=False``.
+    Other keywords (``sections``, ``formats``) go to :func:`build_report`.
+    """
+    return build_report(uri, experiment, out_dir, metric=metric, log_artifacts=log_artifacts,
+                        record_predictions=record_predictions, **kwargs).path  # fmt: skip
