@@ -112,7 +112,7 @@ class Dispatcher:
                 run_id = tracking.start_run(
                     uri, plan.experiment, stage.name, parent_run_id=parent, params=params,
                     tags=tracking.standard_tags(
-                        rung=stage.rung, stage=stage.kind, stage_name=stage.name, fingerprint=stage.fingerprint,
+                        rung=stage.rung, stage=stage.name, kind=stage.kind, fingerprint=stage.fingerprint,
                         teacher_run_id=ids.get(teacher or ""), init_run_id=ids.get(stage.init.get("vision", "")),
                         teacher_checkpoint=None if teacher in ids or teacher in plan_names(plan) else teacher,
                         teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy,

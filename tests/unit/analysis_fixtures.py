@@ -49,8 +49,8 @@ def _stage(mlc, exp_id: str, parent: str, t0: int, *, kind: str, rung: str, teac
            teacher_run: str | None = None, init_run: str | None = None, err0: float = 0.6,
            status: str = "FINISHED", evals: int = 4) -> str:  # fmt: skip
     name = f"{kind}@{rung}"
-    # as the ladder logs them: the stage tag holds the kind, the run name says which rung
-    tags = {"mlflow.parentRunId": parent, "mlflow.runName": name, "stage": kind, "rung": rung, "kind": kind,
+    # as the ladder logs them: stage = "kind@rung", kind = "mim" | "clip"
+    tags = {"mlflow.parentRunId": parent, "mlflow.runName": name, "stage": name, "rung": rung, "kind": kind,
             "proxy": "true", "fingerprint": f"fp-{name}"}  # fmt: skip
     if teacher_run:
         tags["teacher_run_id"] = teacher_run

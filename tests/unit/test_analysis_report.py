@@ -26,7 +26,8 @@ def test_runs_frame_has_lineage_costs_and_filters(store: str) -> None:
     df = runs_frame(store, fx.LADDER_EXPERIMENT)
     assert len(df) == 6 and df["is_parent"].sum() == 1
     stages = df[~df["is_parent"]].set_index("label")
-    assert set(stages["stage"]) == {"clip", "mim"}  # the tag holds the kind; the label names the rung
+    assert set(stages["stage"]) == set(stages.index)  # the stage tag is the stage's name, kind@rung
+    assert set(stages["kind"]) == {"clip", "mim"}
     assert set(stages.index) == {"clip@B16", "mim@L14", "clip@L14", "mim@E14", "clip@E14"}
     assert stages.loc["mim@L14", "teacher_run_id"] == stages.loc["clip@B16", "run_id"]
     assert stages.loc["clip@E14", "init_run_id"] == stages.loc["mim@E14", "run_id"]
