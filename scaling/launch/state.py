@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from scaling.metrics import NullLogger
+
 STATE_FILE = "stage_state.json"
 PROGRESS_FILE = "progress.json"
 STATES = ("planned", "submitted", "running", "preempted", "finished", "failed", "cancelled")
@@ -82,7 +84,7 @@ def newest_checkpoint(out_dir: str | Path) -> str | None:
     return str(max(steps)[1]) if steps else None
 
 
-class ProgressLogger:
+class ProgressLogger(NullLogger):
     """A MetricLogger that keeps the latest value of every metric in ``progress.json``."""
 
     def __init__(self, out_dir: str | Path, every_s: float = 2.0) -> None:
@@ -105,15 +107,6 @@ class ProgressLogger:
         if self._pending:
             write_progress(self.out_dir, self._step, self._pending)
             self._pending = {}
-
-    def log_params(self, params: Mapping[str, str]) -> None:
-        pass
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        pass
-
-    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        pass
 
     def close(self, status: str = "FINISHED") -> None:
         self.flush()
