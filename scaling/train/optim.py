@@ -94,11 +94,12 @@ def build_optimizer(name: str, groups: list[dict], betas: Iterable[float], eps: 
     client optimizer; gradient clipping is done by the loop, so its own clipping is off)."""
     betas = tuple(float(b) for b in betas)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=betas, eps=eps, foreach=False)
+        # fused: one kernel over all tensors; on CPU the per-tensor loop cost ~5x the step time
+        return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=betas, eps=eps, fused=True)
     if name == "lamb":
         from timm.optim import Lamb
 
-        return Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps, max_grad_norm=None)
+        return Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps, max_grad_norm=None, foreach=True)
     raise ValueError(f"optim.name: unknown optimizer {name!r}; use adamw or lamb")
 
 
