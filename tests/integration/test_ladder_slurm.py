@@ -115,16 +115,17 @@ def test_interrupted_stage_requeues_and_finishes_in_the_same_run(slurm_cluster, 
 
 def test_stage_past_its_time_limit_requeues_and_finishes(slurm_cluster, mlflow_server, submitit_folder, tmp_path):
     """A real SLURM time limit: USR2 ``signal_delay_s`` before it, checkpoint, requeue, resume."""
-    from scaling.launch import make_executor
+    from scaling.launch import StageJob, make_executor
     from scaling.launch.state import read_state
+    from tests.services.jobs import PacedStage
 
-    samples = 4800  # > 2 min of training: cannot end before the USR2 that comes 1-2 min in
-    cfg, job_fn = _stage_job(tmp_path, mlflow_server.uri, "ladder-time-limit", samples, [])
+    samples = 1600  # 100 steps held >= 1.5 s each: still training when the USR2 comes 1-2 min in
+    cfg, _ = _stage_job(tmp_path, mlflow_server.uri, "ladder-time-limit", samples, [])
     # SLURM limits are whole minutes and USR2 may come up to a minute early: 3 min leaves a
     # loaded 2-core machine time to start torch and train between signals.
     executor = make_executor("slurm", submitit_folder, {**cfg.resources, "timeout_min": 3, "signal_delay_s": 60},
                              name="time-limit")
-    job = executor.submit(job_fn)
+    job = executor.submit(StageJob(cfg, stage_fn=PacedStage(1.5)))
     result = job.result()
     assert result["status"] == "finished" and result["samples_seen"] == samples
     assert read_state(cfg.out_dir)["resume_from"]  # it did stop and come back at least once

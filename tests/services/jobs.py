@@ -42,3 +42,29 @@ class Countdown(submitit.helpers.Checkpointable):
             progress.write_text(str(self.done))
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         return {"done": self.done, "starts": self.starts, "restarts": restarts}
+
+
+class PacedStage:
+    """The real ``run_stage``, with every logged training step held for at least ``seconds``.
+
+    A test of a real SLURM time limit needs a stage that is still training when the limit's
+    signal comes, however fast the machine is; pacing through the logger changes nothing the
+    stage computes (the pause sits between steps, on rank 0, like a slow metrics backend).
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __call__(self, cfg, logger=None, stop_requested=None):
+        from scaling.metrics import MultiLogger, NullLogger
+        from scaling.train import run_stage
+
+        seconds = self.seconds
+
+        class Paced(MultiLogger):
+            def log_metrics(self, metrics, step):
+                super().log_metrics(metrics, step)
+                if "train/loss" in metrics:
+                    time.sleep(seconds)
+
+        return run_stage(cfg, logger=Paced([logger or NullLogger()]), stop_requested=stop_requested)
