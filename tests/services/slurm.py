@@ -58,7 +58,7 @@ def ensure_packages() -> None:
             f"root: apt-get install -y {' '.join(PACKAGES)}"
         )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]  # another session may be installing too
+    wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]  # another apt run may hold the lock
     ps.run_checked(["apt-get", *wait_for_lock, "update", "-qq"], env=env, timeout=600)
     ps.run_checked(
         ["apt-get", *wait_for_lock, "install", "-y", "-qq", "--no-install-recommends", *PACKAGES],
