@@ -150,6 +150,19 @@ def _identity(cfg: DictConfig, internal: dict[str, str]) -> dict[str, Any]:
     return data  # type: ignore[return-value]
 
 
+def _same_text_trunk(teacher_rung: str, rung: str, proxy: bool) -> bool:
+    """Whether the teacher CLIP's text tower can initialise the rung's (the projection may differ:
+    the stage re-initialises a projection of another width)."""
+    from dataclasses import asdict
+
+    from scaling.models.registry import get_rung
+
+    a, b = get_rung(teacher_rung, proxy=proxy).text, get_rung(rung, proxy=proxy).text
+    if a is None or b is None:
+        return False
+    return {**asdict(a), "embed_dim": None} == {**asdict(b), "embed_dim": None}
+
+
 def plan_ladder(
     start: str | None = None,
     end: str | None = None,
@@ -261,11 +274,14 @@ def plan_ladder(
             wiring, internal = {}, {}
             if mim_name:
                 wiring["init_vision"] = internal["init_vision"] = mim_name
-            if teacher:
-                wiring["init_text"] = teacher
-                if teacher in by_name:
-                    internal["init_text"] = teacher
-            init = {"vision": mim_name, "text": teacher}
+            text_init = teacher if teacher and _same_text_trunk(teacher_rung, rung, proxy) else None
+            if teacher and not text_init:
+                notes.append(f"clip@{rung}: text tower trained from scratch ({teacher_rung}'s has another shape)")
+            if text_init:
+                wiring["init_text"] = text_init
+                if text_init in by_name:
+                    internal["init_text"] = text_init
+            init = {"vision": mim_name, "text": text_init}
             add("clip", rung, wiring, internal, init={k: v for k, v in init.items() if v})
             clip_of[rung] = f"clip@{rung}"
         else:

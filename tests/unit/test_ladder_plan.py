@@ -153,3 +153,14 @@ def test_dry_run_rows_at_real_sizes(runs, tmp_path):
     assert clip["init"]["vision"] == "mim@18B" and clip["depends_on"] == ["mim@18B"]
     assert 17e9 < clip["params"] < 19e9  # EVA-CLIP-18B: 17.5B vision + 0.7B text
     assert clip["nodes"] * clip["gpus_per_node"] == 360  # seed 001: 360 A100s
+
+
+def test_text_init_only_between_text_towers_of_one_shape(runs):
+    # E14, 8B and 18B share one text tower shape (as the real models do): the teacher's initialises it
+    plan = plan_ladder("E14", "18B", runs_dir=runs)
+    assert plan.stage("clip@18B").cfg.inputs.init_text == plan.stage("clip@E14").out_dir.as_posix()
+    # B16's text tower is smaller than L14's: clip@L14 trains its own, and the plan says so
+    plan = plan_ladder("B16", "L14", runs_dir=runs)
+    clip = plan.stage("clip@L14")
+    assert clip.cfg.inputs.init_text is None and clip.depends_on == ["mim@L14"]
+    assert any("clip@L14: text tower trained from scratch" in note for note in plan.notes)
