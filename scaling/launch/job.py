@@ -24,7 +24,7 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from scaling.launch.distributed_env import run_distributed_env
-from scaling.launch.state import ProgressLogger, newest_checkpoint, write_state
+from scaling.launch.state import ProgressLogger, write_state
 
 log = logging.getLogger("scaling.launch")
 
@@ -107,7 +107,11 @@ class StageJob(submitit.helpers.Checkpointable):
         self.stage_fn = stage_fn
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        newest = newest_checkpoint(self.cfg["out_dir"])
+        # Runs in the job process, where the stage has already imported torch.
+        from scaling.train.checkpoint import latest_checkpoint
+
+        found = latest_checkpoint(self.cfg["out_dir"])
+        newest = str(found) if found is not None else None
         log.info("requeueing %s from %s", self.cfg["stage"]["name"], newest or "its start")
         return submitit.helpers.DelayedSubmission(StageJob(self.cfg, newest, self.stage_fn))
 

@@ -68,22 +68,6 @@ def write_progress(out_dir: str | Path, step: int, metrics: Mapping[str, float])
     _write_json(Path(out_dir) / PROGRESS_FILE, data)
 
 
-def newest_checkpoint(out_dir: str | Path) -> str | None:
-    """Newest complete checkpoint folder (``final`` first, then the highest ``step_N``)."""
-    out = Path(out_dir)
-    final = out / "final"
-    if (final / "manifest.json").is_file():
-        return str(final)
-    steps = []
-    ckpts = out / "checkpoints"
-    if ckpts.is_dir():
-        for child in ckpts.iterdir():
-            match = _STEP_DIR.match(child.name)
-            if match and (child / "manifest.json").is_file():
-                steps.append((int(match.group(1)), child))
-    return str(max(steps)[1]) if steps else None
-
-
 class ProgressLogger(NullLogger):
     """A MetricLogger that keeps the latest value of every metric in ``progress.json``."""
 

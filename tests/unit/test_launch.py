@@ -14,7 +14,6 @@ from scaling.launch.distributed_env import first_host
 from scaling.launch.executors import slurm_parameters
 from scaling.launch.state import (
     ProgressLogger,
-    newest_checkpoint,
     read_progress,
     read_state,
     write_state,
@@ -112,12 +111,15 @@ def test_state_and_progress_files(tmp_path):
     progress.log_metrics({"train/samples_seen": 128}, step=2)
     progress.close()
     assert read_progress(tmp_path)["metrics"]["train/samples_seen"] == 128
-    assert newest_checkpoint(tmp_path) is None
+    # what StageJob.checkpoint() requeues with
+    from scaling.train.checkpoint import latest_checkpoint
+
+    assert latest_checkpoint(tmp_path) is None
     for step in (100, 20):
         (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
-        (tmp_path / "checkpoints" / f"step_{step}" / "manifest.json").write_text("{}")
+        (tmp_path / "checkpoints" / f"step_{step}" / "manifest.json").write_text('{"files": {}}')
     (tmp_path / "checkpoints" / "step_300").mkdir()  # incomplete: no manifest
-    assert newest_checkpoint(tmp_path).endswith("step_100")
+    assert str(latest_checkpoint(tmp_path)).endswith("step_100")
 
 
 def _cfg(tmp_path: Path) -> dict:
@@ -133,7 +135,7 @@ def stand_in(cfg, logger=None, stop_requested=None):
             os.kill(os.getpid(), signal.SIGTERM)  # the flag only; the stage decides when to stop
         if stop_requested():
             (out / "checkpoints" / f"step_{step}").mkdir(parents=True)
-            (out / "checkpoints" / f"step_{step}" / "manifest.json").write_text(json.dumps({"step": step}))
+            (out / "checkpoints" / f"step_{step}" / "manifest.json").write_text(json.dumps({"step": step, "files": {}}))
             return StageResult("preempted", step, 10 * step, {}, str(out / "checkpoints" / f"step_{step}"), str(out))
     return StageResult("finished", 3, 30, {"eval/synth/top1": 0.25}, str(out / "final"), str(out))
 
