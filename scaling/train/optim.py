@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from scaling.train.lamb import Lamb
+
 # Parameters that must not shrink towards zero: embeddings, positional tables, special tokens and
 # the temperature (1-D tensors - norms and biases - are caught by their rank).
 NO_DECAY_SUFFIXES = ("pos_embed", "cls_token", "mask_token", "positional_embedding",
@@ -90,16 +92,15 @@ def param_groups(towers: Iterable[TowerGroups], extra: Mapping[str, nn.Parameter
 
 
 def build_optimizer(name: str, groups: list[dict], betas: Iterable[float], eps: float) -> torch.optim.Optimizer:
-    """``adamw`` (torch) or ``lamb`` (timm's pure-torch NVLAMB: runs on CPU and under DeepSpeed as a
-    client optimizer; gradient clipping is done by the loop, so its own clipping is off)."""
+    """``adamw`` (torch's fused kernel) or ``lamb`` (``scaling.train.lamb.Lamb``: the same fused
+    kernel plus trust ratios; runs on CPU and under DeepSpeed as a client optimizer). Gradient
+    clipping is done by the loop."""
     betas = tuple(float(b) for b in betas)
     if name == "adamw":
         # fused: one kernel over all tensors; on CPU the per-tensor loop cost ~5x the step time
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=betas, eps=eps, fused=True)
     if name == "lamb":
-        from timm.optim import Lamb
-
-        return Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps, max_grad_norm=None, foreach=True)
+        return Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps)
     raise ValueError(f"optim.name: unknown optimizer {name!r}; use adamw or lamb")
 
 

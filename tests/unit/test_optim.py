@@ -125,3 +125,95 @@ def test_unknown_optimizer_is_named():
 
 def test_cosine_factor_midpoint_is_half():
     assert lr_factor(50, 100, 0) == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def _lamb_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.LayerNorm(16), nn.Linear(16, 3))
+
+
+def _lamb_groups(model: nn.Module, wd: float = 0.05) -> list[dict]:
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    rest = [p for p in model.parameters() if p.ndim < 2]
+    return [{"params": decay, "lr": 0.02, "weight_decay": wd},
+            {"params": rest, "lr": 0.01, "weight_decay": 0.0}]
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int, seed: int = 1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(32, 8, generator=gen)
+        y = torch.randint(0, 3, (32,), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("trust_clip", [False, True])
+def test_lamb_tracks_timm_lamb_over_many_steps(trust_clip):
+    from timm.optim import Lamb as TimmLamb
+
+    from scaling.train.lamb import Lamb
+
+    ours, ref = _lamb_model(), _lamb_model()
+    opt = Lamb(_lamb_groups(ours), betas=(0.9, 0.98), eps=1e-6, trust_clip=trust_clip)
+    ref_opt = TimmLamb(_lamb_groups(ref), betas=(0.9, 0.98), eps=1e-6, max_grad_norm=None,
+                       trust_clip=trust_clip)
+    start = [p.detach().clone() for p in ours.parameters()]
+    _train(ours, opt, 20)
+    _train(ref, ref_opt, 20)
+    for a, b, s in zip(ours.parameters(), ref.parameters(), start, strict=True):
+        assert not torch.equal(a.detach(), s)  # it moved, and exactly as timm's LAMB
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-6)
+
+
+def test_lamb_resumes_from_its_own_and_from_timm_checkpoints():
+    from timm.optim import Lamb as TimmLamb
+
+    from scaling.train.lamb import Lamb
+
+    straight = _lamb_model()
+    _train(straight, Lamb(_lamb_groups(straight), betas=(0.9, 0.98)), 6)
+
+    for first_kind in (Lamb, TimmLamb):
+        model = _lamb_model()
+        kwargs = {"max_grad_norm": None} if first_kind is TimmLamb else {}
+        first = first_kind(_lamb_groups(model), betas=(0.9, 0.98), **kwargs)
+        _train(model, first, 3)
+        saved = first.state_dict()
+        resumed = Lamb(_lamb_groups(model), betas=(0.9, 0.98))
+        resumed.load_state_dict(saved)
+        assert all(resumed.state[p]["step"].item() == 3 for p in model.parameters())
+        _train_continued(model, resumed, 3)
+        for a, b in zip(model.parameters(), straight.parameters(), strict=True):
+            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-6)
+
+
+def _train_continued(model: nn.Module, opt: torch.optim.Optimizer, done: int) -> None:
+    """The steps ``done`` .. 5 of ``_train(model, opt, 6)``, same batches."""
+    gen = torch.Generator().manual_seed(1)
+    for i in range(6):
+        x = torch.randn(32, 8, generator=gen)
+        y = torch.randint(0, 3, (32,), generator=gen)
+        if i < done:
+            continue
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+def test_lamb_without_gradients_or_learning_rate_leaves_parameters_alone():
+    from scaling.train.lamb import Lamb
+
+    model = _lamb_model()
+    groups = _lamb_groups(model)
+    groups[0]["lr"] = 0.0
+    opt = Lamb(groups, betas=(0.9, 0.98))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()  # no gradients yet: nothing to do
+    _train(model, opt, 1)
+    for p, b in zip(model.parameters(), before, strict=True):
+        if p.ndim >= 2:  # lr 0 for the decayed group: trust ratio of a zero move is harmless
+            assert torch.equal(p.detach(), b)
+        else:
+            assert not torch.equal(p.detach(), b)
