@@ -1,45 +1,45 @@
-"""What MLflow logging costs a training loop: the same tiny steps with and without ``MlflowLogger``.
+"""What MLflow logging costs a training loop: the same steps with and without ``MlflowLogger``.
 
     python benchmarks/bench_tracking.py                      # SQLite store and a loopback server
-    python benchmarks/bench_tracking.py --backends sqlite --json bench_tracking.json
+    python benchmarks/bench_tracking.py --backends sqlite --step-ms 25 --json out/tracking.json
 
-Each repeat trains a tiny torch model for ``--steps`` steps and logs four metrics every step
-(``train/loss``, ``train/lr/vision``, ``train/samples_seen``, ``train/samples_per_s``) to a
-fresh run. Reported, as medians over ``--repeat`` repeats: the loop's wall time (what training
-feels), the time spent inside ``log_metrics`` per step (the rest of the overhead is the
-background thread sharing the CPU), the logger's open time and its close time (final flush + run status), and the overhead
-ratio of the loop against the same loop without logging.
+Each loop trains a small torch MLP for ``--steps`` steps and logs four metrics every step
+(``train/loss``, ``train/lr/vision``, ``train/samples_seen``, ``train/samples_per_s``) to a fresh
+run, exactly as the training loop does (the logger is opened before the loop and closed after
+it). The MLP's batch is doubled until a step takes >= ``--step-ms`` (25 ms: a third of the
+smallest proxy rung's CLIP step on 2 cores); ``--step-ms 0`` keeps the tiny step (under a
+millisecond), a stress test where any work on another thread shows. The sides (no logging,
+SQLite, loopback ``mlflow server``) take turns, repeat by repeat. Reported, as medians: the
+loop's wall time (what training feels), the time inside ``log_metrics`` per call, the logger's
+open and close (final flush + run status) times, and the loop's ratio to the no-logging loop;
+also the start time of the MLflow helper process (``scaling.tracking.remote``), paid once per
+process before its first logger opens.
+Target: <= 1.01.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
+import contextlib
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from common import MIN_REPEATS, REPO_ROOT, machine, median, set_threads, write_json
 
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+TARGET = 1.01
+Step = Callable[[int], dict[str, float]]
 
 
-def make_step() -> Callable[[int], dict[str, float]]:
+def make_step(batch: int) -> Step:
     import torch
 
-    torch.set_num_threads(1)  # the logger's thread is the only other one: a fair comparison
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 1))
+    model = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 1))
     optim = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(32, 64), torch.randn(32, 1)
+    x, y = torch.randn(batch, 256), torch.randn(batch, 1)
 
     def step(i: int) -> dict[str, float]:
         loss = torch.nn.functional.mse_loss(model(x), y)
@@ -47,16 +47,32 @@ def make_step() -> Callable[[int], dict[str, float]]:
         loss.backward()
         optim.step()
         return {"train/loss": loss.item(), "train/lr/vision": 0.01,
-                "train/samples_seen": 32.0 * (i + 1), "train/samples_per_s": 1000.0}
+                "train/samples_seen": float(batch * (i + 1)), "train/samples_per_s": 1000.0}
 
     return step
 
 
-def one_repeat(step: Callable[[int], dict[str, float]], steps: int, uri: str | None,
-               flush_every_s: float) -> dict[str, float]:
+def sized_step(step_ms: float, cap: int = 1 << 16) -> tuple[Step, int, float]:
+    """The step whose batch (from 32, doubling) first takes >= ``step_ms``; its median ms."""
+    batch = 32
+    while True:
+        step = make_step(batch)
+        for i in range(3):
+            step(i)
+        took = []
+        for i in range(5):
+            t0 = time.perf_counter()
+            step(i)
+            took.append(1e3 * (time.perf_counter() - t0))
+        if median(took) >= step_ms or batch >= cap:
+            return step, batch, median(took)
+        batch *= 2
+
+
+def one_loop(step: Step, steps: int, uri: str | None, flush_every_s: float) -> dict[str, float]:
     from scaling import tracking
 
-    logger = None
+    logger, run = None, None
     opened = time.perf_counter()
     if uri is not None:
         run = tracking.start_run(uri, "bench-tracking", "tiny")
@@ -79,69 +95,92 @@ def one_repeat(step: Callable[[int], dict[str, float]], steps: int, uri: str | N
             "close_s": time.perf_counter() - ended}
 
 
-def bench(name: str, uri: str | None, args: argparse.Namespace) -> dict:
-    step = make_step()
-    for i in range(20):  # warm-up: torch's first steps and mlflow's imports
-        step(i)
-    one_repeat(step, 5, uri, args.flush_every)
-    rows = [one_repeat(step, args.steps, uri, args.flush_every) for _ in range(args.repeat)]
-    result = {"backend": name, "steps": args.steps, "repeat": args.repeat}
-    for key in ("open_s", "loop_s", "close_s", "call_us"):
-        values = [r[key] for r in rows]
-        result[key] = statistics.median(values)
-        result[f"{key}_all"] = values
-    result["per_step_ms"] = 1000 * result["loop_s"] / args.steps
-    return result
+def bench(step_ms: float, uris: dict[str, str | None], args: argparse.Namespace) -> dict:
+    step, batch, measured_ms = sized_step(step_ms)
+    for uri in uris.values():  # warm-up: mlflow's imports, the store's tables, the server
+        one_loop(step, 5, uri, args.flush_every)
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in uris}
+    for _ in range(args.repeats):
+        for name, uri in uris.items():
+            rows[name].append(one_loop(step, args.steps, uri, args.flush_every))
+    base = median([r["loop_s"] for r in rows["none"]])
+    results = []
+    for name, runs in rows.items():
+        r = {"backend": name, "step_ms_target": step_ms, "batch": batch, "step_ms": measured_ms}
+        for key in ("open_s", "loop_s", "close_s", "call_us"):
+            r[key] = median([x[key] for x in runs])
+            r[f"{key}_all"] = [x[key] for x in runs]
+        r["per_step_ms"] = 1000 * r["loop_s"] / args.steps
+        r["overhead_ratio"] = r["loop_s"] / base
+        r["overhead_ratio_with_close"] = (r["loop_s"] + r["close_s"]) / base
+        results.append(r)
+    return {"step_ms_target": step_ms, "batch": batch, "step_ms": measured_ms, "results": results}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=300, help="training steps per repeat (300)")
-    parser.add_argument("--repeat", type=int, default=5, help="repeats; medians are reported (5)")
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--steps", type=int, default=300, help="training steps per loop (300)")
+    parser.add_argument("--repeats", type=int, default=5, help=f"loops per side, interleaved (>= {MIN_REPEATS}, 5)")
+    parser.add_argument("--step-ms", type=float, nargs="+", default=[25.0, 0.0],
+                        help="step durations to size the MLP for; 0 = the tiny step (25 0)")
     parser.add_argument("--backends", default="sqlite,server",
                         help="comma list of sqlite (embedded default store) and server "
                              "(a loopback `mlflow server` started here)")
     parser.add_argument("--flush-every", type=float, default=2.0,
                         help="MlflowLogger flush period in seconds (2.0, its default)")
-    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: os.cpu_count(), as training uses)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = set(backends) - {"sqlite", "server"}
-    if unknown or args.steps < 1 or args.repeat < 1:
-        parser.error(f"--backends takes sqlite and/or server (got {sorted(unknown)}); "
-                     "--steps and --repeat must be >= 1")
+    if unknown or args.steps < 1 or args.repeats < MIN_REPEATS or min(args.step_ms) < 0:
+        parser.error(f"--backends takes sqlite and/or server (got {sorted(unknown)}); --steps must be "
+                     f">= 1, --repeats >= {MIN_REPEATS}, --step-ms >= 0")
 
-    results = []
-    with tempfile.TemporaryDirectory(prefix="bench-tracking-", dir=REPO_ROOT / ".cache"
-                                     if (REPO_ROOT / ".cache").is_dir() else None) as work:
-        work = Path(work)
-        results.append(bench("none", None, args))
+    threads = set_threads(args.threads)
+    info = machine()
+    print(f"machine: {info}")
+    print(f"torch threads: {threads}; {args.steps} steps per loop, {args.repeats} loops per side; "
+          f"flush every {args.flush_every} s")
+    cache = REPO_ROOT / ".cache"
+    runs = []
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory(
+            prefix="bench-tracking-", dir=cache if cache.is_dir() else None)))
+        uris: dict[str, str | None] = {"none": None}
         if "sqlite" in backends:
-            results.append(bench("sqlite", f"sqlite:///{work / 'mlflow.db'}", args))
+            uris["sqlite"] = f"sqlite:///{work / 'mlflow.db'}"
         if "server" in backends:
             from tests.services.mlflow_server import MlflowServer
 
-            with MlflowServer(work / "server") as server:
-                results.append(bench("server", server.uri, args))
-    base = results[0]["loop_s"]
-    for r in results:
-        r["overhead_ratio"] = r["loop_s"] / base
-        r["overhead_ratio_with_close"] = (r["loop_s"] + r["close_s"]) / base
+            uris["server"] = stack.enter_context(MlflowServer(work / "server")).uri
+        from scaling.tracking import remote
 
-    print(f"{'backend':8} {'loop s':>8} {'ms/step':>8} {'call us':>8} {'open s':>8} {'close s':>8} "
-          f"{'ratio':>7} {'ratio+close':>12}   (medians of {args.repeat}, {args.steps} steps)")
-    for r in results:
-        print(f"{r['backend']:8} {r['loop_s']:8.4f} {r['per_step_ms']:8.3f} {r['call_us']:8.1f} "
-              f"{r['open_s']:8.3f} "
-              f"{r['close_s']:8.3f} {r['overhead_ratio']:7.2f} {r['overhead_ratio_with_close']:12.2f}")
-    if args.json:
-        payload = {"results": results, "python": platform.python_version(),
-                   "machine": platform.machine(), "cpus": os.cpu_count(),
-                   "load_avg": os.getloadavg()}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2))
-        print(f"wrote {args.json}")
+        started = time.perf_counter()
+        remote.helper().start()  # once per training process; the loggers after share it
+        helper_start_s = time.perf_counter() - started
+        for step_ms in args.step_ms:
+            runs.append(bench(step_ms, uris, args))
+
+    for run in runs:
+        print(f"\n== step sized for >= {run['step_ms_target']:g} ms: batch {run['batch']}, "
+              f"{run['step_ms']:.2f} ms a step without logging")
+        print(f"   {'backend':8} {'loop s':>8} {'ms/step':>8} {'call us':>8} {'open s':>7} {'close s':>8} "
+              f"{'ratio':>7} {'ratio+close':>12}")
+        for r in run["results"]:
+            print(f"   {r['backend']:8} {r['loop_s']:8.3f} {r['per_step_ms']:8.3f} {r['call_us']:8.1f} "
+                  f"{r['open_s']:7.3f} {r['close_s']:8.3f} {r['overhead_ratio']:7.3f} "
+                  f"{r['overhead_ratio_with_close']:12.3f}")
+    print(f"\nMLflow helper process start (once per process, before the first logger opens): "
+          f"{helper_start_s:.2f} s")
+    print(f"target: loop ratio <= {TARGET:.2f}")
+    write_json(args.json, {"benchmark": "tracking", "machine": info, "target": TARGET,
+                           "threads": threads, "steps": args.steps, "repeats": args.repeats,
+                           "helper_start_s": helper_start_s,
+                           "runs": runs})
     return 0
 
 

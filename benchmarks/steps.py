@@ -177,9 +177,10 @@ class RefMim(nn.Module):
         return self.head(t.norm(x)[:, t.num_prefix_tokens:])
 
 
-def reference_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
+def reference_step(cfg, device: torch.device | str = "cpu", fused: bool = False) -> StepSetup:
     """Same model config, batch and dtype; plain ``torch.optim.AdamW`` over all parameters,
-    ``loss.backward(); opt.step(); opt.zero_grad()``."""
+    ``loss.backward(); opt.step(); opt.zero_grad()``. ``fused`` picks torch's fused AdamW kernel
+    instead of its default implementation (a per-tensor loop on CPU)."""
     from open_clip.loss import ClipLoss
     from timm.models.eva import Eva
 
@@ -219,7 +220,7 @@ def reference_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
             return clip_loss(img.float(), txt.float(), scale.float())
 
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, fused=fused or None)
 
     def step() -> object:
         with autocast:
@@ -231,7 +232,7 @@ def reference_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
 
     fps = flops_per_sample(kind, rung, cfg.model.patch_dropout, cfg.loss.mask_ratio, t_spec)
     return StepSetup(kind, cfg, rung, cfg.train.batch_size, step, model, teacher, batch, fps, dtype,
-                     {"optimizer": "adamw (plain)"})
+                     {"optimizer": "adamw (fused)" if fused else "adamw (plain)"})
 
 
 # -- the step's GEMMs --------------------------------------------------------------------------

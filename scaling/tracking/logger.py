@@ -3,6 +3,9 @@
 Construct it on global rank 0 only (other ranks get a ``NullLogger``). Training never waits for
 MLflow: ``log_metrics`` only appends to a bounded buffer; a background thread delivers it in
 batches, keeps it through a server outage (warning once) and sends it when the server is back.
+The MLflow client calls themselves run in a helper process (``scaling.tracking.remote``), so
+that their Python work does not hold the training process's GIL; ``delivery="thread"`` (or
+``$SCALING_MLFLOW_DELIVERY=thread``) makes them in the thread instead.
 
 No metric step is ever logged twice, even when a requeued stage resumes the same run and
 re-sends the steps since its last checkpoint: per key, a step at or below the highest step
@@ -27,13 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from scaling.metrics import MetricLogger, NullLogger
-from scaling.tracking import store
-from scaling.tracking.spill import Point, read_spill, spill_file, write_spill
+from scaling.tracking import remote, store
+from scaling.tracking.buffer import MetricBuffer
+from scaling.tracking.spill import Point, spill_file
 
 log = logging.getLogger("scaling.tracking")
 
+DELIVERY_ENV = "SCALING_MLFLOW_DELIVERY"  # process (default) | thread
 
-class MlflowLogger:
+
+class MlflowLogger(MetricBuffer):
     """Logs to the existing run ``run_id`` (created by ``start_run``); resumes it if it ended."""
 
     def __init__(
@@ -46,74 +52,38 @@ class MlflowLogger:
         close_timeout_s: float = 60.0,
         max_backoff_s: float = 30.0,
         spill_dir: str | Path | None = None,
+        delivery: str | None = None,
     ) -> None:
         if not run_id:
             raise ValueError("MlflowLogger needs the id of an existing run (see start_run)")
         self.uri = store.resolve_uri(uri)
-        self.run_id = run_id
         self.flush_every_s = flush_every_s
-        self.max_buffer = max(1, int(max_buffer))
         self.close_timeout_s = close_timeout_s
         self.max_backoff_s = max_backoff_s
-        # Metrics still undelivered at close are written here, and the next logger of the same
-        # run with the same folder (a requeued stage: pass its output folder) sends them.
-        self.spill_path = spill_file(spill_dir, run_id) if spill_dir else None
-        self.dropped = 0  # metrics pushed out of a full buffer
+        super().__init__(self.uri, run_id, max_buffer,
+                         spill_file(spill_dir, run_id) if spill_dir else None)
         self.delivered = 0
-        self._cond = threading.Condition()
-        self._points: deque[Point] = deque()
         self._ops: deque[tuple[str, Any]] = deque()
-        self._seq = itertools.count()
-        self._last_step: dict[str, int] = {}
-        self._bad_keys: set[str] = set()
         self._server_params: dict[str, str] = {}
         self._connected = False
-        self._broken = False  # the run cannot be logged to at all (missing, deleted)
         self._resync = False
         self._outage_since: float | None = None
-        self._closing = False
         self._closed = False
         self._final_status: str | None = None
         self._close_deadline = float("inf")
         self._tmp: Path | None = None
-        self._load_spill()
+        self._remote = self._start_remote(delivery or os.environ.get(DELIVERY_ENV) or "process")
         # mlflow is imported here, not in the thread: a process that ends soon after (a
         # preempted job) could not import it any more at exit. No server call is made yet.
-        self._client()
+        if self._remote is None:
+            self._client()
+        else:
+            import mlflow.entities  # noqa: F401
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
         self._thread.start()
         atexit.register(self._close_at_exit)
 
     # -- MetricLogger -------------------------------------------------------------------------
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        step = int(step)
-        with self._cond:
-            if self._closing or self._broken:
-                return
-            for key, raw in metrics.items():
-                if key in self._bad_keys or step <= self._last_step.get(key, -(2**63)):
-                    continue
-                try:
-                    value = float(raw)
-                except (TypeError, ValueError):
-                    self._reject_key(key, f"value {raw!r} is not a number")
-                    continue
-                if not key or len(key) > store.MAX_KEY_LENGTH:
-                    self._reject_key(key, f"keys need 1..{store.MAX_KEY_LENGTH} characters")
-                    continue
-                self._last_step[key] = step
-                if len(self._points) >= self.max_buffer:
-                    self._points.popleft()
-                    self.dropped += 1
-                    if self.dropped == 1 or self.dropped % 10_000 == 0:
-                        log.warning(
-                            "MLflow buffer full (%d metrics): dropped the oldest (%d so far); "
-                            "raise max_buffer or bring %s back", self.max_buffer, self.dropped,
-                            self.uri,
-                        )
-                self._points.append(Point(next(self._seq), key, value, now, step))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         self._queue("params", dict(params))
@@ -159,6 +129,7 @@ class MlflowLogger:
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until everything queued so far is delivered; ``False`` on timeout."""
         deadline = time.monotonic() + timeout_s
+        self._ingest()
         with self._cond:
             self._cond.notify_all()
             while self._points or self._ops:
@@ -195,46 +166,11 @@ class MlflowLogger:
         else:
             self.close("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
-    @property
-    def pending(self) -> int:
-        return len(self._points)
-
     # -- internals ----------------------------------------------------------------------------
-
-    def _load_spill(self) -> None:
-        if self.spill_path is None or not self.spill_path.exists():
-            return
-        for key, value, timestamp_ms, step in read_spill(self.spill_path):
-            if step > self._last_step.get(key, -(2**63)):
-                self._last_step[key] = step
-                self._points.append(Point(next(self._seq), key, value, timestamp_ms, step))
-        log.warning("MLflow: %d metrics of run %s left undelivered by an earlier attempt "
-                    "(%s) will be sent", len(self._points), self.run_id, self.spill_path)
-
-    def _write_spill(self) -> None:
-        with self._cond:
-            points = list(self._points)
-        if not points:
-            if self.spill_path is not None:
-                self.spill_path.unlink(missing_ok=True)
-            return
-        if self.spill_path is None:
-            log.warning("MLflow at %s unreachable: %d metrics of run %s could not be delivered "
-                        "before close; they are lost (give spill_dir to keep them)",
-                        self.uri, len(points), self.run_id)
-            return
-        write_spill(self.spill_path, points)
-        log.warning("MLflow at %s unreachable: %d metrics of run %s not delivered before close; "
-                    "kept in %s for the next attempt of this run", self.uri, len(points),
-                    self.run_id, self.spill_path)
 
     def _close_at_exit(self) -> None:
         # The process ends without close(): a preemption or a crash, not a finished stage.
         self.close("KILLED", timeout_s=min(self.close_timeout_s, 10.0))
-
-    def _reject_key(self, key: str, why: str) -> None:
-        self._bad_keys.add(key)
-        log.warning("MLflow metric %r is not logged: %s", key, why)
 
     def _queue(self, kind: str, payload: Any) -> None:
         with self._cond:
@@ -246,7 +182,22 @@ class MlflowLogger:
             self._cond.notify_all()
 
     def _client(self) -> Any:
-        return store.client(self.uri)
+        return self._remote if self._remote is not None else store.client(self.uri)
+
+    def _start_remote(self, delivery: str) -> remote.RemoteClient | None:
+        if delivery not in ("process", "thread"):
+            raise ValueError(f"MlflowLogger delivery (or ${DELIVERY_ENV}) must be process or thread; "
+                             f"got {delivery!r}")
+        if delivery == "thread":
+            return None
+        try:
+            via = remote.helper()
+            via.start()
+        except (OSError, remote.HelperError) as exc:
+            log.warning("MLflow helper process unavailable (%s); metrics are sent from a thread of "
+                        "this process instead", exc)
+            return None
+        return remote.RemoteClient(self.uri, via)
 
     def _server_steps(self, run: Any) -> dict[str, int]:
         objs = getattr(run.data, "_metric_objs", None)
@@ -375,6 +326,7 @@ class MlflowLogger:
             if closing and backoff and time.monotonic() < self._close_deadline:
                 # Closing during an outage: keep retrying at a gentle pace until the deadline.
                 time.sleep(min(backoff, max(0.0, self._close_deadline - time.monotonic())))
+            self._ingest()
             try:
                 if not self._broken:
                     self._deliver()
@@ -389,7 +341,7 @@ class MlflowLogger:
                     self._outage_since = None
                 backoff = 0.0
             if closing:
-                empty = not self._points and not self._ops
+                empty = not self._points and not self._ops and not self._incoming
                 if empty or time.monotonic() >= self._close_deadline:
                     self._finish(delivered_all=empty)
                     return
@@ -402,6 +354,7 @@ class MlflowLogger:
             with self._cond:
                 self._broken = True
                 self._points.clear()
+                self._incoming.clear()
                 self._ops.clear()
                 self._cond.notify_all()
             return self.max_backoff_s

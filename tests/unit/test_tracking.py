@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -232,7 +235,7 @@ def test_lost_reply_is_not_resent(uri: str, monkeypatch: pytest.MonkeyPatch,
     run = tracking.start_run(uri, "flaky", "stage")
     flaky = FlakyClient(tracking.client(uri))
     monkeypatch.setattr(store, "client", lambda u=None: flaky)
-    logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
+    logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05, delivery="thread")
     with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
         for step in range(30):
             logger.log_metrics({"train/loss": float(step)}, step)
@@ -263,7 +266,7 @@ def test_undelivered_metrics_survive_into_the_next_attempt(
     run = tracking.start_run(uri, "spill", "stage")
     real_client = store.client
     monkeypatch.setattr(store, "client", lambda u=None: DownClient())
-    first = tracking.MlflowLogger(uri, run, flush_every_s=0.05, spill_dir=tmp_path / "out")
+    first = tracking.MlflowLogger(uri, run, flush_every_s=0.05, delivery="thread", spill_dir=tmp_path / "out")
     for step in range(10):
         first.log_metrics({"train/loss": float(step)}, step)
     first.close("KILLED", timeout_s=0.5)  # the server is still down when the job ends
@@ -339,3 +342,44 @@ def test_experiment_created_by_someone_else_meanwhile(uri: str,
     real.delete_experiment(created)
     assert tracking.get_or_create_experiment("shared", uri) == created  # restored from the bin
     assert real.get_experiment(created).lifecycle_stage == "active"
+
+
+def test_client_calls_run_in_the_helper_process(uri: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    from scaling.tracking import remote
+
+    run = tracking.start_run(uri, "helper", "stage")
+    logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
+    assert isinstance(logger._remote, remote.RemoteClient)
+    helper = logger._remote.via
+    for step in range(10):
+        logger.log_metrics({"train/loss": float(step)}, step)
+    assert logger.flush(timeout_s=30)
+    first_pid = helper._proc.pid
+    assert first_pid != os.getpid()
+
+    # the job's signals are the training process's business: the helper keeps serving
+    os.kill(first_pid, signal.SIGTERM)
+    time.sleep(0.3)
+    assert helper._proc.poll() is None
+    # errors keep their MLflow error code, so a missing run still reads as permanent
+    with pytest.raises(MlflowException) as missing:
+        remote.RemoteClient(uri, helper).get_run("0" * 32)
+    assert store.is_permanent(missing.value)
+
+    # a helper that died is started again by the next call; nothing is lost or sent twice
+    helper._proc.kill()
+    helper._proc.wait()
+    for step in range(10, 20):
+        logger.log_metrics({"train/loss": float(step)}, step)
+    logger.close()
+    assert helper._proc.pid != first_pid
+    assert steps_of(uri, run, "train/loss") == list(range(20))
+    assert tracking.run_status(uri, run) == "FINISHED"
+
+
+def test_unknown_delivery_mode_is_named(uri: str) -> None:
+    run = tracking.start_run(uri, "delivery", "stage")
+    with pytest.raises(ValueError, match="SCALING_MLFLOW_DELIVERY"):
+        tracking.MlflowLogger(uri, run, delivery="carrier-pigeon")
