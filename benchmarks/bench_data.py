@@ -1,12 +1,16 @@
-"""Throughput of the data path: the synthetic world's generator and the shard pipeline.
+"""Throughput of the data path against what training consumes; the generator and the pipeline.
 
     python benchmarks/bench_data.py                      # prints a table
     python benchmarks/bench_data.py --json bench_data.json --samples 5000
 
-Figures are single-process, single-thread (best of ``--repeat`` runs, as shared machines are
-noisy): the generator's samples/s (whole shards written: scene, drawing, caption, PNG, tar),
-the same split into parts, and the pipeline's samples/s from shards to training batches
-(decode, random resized crop, tokenizer, block mask), and the cost of restoring a stream position.
+The headline (target >= 5x): for each stage of the proxy ladder (and the smallest proxy rung,
+B16, the fastest consumer), the stage's own training stream (``scaling.train.stage_data``:
+webdataset shards -> decode -> random resized crop -> tokenizer or block mask -> batches) on
+one thread, as one DataLoader worker runs it, against the toolkit's training step on every
+core (``benchmarks/steps.py``), turns interleaved; ratio = stream samples/s / step samples/s.
+Then single-thread figures (best of ``--repeat`` runs): the generator's samples/s (whole shards
+written: scene, drawing, caption, PNG, tar), the same split into parts, the pipeline's
+samples/s, and the cost of restoring a stream position.
 """
 
 from __future__ import annotations
@@ -139,6 +143,51 @@ def bench_pipeline(work: Path, size: int, batch_size: int, batches: int, repeat:
     }
 
 
+CONSUMERS = (("clip", "B16"), ("clip", "E14"), ("mim", "18B"), ("clip", "18B"))
+TARGET = 5.0
+
+
+def bench_consumption(work: Path, consumers: list[tuple[str, str]], batches: int, repeats: int) -> list[dict]:
+    import torch
+    from common import interleaved, median
+    from steps import stage_config, toolkit_step
+
+    from scaling.data import synth
+    from scaling.data.tokenizer import get_tokenizer
+    from scaling.train.stage_data import train_stream
+
+    threads = torch.get_num_threads()
+    out = []
+    for kind, rung in consumers:
+        cfg = stage_config(kind, rung, None, [])
+        setup = toolkit_step(cfg)
+        spec = setup.rung.mim if kind == "mim" else setup.rung.vision
+        size, grid, batch = spec.image_size, spec.grid, cfg.train.batch_size
+        folder = work / f"consume{size}"
+        shards = synth.write_world(folder, 2000, size, seed=0, shard_size=500) if not folder.exists() \
+            else sorted(folder.glob("*.tar"))
+        tokenizer = get_tokenizer(setup.rung.text.context_length) if kind == "clip" else None
+        stream = iter(train_stream(cfg, synth.shard_pattern(shards), size, grid, tokenizer, batch, 0, 1))
+        next(stream)  # the shuffle buffer fills once
+
+        def pipeline(stream=stream) -> None:
+            torch.set_num_threads(1)  # a DataLoader worker's setting
+            try:
+                for _ in range(batches):
+                    next(stream)
+            finally:
+                torch.set_num_threads(threads)
+
+        times = interleaved({"stream": pipeline, "step": setup.step}, repeats, warmup=1)
+        stream_rate = batches * batch / median(times["stream"])
+        step_rate = batch / median(times["step"])
+        out.append({"kind": kind, "rung": rung, "proxy": True, "image_size": size, "batch": batch,
+                    "step_threads": threads, "stream_batches_per_repeat": batches,
+                    "stream_samples_per_s": stream_rate, "step_samples_per_s": step_rate,
+                    "ratio": stream_rate / step_rate, "times": {k: list(v) for k, v in times.items()}})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument(
@@ -153,17 +202,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64, help="pipeline batch size (default 64)")
     p.add_argument("--batches", type=int, default=20, help="pipeline batches timed (default 20)")
     p.add_argument("--repeat", type=int, default=3, help="runs per figure, best kept (default 3)")
+    p.add_argument("--consumer-repeats", type=int, default=5,
+                   help="interleaved stream/step turns per ladder stage, medians kept (default 5)")
+    p.add_argument("--only-ratio", action="store_true",
+                   help="measure only the stream / training-step ratios")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
     p.add_argument(
         "--workdir", type=Path, help="scratch folder (default: a temporary one under .cache/)"
     )
     args = p.parse_args(argv)
-    if args.samples < 1 or args.batches < 1 or args.batch_size < 1 or args.repeat < 1:
-        p.error("--samples, --batches, --batch-size and --repeat must be >= 1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.samples < 1 or args.batches < 1 or args.batch_size < 1 or args.repeat < 1 \
+            or args.consumer_repeats < 5:
+        p.error("--samples, --batches, --batch-size and --repeat must be >= 1, --consumer-repeats >= 5")
     import torch
-
-    torch.set_num_threads(1)
     base = args.workdir or REPO_ROOT / ".cache"
     base.mkdir(parents=True, exist_ok=True)
     results: dict = {
@@ -171,14 +222,26 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
+            "torch_threads_step": torch.get_num_threads(),
+            "torch_threads_data": 1,
             "load_average_1min": os.getloadavg()[0],
         },
+        "target": TARGET,
+        "consumption": [],
         "generator": [],
         "pipeline": [],
     }
     with tempfile.TemporaryDirectory(dir=base, prefix="bench-data-") as tmp:
         work = Path(tmp)
+        results["consumption"] = bench_consumption(work, list(CONSUMERS), 4, args.consumer_repeats)
+        for r in results["consumption"]:
+            print(f"{r['kind']}@{r['rung']} proxy ({r['image_size']} px, batch {r['batch']}): stream on 1 "
+                  f"thread {r['stream_samples_per_s']:6.0f} samples/s, training step on {r['step_threads']} "
+                  f"threads {r['step_samples_per_s']:6.0f} samples/s -> ratio {r['ratio']:.1f}x "
+                  f"(target >= {TARGET:g}x)")
+        if args.only_ratio:
+            args.sizes = []
+        torch.set_num_threads(1)
         for size in args.sizes:
             g = bench_generator(work, args.samples, size, args.repeat)
             results["generator"].append(g)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.metrics import MetricLogger, NullLogger
-from scaling.tracking import remote, store
+from scaling.tracking import store
 from scaling.tracking.buffer import MetricBuffer
 from scaling.tracking.spill import Point, spill_file
 
@@ -184,20 +184,33 @@ class MlflowLogger(MetricBuffer):
     def _client(self) -> Any:
         return self._remote if self._remote is not None else store.client(self.uri)
 
-    def _start_remote(self, delivery: str) -> remote.RemoteClient | None:
+    def _start_remote(self, delivery: str) -> Any:
         if delivery not in ("process", "thread"):
             raise ValueError(f"MlflowLogger delivery (or ${DELIVERY_ENV}) must be process or thread; "
                              f"got {delivery!r}")
         if delivery == "thread":
             return None
-        try:
+        # Imported here: ``python -m scaling.tracking.remote`` must not find itself imported.
+        from scaling.tracking import remote
+
+        try:  # started now, waited for by the thread: its import overlaps the stage's set-up
             via = remote.helper()
-            via.start()
-        except (OSError, remote.HelperError) as exc:
+            via.start(wait=False)
+        except OSError as exc:
             log.warning("MLflow helper process unavailable (%s); metrics are sent from a thread of "
                         "this process instead", exc)
             return None
         return remote.RemoteClient(self.uri, via)
+
+    def _await_remote(self) -> None:
+        from scaling.tracking import remote
+
+        try:
+            self._remote.via.start()
+        except (OSError, remote.HelperError) as exc:
+            log.warning("MLflow helper process unavailable (%s); metrics are sent from a thread of "
+                        "this process instead", exc)
+            self._remote = None
 
     def _server_steps(self, run: Any) -> dict[str, int]:
         objs = getattr(run.data, "_metric_objs", None)
@@ -317,6 +330,8 @@ class MlflowLogger(MetricBuffer):
     def _run(self) -> None:
         backoff = 0.0
         first = True  # connect at once: resume the run and read its logged steps early
+        if self._remote is not None:
+            self._await_remote()
         while True:
             with self._cond:
                 if not self._closing and not first:

@@ -36,6 +36,7 @@ class Helper:
     def __init__(self, start_timeout_s: float = 120.0) -> None:
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen | None = None
+        self._ready = False
         self._lock = threading.Lock()
 
     def call(self, uri: str, name: str, *args: Any, **kwargs: Any) -> Any:
@@ -52,45 +53,50 @@ class Helper:
         message, code = payload
         raise _error(message, code)
 
-    def start(self) -> None:
+    def start(self, wait: bool = True) -> None:
+        """Start the helper; ``wait``: until it has imported mlflow (else the first call waits)."""
         with self._lock:
-            self._running()
+            if wait:
+                self._running()
+            elif self._proc is None or self._proc.poll() is not None:
+                self._spawn()
 
     def close(self) -> None:
         with self._lock:
             self._stop()
 
     def _running(self) -> subprocess.Popen:
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc
+        if self._proc is None or self._proc.poll() is not None:
+            self._spawn()
+        if not self._ready:
+            self._await_ready()
+        return self._proc
+
+    def _spawn(self) -> None:
         self._stop()
-        proc = subprocess.Popen([sys.executable, "-m", "scaling.tracking.remote"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        ready = threading.Event()
-        hello: list[Any] = []
+        self._proc = subprocess.Popen([sys.executable, "-m", "scaling.tracking.remote"],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self._ready = False
 
-        def wait_ready() -> None:
-            with contextlib.suppress(Exception):
-                hello.append(_receive(proc.stdout))
-            ready.set()
-
-        threading.Thread(target=wait_ready, daemon=True).start()
-        if not ready.wait(self.start_timeout_s) or hello != [(True, "ready")]:
-            proc.kill()
-            proc.wait()
+    def _await_ready(self) -> None:
+        proc, hello = self._proc, []
+        reader = threading.Thread(target=lambda: hello.append(_receive_or_none(proc.stdout)), daemon=True)
+        reader.start()
+        reader.join(self.start_timeout_s)
+        if hello != [(True, "ready")]:
+            self._stop(kill=True)
             raise HelperError(f"the MLflow helper process did not start within {self.start_timeout_s:.0f} s "
                               f"(exit code {proc.poll()}); see its messages above")
-        self._proc = proc
-        return proc
+        self._ready = True
 
-    def _stop(self) -> None:
-        proc, self._proc = self._proc, None
+    def _stop(self, kill: bool = False) -> None:
+        proc, self._proc, self._ready = self._proc, None, False
         if proc is None:
             return
         with contextlib.suppress(OSError):
             proc.stdin.close()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=0 if kill else 10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -142,6 +148,13 @@ def _send(stream: BinaryIO, obj: Any) -> None:
 
 def _receive(stream: BinaryIO) -> Any:
     return pickle.load(stream)
+
+
+def _receive_or_none(stream: BinaryIO) -> Any:
+    try:
+        return _receive(stream)
+    except Exception:
+        return None
 
 
 def _serve() -> None:

@@ -65,7 +65,7 @@ def test_proxy_ladder_runs_on_slurm_with_afterok(slurm_cluster, mlflow_server, s
     assert len(list(submitit_folder.glob("*_submission.sh"))) == 3
 
 
-def _stage_job(tmp_path: Path, uri: str, experiment: str, samples: int, extra: list[str]):
+def _stage_job(tmp_path: Path, uri: str, experiment: str, samples: int, extra: list[str], stage_fn=None):
     """A lone bootstrap CLIP stage (no inputs) with its MLflow run, ready to submit."""
     from scaling import tracking
     from scaling.config import load_stage_config
@@ -75,7 +75,7 @@ def _stage_job(tmp_path: Path, uri: str, experiment: str, samples: int, extra: l
         f"train.samples={samples}", f"out_dir={tmp_path / 'stage'}", *TINY, *extra])
     cfg.tracking.uri = uri
     cfg.tracking.run_id = tracking.start_run(uri, experiment, "clip@E14", tags=tracking.standard_tags(stage="clip"))
-    return cfg, StageJob(cfg)
+    return cfg, StageJob(cfg, stage_fn=stage_fn)
 
 
 def _check_resumed_once(uri: str, run_id: str, samples: int, batch: int = 16) -> None:
@@ -97,9 +97,12 @@ def test_interrupted_stage_requeues_and_finishes_in_the_same_run(slurm_cluster, 
                                                                 tmp_path, timeout):
     from scaling.launch import make_executor
     from scaling.launch.state import read_state
+    from tests.services.jobs import PacedStage
 
     samples = 480
-    cfg, job_fn = _stage_job(tmp_path, mlflow_server.uri, f"ladder-requeue-{timeout}", samples, [])
+    # steps held >= 0.5 s: the signal must find the stage still training, however fast it is
+    cfg, job_fn = _stage_job(tmp_path, mlflow_server.uri, f"ladder-requeue-{timeout}", samples, [],
+                             stage_fn=PacedStage(0.5))
     executor = make_executor("slurm", submitit_folder, {**cfg.resources, "timeout_min": 10}, name="requeue")
     job = executor.submit(job_fn)
     out_dir = Path(cfg.out_dir)
