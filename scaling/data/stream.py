@@ -169,16 +169,21 @@ class WorkerStream:
         # one generator per sample, from a string seed (cheaper than numpy's SeedSequence)
         sample_rng = random.Random(f"{cfg.seed}/{cfg.rank}/{self.worker}/{pos}")
         transform = cfg.transform or _default_transform
-        # seed torch's CPU generator and Python's for this sample, restoring the caller's after;
-        # (torch.manual_seed / fork_rng would also touch every accelerator backend: ~1 ms a call)
-        torch_state, py_state = torch.get_rng_state(), random.getstate()
-        torch.default_generator.manual_seed(sample_rng.getrandbits(62))
-        random.seed(sample_rng.getrandbits(62))
-        try:
-            image = transform(img)
-        finally:
-            torch.set_rng_state(torch_state)
-            random.setstate(py_state)
+        torch_seed, py_seed = sample_rng.getrandbits(62), sample_rng.getrandbits(62)
+        if getattr(transform, "accepts_rng", False):
+            # the same draws as seeding the global generator below, without saving its state
+            image = transform(img, rng=random.Random(py_seed))
+        else:
+            # seed torch's CPU generator and Python's for this sample, restoring the caller's
+            # after (torch.manual_seed / fork_rng would also touch every accelerator: ~1 ms)
+            torch_state, py_state = torch.get_rng_state(), random.getstate()
+            torch.default_generator.manual_seed(torch_seed)
+            random.seed(py_seed)
+            try:
+                image = transform(img)
+            finally:
+                torch.set_rng_state(torch_state)
+                random.setstate(py_state)
         out = {"image": image, "text": sample["text"], "key": sample["key"]}
         if cfg.mask_generator is not None:
             out["mask"] = cfg.mask_generator(np.random.default_rng(sample_rng.getrandbits(64)))

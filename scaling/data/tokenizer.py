@@ -59,14 +59,14 @@ class Tokenizer:
     def __call__(self, texts: str | list[str], context_length: int | None = None) -> torch.Tensor:
         texts = [texts] if isinstance(texts, str) else texts
         length = context_length or self.context_length
-        out = torch.zeros(len(texts), length, dtype=torch.long)
-        for i, text in enumerate(texts):
+        rows = []
+        for text in texts:
             tokens = [self.sot_token_id, *self.encode(text), self.eot_token_id]
             if len(tokens) > length:  # cut, keeping the end token (as open_clip does)
                 tokens = tokens[:length]
                 tokens[-1] = self.eot_token_id
-            out[i, : len(tokens)] = torch.tensor(tokens)
-        return out
+            rows.append(tokens + [0] * (length - len(tokens)))
+        return torch.tensor(rows, dtype=torch.long).view(len(texts), length)  # one tensor, not one a row
 
 
 @functools.lru_cache(maxsize=8)

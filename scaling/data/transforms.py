@@ -55,16 +55,20 @@ class RandomResizedCrop:
     def __repr__(self) -> str:
         return f"RandomResizedCrop(size={self.size}, scale={self.scale}, ratio={self.ratio}, bicubic, CLIP mean/std)"
 
-    def params(self, width: int, height: int) -> tuple[int, int, int, int]:
-        """(left, top, w, h) of the crop."""
+    # ShardStream passes its per-sample generator instead of seeding the global one
+    accepts_rng = True
+
+    def params(self, width: int, height: int, rng: random.Random | None = None) -> tuple[int, int, int, int]:
+        """(left, top, w, h) of the crop; draws from ``rng`` (default: the global ``random``)."""
+        rng = rng or random  # the module draws from the global generator
         area = width * height
         for _ in range(10):
-            target = area * random.uniform(*self.scale)
-            aspect = math.exp(random.uniform(*self.log_ratio))
+            target = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*self.log_ratio))
             w = int(round(math.sqrt(target * aspect)))
             h = int(round(math.sqrt(target / aspect)))
             if 0 < w <= width and 0 < h <= height:
-                return random.randint(0, width - w), random.randint(0, height - h), w, h
+                return rng.randint(0, width - w), rng.randint(0, height - h), w, h
         in_ratio = width / height
         if in_ratio < self.ratio[0]:
             w, h = width, int(round(width / self.ratio[0]))
@@ -74,9 +78,9 @@ class RandomResizedCrop:
             w, h = width, height
         return (width - w) // 2, (height - h) // 2, w, h
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         img = img.convert("RGB") if img.mode != "RGB" else img
-        left, top, w, h = self.params(*img.size)
+        left, top, w, h = self.params(*img.size, rng=rng)
         out = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
         return to_normalized_tensor(out)
 
