@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import tempfile
 import time
@@ -69,30 +70,45 @@ def sized_step(step_ms: float, cap: int = 1 << 16) -> tuple[Step, int, float]:
         batch *= 2
 
 
+def helper_cpu_s() -> float:
+    """CPU seconds used so far by this process's MLflow helper process (0 if none)."""
+    from scaling.tracking import remote
+
+    proc = remote.helper()._proc
+    try:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (AttributeError, OSError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
 def one_loop(step: Step, steps: int, uri: str | None, flush_every_s: float) -> dict[str, float]:
     from scaling import tracking
 
     logger, run = None, None
+    helper_before = helper_cpu_s()
     opened = time.perf_counter()
     if uri is not None:
         run = tracking.start_run(uri, "bench-tracking", "tiny")
         opened = time.perf_counter()
         logger = tracking.MlflowLogger(uri, run, flush_every_s=flush_every_s)
     in_calls = 0.0
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for i in range(steps):
         metrics = step(i)
         if logger is not None:
             call = time.perf_counter()
             logger.log_metrics(metrics, i)
             in_calls += time.perf_counter() - call
-    ended = time.perf_counter()
+    ended, cpu_ended = time.perf_counter(), time.process_time()
     if logger is not None:
         logger.close()
-        if len(tracking.get_metric_history(uri, run, "train/loss")) != steps:
-            raise RuntimeError(f"run {run}: not every step reached {uri}")
+    closed = time.perf_counter()
+    helper_s = helper_cpu_s() - helper_before  # before the check below: its reads are not logging
+    if logger is not None and len(tracking.get_metric_history(uri, run, "train/loss")) != steps:
+        raise RuntimeError(f"run {run}: not every step reached {uri}")
     return {"open_s": started - opened, "loop_s": ended - started, "call_us": 1e6 * in_calls / steps,
-            "close_s": time.perf_counter() - ended}
+            "close_s": closed - ended, "loop_cpu_s": cpu_ended - cpu_started, "helper_cpu_s": helper_s}
 
 
 def bench(step_ms: float, uris: dict[str, str | None], args: argparse.Namespace) -> dict:
@@ -107,12 +123,17 @@ def bench(step_ms: float, uris: dict[str, str | None], args: argparse.Namespace)
     results = []
     for name, runs in rows.items():
         r = {"backend": name, "step_ms_target": step_ms, "batch": batch, "step_ms": measured_ms}
-        for key in ("open_s", "loop_s", "close_s", "call_us"):
+        for key in ("open_s", "loop_s", "close_s", "call_us", "loop_cpu_s", "helper_cpu_s"):
             r[key] = median([x[key] for x in runs])
             r[f"{key}_all"] = [x[key] for x in runs]
         r["per_step_ms"] = 1000 * r["loop_s"] / args.steps
         r["overhead_ratio"] = r["loop_s"] / base
         r["overhead_ratio_with_close"] = (r["loop_s"] + r["close_s"]) / base
+        # turn by turn: each logging loop against the no-logging loop that ran just before it
+        r["paired_ratio"] = median([x["loop_s"] / n["loop_s"] for x, n in zip(runs, rows["none"], strict=True)])
+        # CPU of the training process (its threads, the logger's included) and of the helper
+        r["process_cpu_ratio"] = r["loop_cpu_s"] / median([x["loop_cpu_s"] for x in rows["none"]])
+        r["helper_cpu_share"] = r["helper_cpu_s"] / r["loop_cpu_s"]
         results.append(r)
     return {"step_ms_target": step_ms, "batch": batch, "step_ms": measured_ms, "results": results}
 
@@ -168,12 +189,17 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs:
         print(f"\n== step sized for >= {run['step_ms_target']:g} ms: batch {run['batch']}, "
               f"{run['step_ms']:.2f} ms a step without logging")
-        print(f"   {'backend':8} {'loop s':>8} {'ms/step':>8} {'call us':>8} {'open s':>7} {'close s':>8} "
-              f"{'ratio':>7} {'ratio+close':>12}")
+        print(f"   {'backend':8} {'loop s':>7} {'ms/step':>8} {'call us':>8} {'open s':>7} {'close s':>8} "
+              f"{'ratio':>6} {'paired':>7} {'+close':>7} {'proc CPU':>9} {'helper CPU':>11}")
         for r in run["results"]:
-            print(f"   {r['backend']:8} {r['loop_s']:8.3f} {r['per_step_ms']:8.3f} {r['call_us']:8.1f} "
-                  f"{r['open_s']:7.3f} {r['close_s']:8.3f} {r['overhead_ratio']:7.3f} "
-                  f"{r['overhead_ratio_with_close']:12.3f}")
+            print(f"   {r['backend']:8} {r['loop_s']:7.3f} {r['per_step_ms']:8.3f} {r['call_us']:8.1f} "
+                  f"{r['open_s']:7.3f} {r['close_s']:8.3f} {r['overhead_ratio']:6.3f} {r['paired_ratio']:7.3f} "
+                  f"{r['overhead_ratio_with_close']:7.3f} {r['process_cpu_ratio']:9.3f} "
+                  f"{100 * r['helper_cpu_share']:10.1f}%")
+    print("\nratio: median loop / median no-logging loop; paired: median of each loop / the no-logging loop "
+          "just before it;\n+close: with the final flush; proc CPU: the training process's CPU time ratio "
+          "(its threads, the logger's included);\nhelper CPU: the helper process's CPU as a share of the "
+          "loop's (work a spare core absorbs; on a saturated machine it is taken from training)")
     print(f"\nMLflow helper process start (once per process, before the first logger opens): "
           f"{helper_start_s:.2f} s")
     print(f"target: loop ratio <= {TARGET:.2f}")
