@@ -172,6 +172,7 @@ class Dispatcher:
         write_state(stage.out_dir, "submitted", job_id=job_id, submitted=time.time())
         after = f" (afterok {', '.join(depends)})" if depends else ""
         self.say(f"[{stage.name}] submitted: {self.executor} job {job_id}{after}")
+        self._shown[stage.name] = ("submitted", -1)  # the progress lines need not say it again
         return job
 
     def _is_done(self, job: Any) -> bool:
