@@ -56,11 +56,10 @@ class MlflowLogger(MetricBuffer):
     ) -> None:
         if not run_id:
             raise ValueError("MlflowLogger needs the id of an existing run (see start_run)")
-        self.uri = store.resolve_uri(uri)
         self.flush_every_s = flush_every_s
         self.close_timeout_s = close_timeout_s
         self.max_backoff_s = max_backoff_s
-        super().__init__(self.uri, run_id, max_buffer,
+        super().__init__(store.resolve_uri(uri), run_id, max_buffer,
                          spill_file(spill_dir, run_id) if spill_dir else None)
         self.delivered = 0
         self._ops: deque[tuple[str, Any]] = deque()
@@ -197,9 +196,7 @@ class MlflowLogger(MetricBuffer):
             via = remote.helper()
             via.start(wait=False)
         except OSError as exc:
-            log.warning("MLflow helper process unavailable (%s); metrics are sent from a thread of "
-                        "this process instead", exc)
-            return None
+            return self._without_helper(exc)
         return remote.RemoteClient(self.uri, via)
 
     def _await_remote(self) -> None:
@@ -208,9 +205,11 @@ class MlflowLogger(MetricBuffer):
         try:
             self._remote.via.start()
         except (OSError, remote.HelperError) as exc:
-            log.warning("MLflow helper process unavailable (%s); metrics are sent from a thread of "
-                        "this process instead", exc)
-            self._remote = None
+            self._remote = self._without_helper(exc)
+
+    def _without_helper(self, exc: Exception) -> None:
+        log.warning("MLflow helper process unavailable (%s); metrics are sent from a thread of "
+                    "this process instead", exc)
 
     def _server_steps(self, run: Any) -> dict[str, int]:
         objs = getattr(run.data, "_metric_objs", None)

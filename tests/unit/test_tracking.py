@@ -383,3 +383,24 @@ def test_unknown_delivery_mode_is_named(uri: str) -> None:
     run = tracking.start_run(uri, "delivery", "stage")
     with pytest.raises(ValueError, match="SCALING_MLFLOW_DELIVERY"):
         tracking.MlflowLogger(uri, run, delivery="carrier-pigeon")
+
+
+def test_a_helper_that_cannot_start_falls_back_to_the_thread(
+    uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from scaling.tracking import remote
+
+    broken = remote.Helper(start_timeout_s=5)
+    # an interpreter that exits at once: the helper never says it is ready
+    monkeypatch.setattr(broken, "_spawn", lambda: setattr(broken, "_proc", subprocess.Popen(
+        [sys.executable, "-c", "pass"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)))
+    monkeypatch.setattr(remote, "helper", lambda: broken)
+    run = tracking.start_run(uri, "no-helper", "stage")
+    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
+        logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
+        for step in range(5):
+            logger.log_metrics({"train/loss": float(step)}, step)
+        logger.close()
+    assert any("helper process unavailable" in r.getMessage() for r in caplog.records)
+    assert logger._remote is None
+    assert steps_of(uri, run, "train/loss") == list(range(5))
