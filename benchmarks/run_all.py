@@ -41,6 +41,11 @@ def headline(data: dict) -> str:
     if isinstance(results, list) and results and isinstance(results[0], dict) and "ratio" in results[0]:
         parts = [f"{r['inputs'].get('kind', '')}{r['inputs'].get('width', '')}: {r['ratio']:.3g}" for r in results]
         return "ratios " + ", ".join(parts)
+    if isinstance(data.get("consumption"), list):  # data: stream / training step per stage
+        return "ratios " + ", ".join(f"{r['kind']}@{r['rung']}: {r['ratio']:.3g}" for r in data["consumption"])
+    if isinstance(data.get("runs"), list):  # tracking: logging loop / no-logging loop
+        return "ratios " + ", ".join(f"{r['backend']}@{run['step_ms']:.3g}ms: {r['overhead_ratio']:.3g}"
+                                     for run in data["runs"] for r in run["results"] if r["backend"] != "none")
     return ""
 
 
