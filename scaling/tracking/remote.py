@@ -158,9 +158,10 @@ def _receive_or_none(stream: BinaryIO) -> Any:
 
 
 def _serve() -> None:
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1", "SIGUSR2"):  # not all exist off POSIX
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
         os.nice(HELPER_NICE)
     # The protocol owns the real stdout; anything printed goes to stderr (the job's log).
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
