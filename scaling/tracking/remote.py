@@ -184,11 +184,9 @@ def _serve() -> None:
         except Exception as exc:  # every failure goes back to the caller, which decides
             reply = (False, (str(exc) or type(exc).__name__, getattr(exc, "error_code", "INTERNAL_ERROR")))
         try:
-            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            data = pickle.dumps((False, (f"{name} returned an unpicklable result: {exc}", "INTERNAL_ERROR")))
-        out.write(data)
-        out.flush()
+            _send(out, reply)  # pickles first: a result that cannot be pickled writes nothing
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            _send(out, (False, (f"{name} returned an unpicklable result: {exc}", "INTERNAL_ERROR")))
 
 
 if __name__ == "__main__":
