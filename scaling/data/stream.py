@@ -7,7 +7,6 @@ replaying to it skips decoding, so a restore costs reading the tar bytes again.
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,26 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from scaling.data.decode import decode_rgb, open_image
 from scaling.data.errors import DataError
 from scaling.data.tario import ShardStats, read_shard
-
-_PIL_FORMATS = {"png": ["PNG"], "jpg": ["JPEG"], "jpeg": ["JPEG"], "webp": ["WEBP"]}
-
-
-def _open_image(data: bytes, ext: str) -> Image.Image:
-    """Decode, trying the format the extension names first (PIL otherwise probes its plugins in
-    turn); web data often has the wrong extension, so fall back to probing."""
-    formats = _PIL_FORMATS.get(ext)
-    if formats:
-        try:
-            img = Image.open(io.BytesIO(data), formats=formats)
-            img.load()
-            return img
-        except Exception:  # any failure: probe all formats below
-            pass
-    img = Image.open(io.BytesIO(data))
-    img.load()
-    return img
 
 
 @dataclass
@@ -55,6 +37,13 @@ class StreamConfig:
     num_workers: int
     epochs: int | None
     drop_last: bool
+
+
+def _batched(transform: Callable) -> bool:
+    """Whether ``transform`` comes in two halves: ``crop(img, rng)`` per image (it must also
+    accept ``rng``) and ``collate(list) -> batch`` (``RandomResizedCrop``)."""
+    return transform is not None and getattr(transform, "accepts_rng", False) \
+        and hasattr(transform, "crop") and hasattr(transform, "collate")
 
 
 def _default_transform(img: Image.Image) -> torch.Tensor:
@@ -137,26 +126,34 @@ class WorkerStream:
         if size <= 1:
             yield from self._raw()
             return
-        rng = np.random.default_rng([self.cfg.seed, self.cfg.rank, self.worker, 1])
+        # Python's generator: a draw costs ~0.5 us against numpy's ~3 us a call
+        rng = random.Random(f"{self.cfg.seed}/{self.cfg.rank}/{self.worker}/shuffle")
         buf: list[dict] = []
         for sample in self._raw():
             buf.append(sample)
             if len(buf) >= size:
-                i = int(rng.integers(len(buf)))
+                i = rng.randrange(len(buf))
                 buf[i], buf[-1] = buf[-1], buf[i]
                 yield buf.pop()
         while buf:
-            i = int(rng.integers(len(buf)))
+            i = rng.randrange(len(buf))
             buf[i], buf[-1] = buf[-1], buf[i]
             yield buf.pop()
 
-    def _decode(self, sample: dict, pos: int) -> dict | None:
+    def _open(self, sample: dict) -> Any:
+        """The decoded image, or the exception that decoding raised."""
+        decode = decode_rgb if _batched(self.cfg.transform) else open_image
         try:
-            img = _open_image(sample["image"], sample.get("ext", ""))
+            return decode(sample["image"], sample.get("ext", ""))
         except Exception as exc:  # PIL raises many types for bad bytes
+            return exc
+
+    def _decode(self, sample: dict, pos: int, img: Any) -> dict | None:
+        """The sample ready to batch from its decoded image (``_open``), or None if it failed."""
+        if isinstance(img, Exception):
             self.stats.skip(
                 sample["shard"],
-                f"sample {sample['key']!r}: undecodable image ({type(exc).__name__})",
+                f"sample {sample['key']!r}: undecodable image ({type(img).__name__})",
             )
             if self.delivered == 0:
                 self.failed_ids.add((sample["shard"], sample["key"]))
@@ -169,11 +166,14 @@ class WorkerStream:
         # one generator per sample, from a string seed (cheaper than numpy's SeedSequence)
         sample_rng = random.Random(f"{cfg.seed}/{cfg.rank}/{self.worker}/{pos}")
         transform = cfg.transform or _default_transform
-        torch_seed, py_seed = sample_rng.getrandbits(62), sample_rng.getrandbits(62)
+        mask_seed = sample_rng.getrandbits(64)
         if getattr(transform, "accepts_rng", False):
-            # the same draws as seeding the global generator below, without saving its state
-            image = transform(img, rng=random.Random(py_seed))
+            # draws from the sample's own generator: no global state to save and restore; a
+            # transform with a batch half leaves normalising to ``_collate``
+            apply = transform.crop if _batched(transform) else transform
+            image = apply(img, rng=sample_rng)
         else:
+            torch_seed, py_seed = sample_rng.getrandbits(62), sample_rng.getrandbits(62)
             # seed torch's CPU generator and Python's for this sample, restoring the caller's
             # after (torch.manual_seed / fork_rng would also touch every accelerator: ~1 ms)
             torch_state, py_state = torch.get_rng_state(), random.getstate()
@@ -186,13 +186,19 @@ class WorkerStream:
                 random.setstate(py_state)
         out = {"image": image, "text": sample["text"], "key": sample["key"]}
         if cfg.mask_generator is not None:
-            out["mask"] = cfg.mask_generator(np.random.default_rng(sample_rng.getrandbits(64)))
+            out["mask"] = cfg.mask_generator(np.random.default_rng(mask_seed))
         return out
+
+    def _images(self, images: list) -> torch.Tensor:
+        transform = self.cfg.transform
+        if _batched(transform):
+            return transform.collate(images)
+        return torch.stack(images)
 
     def _collate(self, items: list[dict], pos: int) -> dict:
         texts = [it["text"] for it in items]
         batch: dict[str, Any] = {
-            "image": torch.stack([it["image"] for it in items]),
+            "image": self._images([it["image"] for it in items]),
             "key": [it["key"] for it in items],
             "caption": texts,
         }
@@ -203,26 +209,18 @@ class WorkerStream:
         batch["__meta__"] = {"worker": self.worker, "pos": pos, "stats": self.stats.snapshot()}
         return batch
 
-    def batches(self) -> Iterator[dict]:
-        skip = int(self.start.get("pos", 0))
-        if skip and not self.start.get("done"):
-            self.stats.quiet = True
-        else:
-            self.stats.restore(self.start.get("stats", {}))
-        items: Iterator = iter(()) if self.start.get("done") else self._shuffled()
-        pending: list[dict] = []
-        pos = 0
-        for pos, sample in enumerate(items, start=1):
-            if pos <= skip:
-                if pos == skip:  # replayed up to the saved position: from here on, count
-                    self.stats.restore(self.start.get("stats", {}))
-                    self.stats.quiet = False
-                    self.delivered = self.stats.samples
-                continue
-            item = self._decode(sample, pos - 1)
+    def _deliver(self, chunk: list[tuple[int, dict]], pending: list[dict]) -> Iterator[dict]:
+        """Decode ``chunk`` into ``pending``, yielding it as a batch when full. All images are
+        decoded first, then all augmented: ~20 % faster than alternating, as each loop's code
+        and data stay in the CPU's caches. Samples that fail leave ``pending`` short, and the
+        caller reads more; a chunk never holds more than fills the batch, so positions and
+        the samples used are as if decoded one at a time."""
+        opened = [self._open(sample) for _, sample in chunk]
+        for (pos, sample), img in zip(chunk, opened, strict=True):
+            item = self._decode(sample, pos - 1, img)
             if item is None:
                 if self.unusable:
-                    break
+                    return
                 continue
             pending.append(item)
             if self.delivered == 0:  # usable data found: stop tracking sample ids
@@ -231,7 +229,33 @@ class WorkerStream:
             self.stats.samples += 1
             if len(pending) == self.cfg.batch_size:
                 yield self._collate(pending, pos)
-                pending = []
+                pending.clear()
+
+    def batches(self) -> Iterator[dict]:
+        skip = int(self.start.get("pos", 0))
+        if skip and not self.start.get("done"):
+            self.stats.quiet = True
+        else:
+            self.stats.restore(self.start.get("stats", {}))
+        items: Iterator = iter(()) if self.start.get("done") else self._shuffled()
+        pending: list[dict] = []
+        chunk: list[tuple[int, dict]] = []  # raw samples read, not decoded yet
+        pos = 0
+        for pos, sample in enumerate(items, start=1):
+            if pos <= skip:
+                if pos == skip:  # replayed up to the saved position: from here on, count
+                    self.stats.restore(self.start.get("stats", {}))
+                    self.stats.quiet = False
+                    self.delivered = self.stats.samples
+                continue
+            chunk.append((pos, sample))
+            if len(pending) + len(chunk) == self.cfg.batch_size:
+                yield from self._deliver(chunk, pending)
+                chunk = []
+                if self.unusable:
+                    break
+        if chunk and not self.unusable:  # a finite stream ended inside a batch
+            yield from self._deliver(chunk, pending)
         if pending and not self.cfg.drop_last:
             yield self._collate(pending, pos)
         self.stats.quiet = False

@@ -13,6 +13,7 @@ import os
 import re
 import tarfile
 import warnings
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -162,11 +163,22 @@ def _read_exact(f, n: int) -> bytes:
     return data
 
 
+def _header_sum(header: bytes) -> int:
+    """The ustar checksum of a 512-byte header: its byte sum with the checksum field as spaces.
+
+    Each half's byte sum (<= 256 * 255 < 65521) is exactly adler32's low word minus one, which
+    zlib computes ~5x faster than ``sum`` walks the bytes (~10 us a sample at 3 members)."""
+    view = memoryview(header)
+    total = (zlib.adler32(view[:256]) & 0xFFFF) + (zlib.adler32(view[256:]) & 0xFFFF) - 2
+    return total - sum(view[148:156]) + 8 * 32
+
+
 def _iter_plain_tar(f, first: bytes) -> Iterator[tuple[str, bytes]]:
     """(name, data) of the regular files of an uncompressed tar (ustar, GNU long names, pax).
 
     Written out because ``tarfile``'s stream mode cost ~5x more per sample than all the rest of
-    the reading; ``first`` is the already read first header block.
+    the reading; ``first`` is the already read first header block. One read per member: its
+    data, its padding and the next header together.
     """
     header = first
     long_name: str | None = None
@@ -177,8 +189,7 @@ def _iter_plain_tar(f, first: bytes) -> Iterator[tuple[str, bytes]]:
             raise TarError("unexpected end of data in a header")
         if header.count(0) == 512:
             return  # end-of-archive block
-        checksum = _octal(header[148:156])
-        if checksum != sum(header) - sum(header[148:156]) + 8 * 32:
+        if _octal(header[148:156]) != _header_sum(header):
             raise TarError("bad header checksum (corrupt data)")
         size = _octal(header[124:136])
         kind = header[156:157]
@@ -188,10 +199,11 @@ def _iter_plain_tar(f, first: bytes) -> Iterator[tuple[str, bytes]]:
             prefix = header[345:500].split(b"\0", 1)[0]
             if header[257:262] == b"ustar" and prefix:
                 name = prefix.decode("utf-8", "surrogateescape") + "/" + name
-        data = _read_exact(f, size)
-        pad = -size % 512
-        if len(data) < size or (pad and len(_read_exact(f, pad)) < pad):
+        end = size + (-size % 512)
+        block = _read_exact(f, end + 512)
+        if len(block) < end:
             raise TarError("unexpected end of data", name if kind in (b"0", b"\0", b"7") else None)
+        data, header = block[:size], block[end:]
         if kind == b"L":  # GNU long name for the next member
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif kind == b"x":  # pax extended header: only the path matters here
@@ -204,7 +216,6 @@ def _iter_plain_tar(f, first: bytes) -> Iterator[tuple[str, bytes]]:
             yield name, data
         else:  # directories, links, global pax headers...
             long_name = None
-        header = _read_exact(f, 512)
 
 
 def _iter_tarfile(f) -> Iterator[tuple[str, bytes]]:

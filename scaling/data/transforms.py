@@ -24,13 +24,22 @@ EVAL_MODES = ("resize_center_crop", "resize")
 
 def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     """PIL image -> ``float[3, H, W]`` normalised with the CLIP mean/std."""
-    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img, dtype=np.float32)
-    x = torch.from_numpy(arr).permute(2, 0, 1)
-    return x.sub_(_MEAN255).div_(_STD255)
+    arr = np.asarray(img.convert("RGB") if img.mode != "RGB" else img)
+    return normalize_batch([arr])[0]
 
 
-_MEAN255 = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255
-_STD255 = torch.tensor(CLIP_STD).view(3, 1, 1) * 255
+def normalize_batch(images: list[np.ndarray]) -> torch.Tensor:
+    """Same-sized ``uint8[H, W, 3]`` arrays -> ``float[B, 3, H, W]`` with the CLIP mean/std.
+
+    One pass over the batch instead of one per image: per 32 px image the tensor set-up cost
+    more than the arithmetic (~60 us an image against ~20 batched)."""
+    x = torch.from_numpy(np.stack(images)).float()
+    x.sub_(_MEAN255).div_(_STD255)  # channels last: the constants broadcast along the last dim
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+_MEAN255 = torch.tensor(CLIP_MEAN) * 255
+_STD255 = torch.tensor(CLIP_STD) * 255
 
 
 class RandomResizedCrop:
@@ -78,11 +87,22 @@ class RandomResizedCrop:
             w, h = width, height
         return (width - w) // 2, (height - h) // 2, w, h
 
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+    def crop(self, img: Image.Image | np.ndarray, rng: random.Random | None = None) -> np.ndarray:
+        """The crop, resized, as ``uint8[S, S, 3]``: the per-image half of ``__call__``; ``img``
+        a PIL image or an RGB ``uint8[H, W, 3]`` array (``scaling.data.decode.decode_rgb``)."""
+        if isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
         img = img.convert("RGB") if img.mode != "RGB" else img
         left, top, w, h = self.params(*img.size, rng=rng)
         out = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
-        return to_normalized_tensor(out)
+        # via tobytes: np.asarray goes through __array_interface__, ~4 us more an image
+        return np.frombuffer(out.tobytes(), np.uint8).reshape(self.size, self.size, 3)
+
+    # the batch half: a stream that sees ``crop`` and ``collate`` normalises a batch at once
+    collate = staticmethod(normalize_batch)
+
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        return normalize_batch([self.crop(img, rng)])[0]
 
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0)) -> Callable:

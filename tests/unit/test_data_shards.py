@@ -104,6 +104,26 @@ def test_same_seed_same_stream_other_seed_other_stream(world):
     assert _keys(a) != _keys(c)
 
 
+class _PerImage:
+    """The toolkit's crop without its batch half: the stream's per-image path."""
+
+    accepts_rng = True
+
+    def __init__(self, size: int) -> None:
+        self.inner = train_transform(size)
+
+    def __call__(self, img, rng):
+        return self.inner(img, rng=rng)
+
+
+def test_batched_transform_gives_the_per_image_batches(world):
+    """Decoding with OpenCV, augmenting a chunk at a time and normalising the whole batch
+    give the same batches as PIL decoding and normalising image by image."""
+    fast = _take(_stream(world, mask_generator=BlockMaskGenerator((4, 4))), 6)
+    slow = _take(_stream(world, transform=_PerImage(16), mask_generator=BlockMaskGenerator((4, 4))), 6)
+    assert _same(fast, slow)
+
+
 def test_stream_leaves_the_global_rngs_alone(world):
     torch.manual_seed(0)
     expected = torch.rand(3)

@@ -90,3 +90,18 @@ def test_tokenizer_matches_open_clip_exactly():
         "word " * 40,
     ]
     assert torch.equal(get_tokenizer(24)(texts), SimpleTokenizer(context_length=24)(texts))
+
+
+def test_train_transform_halves_give_the_whole():
+    import numpy as np
+
+    t = train_transform(16, scale=(0.2, 1.0))
+    img = _gradient()
+    arr = np.asarray(img)
+    crops = [t.crop(img, random.Random(i)) for i in range(3)]
+    assert all(c.shape == (16, 16, 3) and c.dtype == np.uint8 for c in crops)
+    assert np.array_equal(t.crop(arr, random.Random(0)), crops[0])  # arrays as PIL images
+    batch = t.collate(crops)
+    assert batch.shape == (3, 3, 16, 16) and batch.is_contiguous()
+    for i in range(3):
+        assert torch.equal(batch[i], t(img, rng=random.Random(i)))
