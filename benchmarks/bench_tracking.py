@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import sys
 import tempfile
 import time
@@ -70,23 +71,49 @@ def sized_step(step_ms: float, cap: int = 1 << 16) -> tuple[Step, int, float]:
         batch *= 2
 
 
+def _stat(path: str) -> list[str] | None:
+    """The fields of a /proc stat file after the command name (None if it is gone)."""
+    try:
+        return Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def _cpu_s(fields: list[str] | None) -> float:
+    return 0.0 if fields is None else (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def helper_cpu_s() -> float:
     """CPU seconds used so far by this process's MLflow helper process (0 if none)."""
     from scaling.tracking import remote
 
     proc = remote.helper()._proc
-    try:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (AttributeError, OSError):
+    return 0.0 if proc is None else _cpu_s(_stat(f"/proc/{proc.pid}/stat"))
+
+
+def thread_cpu_s(native_id: int | None) -> float:
+    """CPU seconds of one thread of this process (the logger's delivery thread)."""
+    return 0.0 if native_id is None else _cpu_s(_stat(f"/proc/self/task/{native_id}/stat"))
+
+
+def group_cpu_s(pgid: int | None) -> float:
+    """CPU seconds of the live processes of a process group (the loopback server and its workers)."""
+    if pgid is None:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        fields = _stat(str(stat))
+        if fields is not None and int(fields[2]) == pgid:  # field 5 of stat: the process group
+            total += _cpu_s(fields)
+    return total
 
 
-def one_loop(step: Step, steps: int, uri: str | None, flush_every_s: float) -> dict[str, float]:
+def one_loop(step: Step, steps: int, uri: str | None, flush_every_s: float,
+             server_pgid: int | None = None) -> dict[str, float]:
     from scaling import tracking
 
     logger, run = None, None
-    helper_before = helper_cpu_s()
+    helper_before, server_before = helper_cpu_s(), group_cpu_s(server_pgid)
     opened = time.perf_counter()
     if uri is not None:
         run = tracking.start_run(uri, "bench-tracking", "tiny")
@@ -101,39 +128,63 @@ def one_loop(step: Step, steps: int, uri: str | None, flush_every_s: float) -> d
             logger.log_metrics(metrics, i)
             in_calls += time.perf_counter() - call
     ended, cpu_ended = time.perf_counter(), time.process_time()
+    # the delivery thread's CPU during the loop (its final flush in close is not counted: the
+    # thread is gone after it)
+    thread_s = thread_cpu_s(logger._thread.native_id) if logger is not None else 0.0
     if logger is not None:
         logger.close()
     closed = time.perf_counter()
-    helper_s = helper_cpu_s() - helper_before  # before the check below: its reads are not logging
+    # before the check below: its reads are not logging
+    helper_s, server_s = helper_cpu_s() - helper_before, group_cpu_s(server_pgid) - server_before
     if logger is not None and len(tracking.get_metric_history(uri, run, "train/loss")) != steps:
         raise RuntimeError(f"run {run}: not every step reached {uri}")
     return {"open_s": started - opened, "loop_s": ended - started, "call_us": 1e6 * in_calls / steps,
-            "close_s": closed - ended, "loop_cpu_s": cpu_ended - cpu_started, "helper_cpu_s": helper_s}
+            "close_s": closed - ended, "loop_cpu_s": cpu_ended - cpu_started, "helper_cpu_s": helper_s,
+            "thread_cpu_s": thread_s, "server_cpu_s": server_s,
+            # every CPU-second logging used: calls on the training thread, the delivery thread,
+            # the helper, the loopback server (an upper bound on the wall time it can take
+            # from a loop that keeps every core busy)
+            "logging_cpu_s": in_calls + thread_s + helper_s + server_s}
 
 
-def bench(step_ms: float, uris: dict[str, str | None], args: argparse.Namespace) -> dict:
+def bootstrap_median(xs: list[float], draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """A 90 % percentile-bootstrap interval of the median of ``xs``: how far the noise alone
+    moves it."""
+    rng = random.Random(seed)
+    meds = sorted(median(rng.choices(xs, k=len(xs))) for _ in range(draws))
+    return meds[int(0.05 * draws)], meds[int(0.95 * draws) - 1]
+
+
+def bench(step_ms: float, uris: dict[str, str | None], args: argparse.Namespace,
+          pgids: dict[str, int]) -> dict:
     step, batch, measured_ms = sized_step(step_ms)
     for uri in uris.values():  # warm-up: mlflow's imports, the store's tables, the server
         one_loop(step, 5, uri, args.flush_every)
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in uris}
     for _ in range(args.repeats):
         for name, uri in uris.items():
-            rows[name].append(one_loop(step, args.steps, uri, args.flush_every))
+            rows[name].append(one_loop(step, args.steps, uri, args.flush_every, pgids.get(name)))
     base = median([r["loop_s"] for r in rows["none"]])
+    base_cpu = median([r["loop_cpu_s"] for r in rows["none"]])
     results = []
     for name, runs in rows.items():
         r = {"backend": name, "step_ms_target": step_ms, "batch": batch, "step_ms": measured_ms}
-        for key in ("open_s", "loop_s", "close_s", "call_us", "loop_cpu_s", "helper_cpu_s"):
+        for key in ("open_s", "loop_s", "close_s", "call_us", "loop_cpu_s", "helper_cpu_s",
+                    "thread_cpu_s", "server_cpu_s", "logging_cpu_s"):
             r[key] = median([x[key] for x in runs])
             r[f"{key}_all"] = [x[key] for x in runs]
         r["per_step_ms"] = 1000 * r["loop_s"] / args.steps
         r["overhead_ratio"] = r["loop_s"] / base
         r["overhead_ratio_with_close"] = (r["loop_s"] + r["close_s"]) / base
         # turn by turn: each logging loop against the no-logging loop that ran just before it
-        r["paired_ratio"] = median([x["loop_s"] / n["loop_s"] for x, n in zip(runs, rows["none"], strict=True)])
+        paired = [x["loop_s"] / n["loop_s"] for x, n in zip(runs, rows["none"], strict=True)]
+        r["paired_ratio"], r["paired_ratio_all"] = median(paired), paired
+        r["paired_ratio_90ci"] = bootstrap_median(paired)
         # CPU of the training process (its threads, the logger's included) and of the helper
-        r["process_cpu_ratio"] = r["loop_cpu_s"] / median([x["loop_cpu_s"] for x in rows["none"]])
+        r["process_cpu_ratio"] = r["loop_cpu_s"] / base_cpu
         r["helper_cpu_share"] = r["helper_cpu_s"] / r["loop_cpu_s"]
+        # all the CPU logging used, as a share of the no-logging loop's CPU
+        r["logging_cpu_share"] = r["logging_cpu_s"] / base_cpu
         results.append(r)
     return {"step_ms_target": step_ms, "batch": batch, "step_ms": measured_ms, "results": results}
 
@@ -149,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="sqlite,server",
                         help="comma list of sqlite (embedded default store) and server "
                              "(a loopback `mlflow server` started here)")
-    parser.add_argument("--flush-every", type=float, default=2.0,
-                        help="MlflowLogger flush period in seconds (2.0, its default)")
+    parser.add_argument("--flush-every", type=float, default=None,
+                        help="MlflowLogger flush period in seconds (default: the logger's, "
+                             "scaling.tracking.logger.FLUSH_EVERY_S)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: os.cpu_count(), as training uses)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the figures to this JSON file")
@@ -161,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--backends takes sqlite and/or server (got {sorted(unknown)}); --steps must be "
                      f">= 1, --repeats >= {MIN_REPEATS}, --step-ms >= 0")
 
+    if args.flush_every is None:
+        from scaling.tracking.logger import FLUSH_EVERY_S
+
+        args.flush_every = FLUSH_EVERY_S
     threads = set_threads(args.threads)
     info = machine()
     print(f"machine: {info}")
@@ -172,34 +228,42 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(
             prefix="bench-tracking-", dir=cache if cache.is_dir() else None)))
         uris: dict[str, str | None] = {"none": None}
+        pgids: dict[str, int] = {}
         if "sqlite" in backends:
             uris["sqlite"] = f"sqlite:///{work / 'mlflow.db'}"
         if "server" in backends:
             from tests.services.mlflow_server import MlflowServer
 
-            uris["server"] = stack.enter_context(MlflowServer(work / "server")).uri
+            server = stack.enter_context(MlflowServer(work / "server"))
+            uris["server"], pgids["server"] = server.uri, server._proc.pid  # its own session
         from scaling.tracking import remote
 
         started = time.perf_counter()
         remote.helper().start()  # once per training process; the loggers after share it
         helper_start_s = time.perf_counter() - started
         for step_ms in args.step_ms:
-            runs.append(bench(step_ms, uris, args))
+            runs.append(bench(step_ms, uris, args, pgids))
 
     for run in runs:
         print(f"\n== step sized for >= {run['step_ms_target']:g} ms: batch {run['batch']}, "
               f"{run['step_ms']:.2f} ms a step without logging")
         print(f"   {'backend':8} {'loop s':>7} {'ms/step':>8} {'call us':>8} {'open s':>7} {'close s':>8} "
-              f"{'ratio':>6} {'paired':>7} {'+close':>7} {'proc CPU':>9} {'helper CPU':>11}")
+              f"{'ratio':>6} {'paired':>7} {'paired 90% CI':>14} {'+close':>7} {'proc CPU':>9} "
+              f"{'helper CPU':>11} {'logging CPU':>12}")
         for r in run["results"]:
+            lo, hi = r["paired_ratio_90ci"]
             print(f"   {r['backend']:8} {r['loop_s']:7.3f} {r['per_step_ms']:8.3f} {r['call_us']:8.1f} "
                   f"{r['open_s']:7.3f} {r['close_s']:8.3f} {r['overhead_ratio']:6.3f} {r['paired_ratio']:7.3f} "
-                  f"{r['overhead_ratio_with_close']:7.3f} {r['process_cpu_ratio']:9.3f} "
-                  f"{100 * r['helper_cpu_share']:10.1f}%")
+                  f"{f'{lo:.3f}-{hi:.3f}':>14} {r['overhead_ratio_with_close']:7.3f} "
+                  f"{r['process_cpu_ratio']:9.3f} {100 * r['helper_cpu_share']:10.1f}% "
+                  f"{100 * r['logging_cpu_share']:11.2f}%")
     print("\nratio: median loop / median no-logging loop; paired: median of each loop / the no-logging loop "
-          "just before it;\n+close: with the final flush; proc CPU: the training process's CPU time ratio "
-          "(its threads, the logger's included);\nhelper CPU: the helper process's CPU as a share of the "
-          "loop's (work a spare core absorbs; on a saturated machine it is taken from training)")
+          "just before it, with its 90 % bootstrap interval;\n+close: with the final flush; proc CPU: the "
+          "training process's CPU time ratio (its threads, the logger's included);\nhelper CPU: the helper "
+          "process's CPU as a share of the loop's (work a spare core absorbs; on a saturated machine it is "
+          "taken from training);\nlogging CPU: every CPU-second logging used (calls, delivery thread, helper, "
+          "loopback server) / the no-logging loop's CPU: the most it can add on a machine whose every core "
+          "trains")
     print(f"\nMLflow helper process start (once per process, before the first logger opens): "
           f"{helper_start_s:.2f} s")
     print(f"target: loop ratio <= {TARGET:.2f}")
