@@ -44,8 +44,10 @@ def headline(data: dict) -> str:
     if isinstance(data.get("consumption"), list):  # data: stream / training step per stage
         return "ratios " + ", ".join(f"{r['kind']}@{r['rung']}: {r['ratio']:.3g}" for r in data["consumption"])
     if isinstance(data.get("runs"), list):  # tracking: logging loop / no-logging loop
-        return "ratios " + ", ".join(f"{r['backend']}@{run['step_ms']:.3g}ms: {r['overhead_ratio']:.3g}"
-                                     for run in data["runs"] for r in run["results"] if r["backend"] != "none")
+        return "ratios (logging CPU) " + ", ".join(
+            f"{r['backend']}@{run['step_ms']:.3g}ms: {r['overhead_ratio']:.3g} "
+            f"({100 * r.get('logging_cpu_share', float('nan')):.2g} %)"
+            for run in data["runs"] for r in run["results"] if r["backend"] != "none")
     return ""
 
 
