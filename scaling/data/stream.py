@@ -148,7 +148,7 @@ class WorkerStream:
         except Exception as exc:  # PIL raises many types for bad bytes
             return exc
 
-    def _decode(self, sample: dict, pos: int, img: Any) -> dict | None:
+    def _prepare(self, sample: dict, pos: int, img: Any) -> dict | None:
         """The sample ready to batch from its decoded image (``_open``), or None if it failed."""
         if isinstance(img, Exception):
             self.stats.skip(
@@ -217,7 +217,7 @@ class WorkerStream:
         the samples used are as if decoded one at a time."""
         opened = [self._open(sample) for _, sample in chunk]
         for (pos, sample), img in zip(chunk, opened, strict=True):
-            item = self._decode(sample, pos - 1, img)
+            item = self._prepare(sample, pos - 1, img)
             if item is None:
                 if self.unusable:
                     return

@@ -107,7 +107,7 @@ class RandomResizedCrop:
 
 def train_transform(image_size: int, scale: tuple[float, float] = (0.9, 1.0)) -> Callable:
     """PIL image -> normalised ``float[3, S, S]``: random resized crop (bicubic), CLIP mean/std.
-    Randomness comes from Python's ``random`` (``ShardStream`` seeds it per sample)."""
+    Randomness: the ``rng`` given (``ShardStream`` passes each sample's own), else Python's ``random``."""
     return RandomResizedCrop(image_size, scale)
 
 
