@@ -57,6 +57,7 @@ class WorkerStream:
 
     def __init__(self, cfg: StreamConfig, worker: int, start: dict | None) -> None:
         self.cfg, self.worker = cfg, worker
+        self.batched = _batched(cfg.transform)  # crop per image, normalise per batch
         self.workers = max(cfg.num_workers, 1)
         self.start = start or {}
         self.stats = ShardStats()
@@ -142,7 +143,7 @@ class WorkerStream:
 
     def _open(self, sample: dict) -> Any:
         """The decoded image, or the exception that decoding raised."""
-        decode = decode_rgb if _batched(self.cfg.transform) else open_image
+        decode = decode_rgb if self.batched else open_image
         try:
             return decode(sample["image"], sample.get("ext", ""))
         except Exception as exc:  # PIL raises many types for bad bytes
@@ -170,7 +171,7 @@ class WorkerStream:
         if getattr(transform, "accepts_rng", False):
             # draws from the sample's own generator: no global state to save and restore; a
             # transform with a batch half leaves normalising to ``_collate``
-            apply = transform.crop if _batched(transform) else transform
+            apply = transform.crop if self.batched else transform
             image = apply(img, rng=sample_rng)
         else:
             torch_seed, py_seed = sample_rng.getrandbits(62), sample_rng.getrandbits(62)
@@ -190,10 +191,7 @@ class WorkerStream:
         return out
 
     def _images(self, images: list) -> torch.Tensor:
-        transform = self.cfg.transform
-        if _batched(transform):
-            return transform.collate(images)
-        return torch.stack(images)
+        return self.cfg.transform.collate(images) if self.batched else torch.stack(images)
 
     def _collate(self, items: list[dict], pos: int) -> dict:
         texts = [it["text"] for it in items]
