@@ -1,9 +1,10 @@
 """Image bytes -> pixels: OpenCV's one-call decoder for transforms that take arrays, PIL otherwise.
 
-Both decode with libpng / libjpeg-turbo / libwebp and give the same RGB pixels (a test checks
-PNG, JPEG, WEBP, grey, palette and RGBA images). OpenCV does it in one C++ call: ~20 us for a
-32 px PNG against PIL's ~65 us, most of it plugin set-up and chunk parsing in Python, which at
-the proxy sizes was the largest part of a sample's cost.
+Both decode with libpng / libjpeg-turbo / libwebp and give the same RGB pixels (the tests check
+PNG, JPEG, WEBP, grey, palette and RGBA images, and EXIF orientation, which both leave alone;
+CMYK JPEGs can differ by one level, rounding in the colour conversion). OpenCV does it in one
+C++ call: ~20 us for a 32 px PNG against PIL's ~65 us, most of it plugin set-up and chunk
+parsing in Python, which at the proxy sizes was the largest part of a sample's cost.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ def decode_rgb(data: bytes, ext: str) -> np.ndarray | Image.Image:
     when they are valid after all and raises when they are not."""
     cv2 = _cv2()
     if cv2 is not None and data:
-        arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+        # OpenCV would turn the image by its EXIF orientation, PIL does not: same pixels as PIL
+        flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+        arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
         if arr is not None:
             return arr
     return open_image(data, ext)

@@ -45,6 +45,16 @@ def test_decode_rgb_gives_the_pixels_pil_gives(ext, fmt, mode, kw):
     assert np.array_equal(fast, expected)
 
 
+def test_exif_orientation_is_left_as_pil_leaves_it():
+    pytest.importorskip("cv2")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees to display"
+    data = _encode(Image.fromarray(_image()), "JPEG", exif=exif, quality=95)
+    fast = decode.decode_rgb(data, "jpg")
+    assert fast.shape == (30, 40, 3)
+    assert np.array_equal(fast, np.asarray(decode.open_image(data, "jpg").convert("RGB")))
+
+
 @pytest.mark.parametrize("bad", [b"", b"not an image", None])
 def test_bad_bytes_raise_as_pil_does(bad):
     good = _encode(Image.fromarray(_image()), "PNG")
