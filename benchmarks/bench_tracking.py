@@ -5,14 +5,16 @@
 
 Each loop trains a small torch MLP for ``--steps`` steps and logs four metrics every step
 (``train/loss``, ``train/lr/vision``, ``train/samples_seen``, ``train/samples_per_s``) to a fresh
-run, exactly as the training loop does (the logger is opened before the loop and closed after
-it). The MLP's batch is doubled until a step takes >= ``--step-ms`` (25 ms: a third of the
+run, the logger opened before the loop and closed after it, as in the training loop (which
+logs ~11 metrics every ``train.log_every`` = 10 steps; ``--log-every 10`` measures that
+cadence). The MLP's batch is doubled until a step takes >= ``--step-ms`` (25 ms: a third of the
 smallest proxy rung's CLIP step on 2 cores); ``--step-ms 0`` keeps the tiny step (under a
 millisecond), a stress test where any work on another thread shows. The sides (no logging,
 SQLite, loopback ``mlflow server``) take turns, repeat by repeat. Reported, as medians: the
 loop's wall time (what training feels), the time inside ``log_metrics`` per call, the logger's
-open and close (final flush + run status) times, and the loop's ratio to the no-logging loop;
-also the start time of the MLflow helper process (``scaling.tracking.remote``), paid once per
+open and close (final flush + run status) times, the loop's ratio to the no-logging loop, and
+every CPU-second logging used (training thread, delivery thread, helper, loopback server) over
+the no-logging loop's CPU, which this machine's noise does not hide; also the start time of the MLflow helper process (``scaling.tracking.remote``), paid once per
 process before its first logger opens.
 Target: <= 1.01.
 """
