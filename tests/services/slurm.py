@@ -119,7 +119,7 @@ class SlurmCluster:
         self._write_files()
         (self.root / "run" / "owner").write_text("0" if detached else str(os.getpid()))
         deadline = time.monotonic() + timeout
-        self._spawned: list[str] = []
+        self._spawned: dict[str, subprocess.Popen[bytes]] = {}
         try:
             self._spawn("munged", [ps.which("munged"), "--foreground", "--force", "--num-threads=10",
                                    f"--socket={self.munge_socket}",
@@ -149,10 +149,12 @@ class SlurmCluster:
 
     def stop(self) -> None:
         """Cancel jobs, then stop every daemon of this root and everything they started."""
-        pids = ps.marked_pids(MARKER, str(self.root))
+        started = [p.pid for p in getattr(self, "_spawned", {}).values() if p.poll() is None]
+        pids = sorted({*ps.marked_pids(MARKER, str(self.root)), *started})
         if not pids:
             return
-        if self._ok(["squeue", "-h"]):
+        ctld_up = any(ps.proc_name(p) == "slurmctld" for p in pids)
+        if ctld_up and self._ok(["squeue", "-h"]):  # without it squeue retries for a minute
             subprocess.run(["scancel", "--user", "root", "--full"], env=self._client_env(),
                            capture_output=True, timeout=30)  # fmt: skip
             end = time.monotonic() + 10
@@ -163,7 +165,9 @@ class SlurmCluster:
         ps.kill_all(ps.descendants([p for p in pids if ps.proc_name(p) == "slurmd"]))
         for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             ps.kill_all([p for p in pids if ps.proc_name(p) == name], grace=10)
-        ps.kill_all(ps.marked_pids(MARKER, str(self.root)), grace=1)
+        ps.kill_all(sorted({*ps.marked_pids(MARKER, str(self.root)), *started}), grace=1)
+        for proc in getattr(self, "_spawned", {}).values():
+            proc.poll()  # reap what this object started
 
     def status(self) -> str:
         """Human-readable state: daemons alive and `sinfo` output."""
@@ -323,11 +327,11 @@ StorageLoc=slurm_acct_db
                 f"{name} is not installed (apt-get install -y {' '.join(PACKAGES)})"
             )
         env = {**os.environ, **self.env, MARKER: str(self.root)}
-        self._spawned.append(name)
         log = open(self.logs / f"{name}.out", "ab")  # noqa: SIM115 - handed to the daemon
         with log:
-            subprocess.Popen([str(c) for c in cmd], env=env, stdin=subprocess.DEVNULL,
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+            self._spawned[name] = subprocess.Popen([str(c) for c in cmd], env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)  # fmt: skip
 
     def _wait(self, what: str, ready: Callable[[], bool], deadline: float) -> None:
         while time.monotonic() < deadline:
@@ -338,10 +342,14 @@ StorageLoc=slurm_acct_db
         raise ps.ServiceError(f"timed out waiting for {what}\n{self._log_tails()}")
 
     def _check_daemons(self) -> None:
-        names = {ps.proc_name(p) for p in ps.marked_pids(MARKER, str(self.root))}
-        for name in self._spawned:
-            if name not in names:
-                raise ps.ServiceError(f"{name} exited during start-up\n{self._log_tails([name])}")
+        # The Popen handles, not the /proc marker: right after exec a process's environ can
+        # still read empty, which made a daemon that had just started look gone.
+        for name, proc in self._spawned.items():
+            if proc.poll() is not None:
+                raise ps.ServiceError(
+                    f"{name} exited during start-up with status {proc.returncode}\n"
+                    f"{self._log_tails([name]) or '(its logs are empty)'}"
+                )
 
     def _log_tails(self, names: list[str] | None = None, lines: int = 12) -> str:
         """The last lines of the daemons' logs (all of them unless ``names``)."""
