@@ -149,24 +149,6 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
         )
 
 
-def runtime_problems(cfg: DictConfig) -> list[str]:
-    """Combinations a valid config may hold but a stage refuses to run.
-
-    Kept apart from ``validate`` so a dry run can still plan the papers' recipes (and say what
-    stops them), while dispatch and the stage itself refuse before any compute is spent.
-    """
-    problems = []
-    if cfg.optim.name == "lamb" and cfg.distributed.deepspeed and cfg.distributed.zero_stage >= 1:
-        problems.append(
-            f"optim.name=lamb with distributed.zero_stage={cfg.distributed.zero_stage}: ZeRO hands the "
-            "optimizer one flat shard per rank, so LAMB's per-layer trust ratios would become per-shard "
-            "ratios (results change with the ZeRO stage and the number of ranks). Set "
-            "distributed.zero_stage=0 (DeepSpeed without partitioning) or optim.name=adamw to keep "
-            "ZeRO partitioning."
-        )
-    return problems
-
-
 def _check_rung(name: str, key: str, source: str) -> None:
     from scaling.models.registry import UnknownRungError, get_rung
 

@@ -73,7 +73,7 @@ def _plan(args: argparse.Namespace, proxy: bool, dry: bool):
     via = [v for item in args.via for v in item.split(",") if v]
     return plan_ladder(args.start, args.end, via, ladder=args.ladder, proxy=proxy, overrides=args.overrides,
                        experiment=args.experiment, runs_dir=args.runs_dir, tracking_uri=args.tracking_uri,
-                       allow_missing_teacher=dry, allow_refused=dry)
+                       allow_missing_teacher=dry)
 
 
 def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: bool) -> None:

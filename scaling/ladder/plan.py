@@ -19,7 +19,6 @@ from scaling.config import (
     load_stage_config,
     merge,
     parse_overrides,
-    runtime_problems,
 )
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
@@ -174,7 +173,6 @@ def plan_ladder(
     runs_dir: str | Path = "runs",
     tracking_uri: str | None = None,
     allow_missing_teacher: bool = False,
-    allow_refused: bool = False,
 ) -> Plan:
     """The stages of ``--from start --to end`` (defaults: the last rung, from its teacher).
 
@@ -286,8 +284,4 @@ def plan_ladder(
             clip_of[rung] = f"clip@{rung}"
         else:
             clip_of[rung] = None
-    refused = [f"{s.name}: {problem}" for s in stages for problem in runtime_problems(s.cfg)]
-    if refused and not allow_refused:
-        raise ConfigError(refused[0])
-    notes.extend(f"will not run as configured: {r}" for r in refused)
     return Plan(spec, path, proxy, experiment, runs, stages, source, teacher_ckpt, notes)

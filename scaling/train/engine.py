@@ -12,16 +12,15 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from scaling.config import runtime_problems
 from scaling.train.errors import StageSetupError
+from scaling.train.lamb import Lamb
 from scaling.train.optim import CosineSchedule
+from scaling.train.zero_layout import ZeroLayoutError, shard_lamb
 
 DS_TAG = "state"
 
 
 def check_combination(cfg: DictConfig) -> None:
-    for problem in runtime_problems(cfg):
-        raise StageSetupError(problem)
     if cfg.train.precision == "fp16" and not torch.cuda.is_available():
         raise StageSetupError("train.precision=fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
 
@@ -94,7 +93,8 @@ class Engine:
 
 
 class DeepSpeedEngine(Engine):
-    """DeepSpeed with our own (client) optimizer: its fused LAMB is CUDA-only."""
+    """DeepSpeed with our own (client) optimizer: its fused LAMB is CUDA-only. Under ZeRO our
+    LAMB is told where each parameter lies in the partitions, keeping its per-parameter ratios."""
 
     deepspeed = True
 
@@ -119,10 +119,22 @@ class DeepSpeedEngine(Engine):
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,
         }
+        # DeepSpeed (0.19) broadcasts and partitions parameters through uint8 views, which a 0-dim
+        # tensor cannot give (CLIP's logit_scale): such parameters are 1-element vectors under
+        # DeepSpeed, and 0-dim again in the weights it hands out (``full_state_dict``).
+        self.scalars = {name for name, p in module.named_parameters() if p.dim() == 0}
+        for name in self.scalars:
+            param = module.get_parameter(name)
+            param.data = param.data.view(1)
         self.model, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=optimizer,
                                                                 config=config)
         self.module = self.model.module
         self.client_optimizer = optimizer
+        if isinstance(optimizer, Lamb) and self.zero_stage >= 1:
+            try:
+                shard_lamb(optimizer, self.optimizer, self.zero_stage)
+            except ZeroLayoutError as exc:
+                raise StageSetupError(str(exc)) from None
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed casts the model itself for bf16/fp16
@@ -146,7 +158,8 @@ class DeepSpeedEngine(Engine):
         ctx = (deepspeed.zero.GatheredParameters(params, modifier_rank=None) if self.zero_stage == 3
                else contextlib.nullcontext())
         with ctx:
-            return {k: v.detach().clone().float() for k, v in self.module.state_dict().items()}
+            return {k: v.detach().clone().float().reshape(() if k in self.scalars else v.shape)
+                    for k, v in self.module.state_dict().items()}
 
     def save(self, tmp: Path, rank: int) -> None:
         self.model.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG, save_latest=False)
@@ -158,3 +171,4 @@ class DeepSpeedEngine(Engine):
                                    load_lr_scheduler_states=False)
         state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=False)
         self.schedule.load_state_dict(state["schedule"])
+

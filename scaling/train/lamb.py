@@ -10,14 +10,36 @@ trust ratios, where an op-by-op LAMB makes a dozen passes over every tensor: on 
 optimiser is memory-bound, timm's ``Lamb`` took longer than the model's backward at proxy sizes.
 
 Moment state and checkpoints are AdamW's (``exp_avg``, ``exp_avg_sq``, per-parameter ``step``).
+
+Under DeepSpeed ZeRO the optimizer steps flat partitions, not the model's tensors. A partition
+registered with ``shard`` keeps LAMB per model parameter: each rank sums ``||p||^2`` and
+``||u||^2`` over the pieces of each parameter it holds, one all-reduce adds the ranks' sums, and
+every piece of a parameter is scaled by that parameter's ratio, so the step equals the
+unpartitioned one (``scaling/train/zero_layout.py`` reads the layout from DeepSpeed).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class FlatLayout:
+    """Where model parameters lie in a flat tensor the optimizer steps (one rank's partition).
+
+    ``segments``: ``(index, start, end)``, elements ``start:end`` of the flat tensor belong to
+    parameter ``index`` (``0 <= index < num_params``, the same numbering on every rank of
+    ``group``). Elements in no segment (alignment padding) are left where they were.
+    """
+
+    segments: tuple[tuple[int, int, int], ...]
+    num_params: int
+    group: Any = None  # process group whose ranks hold the other pieces; None: the default one
 
 
 class Lamb(torch.optim.AdamW):
@@ -37,6 +59,15 @@ class Lamb(torch.optim.AdamW):
             group.setdefault("always_adapt", always_adapt)
         # Old values of the adapted tensors, reused every step (not state: never checkpointed).
         self._before: dict[torch.Tensor, torch.Tensor] = {}
+        self._layouts: dict[torch.Tensor, FlatLayout] = {}
+
+    def shard(self, flat: torch.Tensor, layout: FlatLayout) -> None:
+        """Step ``flat`` (a partition of several parameters) with per-parameter trust ratios."""
+        for index, start, end in layout.segments:
+            if not (0 <= index < layout.num_params and 0 <= start <= end <= flat.numel()):
+                raise ValueError(f"segment {(index, start, end)} outside a flat tensor of "
+                                 f"{flat.numel()} elements holding {layout.num_params} parameters")
+        self._layouts[flat] = layout
 
     def _adapted(self) -> list[tuple[dict, list[torch.Tensor]]]:
         out = []
@@ -62,16 +93,49 @@ class Lamb(torch.optim.AdamW):
         loss = super().step(closure)
 
         for (group, params), before in zip(adapted, snapshots, strict=True):
-            w_norm = torch.stack(torch._foreach_norm(before))
-            torch._foreach_sub_(before, params)  # before := p - p' = lr * u
-            u_norm = torch.stack(torch._foreach_norm(before))
-            one = torch.ones_like(w_norm)
-            ratio = torch.where((w_norm > 0) & (u_norm > 0), group["lr"] * w_norm / u_norm, one)
-            if group["trust_clip"]:
-                ratio = torch.minimum(ratio, one)
-            torch._foreach_mul_(before, list((one - ratio).unbind()))  # the share of AdamW's move to undo
-            torch._foreach_add_(params, before)
+            local = [(p, b) for p, b in zip(params, before, strict=True) if p not in self._layouts]
+            if local and self._layouts:  # a replaced partition would silently get one ratio
+                raise RuntimeError("LAMB was given a flat partition it has no layout for; call "
+                                   "shard() again after the engine replaces its partitions")
+            if local:
+                w_norm = torch.stack(torch._foreach_norm([b for _, b in local]))
+                torch._foreach_sub_([b for _, b in local], [p for p, _ in local])  # b := p - p' = lr * u
+                u_norm = torch.stack(torch._foreach_norm([b for _, b in local]))
+                ratio = self._ratio(group, w_norm, u_norm)
+                self._undo([b for _, b in local], [p for p, _ in local], ratio)
+            for p, b in zip(params, before, strict=True):
+                if p in self._layouts:
+                    self._step_flat(group, p, b, self._layouts[p])
         return loss
+
+    @staticmethod
+    def _ratio(group: dict, w_norm: torch.Tensor, u_norm: torch.Tensor) -> torch.Tensor:
+        one = torch.ones_like(w_norm)
+        # u_norm is ||lr * u||: lr * ||w|| / u_norm is ||w|| / ||u||.
+        ratio = torch.where((w_norm > 0) & (u_norm > 0), group["lr"] * w_norm / u_norm, one)
+        return torch.minimum(ratio, one) if group["trust_clip"] else ratio
+
+    @staticmethod
+    def _undo(moves: list[torch.Tensor], params: list[torch.Tensor], ratio: torch.Tensor) -> None:
+        """p := p' + (1 - r) (p - p') = p - r * lr * u, given ``moves`` = p - p'."""
+        torch._foreach_mul_(moves, list((1 - ratio).unbind()))
+        torch._foreach_add_(params, moves)
+
+    def _step_flat(self, group: dict, flat: torch.Tensor, before: torch.Tensor, layout: FlatLayout) -> None:
+        index = torch.tensor([i for i, _, _ in layout.segments], dtype=torch.long, device=flat.device)
+        pieces = [before[s:e] for _, s, e in layout.segments]
+        sums = torch.zeros(2, layout.num_params, dtype=torch.float32, device=flat.device)
+        if pieces:
+            sums[0].index_add_(0, index, torch.stack(torch._foreach_norm(pieces)).float().square())
+        before.sub_(flat)  # before := p - p' = lr * u, padding included
+        if pieces:
+            sums[1].index_add_(0, index, torch.stack(torch._foreach_norm(pieces)).float().square())
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums, group=layout.group)  # every rank's pieces of every parameter
+        ratio = self._ratio(group, sums[0].sqrt(), sums[1].sqrt())
+        if pieces:
+            torch._foreach_mul_(pieces, list((1 - ratio[index]).to(before.dtype).unbind()))
+        flat.add_(before)  # padding (in no piece) goes back to where it was
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Checkpoints written by timm's Lamb keep one step count per group, AdamW one per tensor.

@@ -1,8 +1,9 @@
-"""2 processes (torchrun, gloo) and DeepSpeed ZeRO-3 against 1 process with the same global batch.
+"""2 processes (torchrun, gloo) and DeepSpeed ZeRO-1/3 against 1 process with the same global batch.
 
 Each rank reads its own seeded share of the shards, so 1 and 2 processes see different samples:
 their loss curves agree statistically (windows of 4 steps within ``TOL``), not bitwise. DeepSpeed
-ZeRO-3 and plain DDP on 2 ranks see the same samples and agree to float precision.
+ZeRO-1/3 (CLIP, LAMB), ZeRO-3 (MIM) and plain DDP on 2 ranks see the same samples and agree to float
+precision.
 """
 
 from __future__ import annotations
@@ -73,3 +74,13 @@ def test_mim_two_processes_and_deepspeed_zero3_follow_one(clip_curves, synth, tm
     # same samples on the same 2 ranks: ZeRO-3 partitioning changes nothing but float rounding
     assert zero3 == pytest.approx(ddp, abs=2e-3), (ddp, zero3)
     assert windows(zero3)[-1] < windows(zero3)[0] - 0.1
+
+
+@pytest.mark.parametrize("zero_stage", [1, 3])
+def test_clip_lamb_under_deepspeed_zero_follows_ddp(clip_curves, synth, zero_stage):
+    # The CLIP recipe's LAMB with the E/14+ (ZeRO-1) and 8B/18B (ZeRO-3) recipes' partitioning:
+    # trust ratios stay per parameter (test_lamb_zero.py checks the weights), so the losses are DDP's.
+    root, _, ddp = clip_curves
+    zero = run(root / f"zero{zero_stage}", synth, "clip", 2, "distributed.deepspeed=true",
+               f"distributed.zero_stage={zero_stage}", port=29623 + zero_stage)
+    assert zero == pytest.approx(ddp, abs=2e-3), (ddp, zero)

@@ -217,3 +217,68 @@ def test_lamb_without_gradients_or_learning_rate_leaves_parameters_alone():
             assert torch.equal(p.detach(), b)
         else:
             assert not torch.equal(p.detach(), b)
+
+
+def test_lamb_on_a_flat_partition_keeps_per_parameter_ratios():
+    """What ZeRO hands the optimizer: parameters packed in one flat tensor with padding."""
+    from scaling.train.lamb import FlatLayout, Lamb
+
+    ours, ref = _lamb_model(), _lamb_model()
+    ref_opt = Lamb([{"params": [p for p in ref.parameters() if p.ndim >= 2], "lr": 0.02, "weight_decay": 0.05}],
+                   betas=(0.9, 0.98))
+    weights = [p for p in ours.parameters() if p.ndim >= 2]
+    pad = 2
+    spans, at = [], 0
+    for p in weights:
+        spans.append((at, at + p.numel()))
+        at += p.numel() + pad
+    flat = torch.full((at,), 0.5)  # non-zero padding: it must not move
+    for p, (s, e) in zip(weights, spans, strict=True):
+        flat[s:e] = p.detach().flatten()
+    opt = Lamb([{"params": [flat], "lr": 0.02, "weight_decay": 0.05}], betas=(0.9, 0.98))
+    opt.shard(flat, FlatLayout(tuple((i, s, e) for i, (s, e) in enumerate(spans)), len(weights)))
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(32, 8, generator=gen), torch.randint(0, 3, (32,), generator=gen)
+        for model in (ref, ours):
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+        ref_opt.step()
+        flat.grad = torch.randn(at, generator=gen)  # padding gets gradient noise
+        for p, (s, e) in zip(weights, spans, strict=True):
+            flat.grad[s:e] = p.grad.flatten()
+        opt.step()
+        with torch.no_grad():
+            for p, (s, e) in zip(weights, spans, strict=True):
+                p.copy_(flat[s:e].view_as(p))
+    for a, b in zip(weights, [p for p in ref.parameters() if p.ndim >= 2], strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-5, atol=1e-7)
+    padding = torch.cat([flat[e : e + pad] for _, e in spans])
+    assert torch.equal(padding, torch.full_like(padding, 0.5))
+
+
+def test_lamb_refuses_a_layout_that_does_not_fit():
+    from scaling.train.lamb import FlatLayout, Lamb
+
+    flat = torch.zeros(10, requires_grad=True)
+    opt = Lamb([flat])
+    with pytest.raises(ValueError, match="outside a flat tensor of 10 elements"):
+        opt.shard(flat, FlatLayout(((0, 4, 12),), 1))
+
+
+def test_unreadable_zero_bookkeeping_is_a_clear_error():
+    from scaling.train.zero_layout import ZeroLayoutError, zero_layouts
+
+    with pytest.raises(ZeroLayoutError, match=r"ZeRO-1.*optim.name=adamw or distributed.zero_stage=0"):
+        zero_layouts(object(), 1)
+
+
+def test_lamb_refuses_a_partition_it_has_no_layout_for():
+    from scaling.train.lamb import FlatLayout, Lamb
+
+    registered, replaced = torch.ones(6, requires_grad=True), torch.ones(6, requires_grad=True)
+    opt = Lamb([registered, replaced])
+    opt.shard(registered, FlatLayout(((0, 0, 6),), 1))
+    registered.grad, replaced.grad = torch.ones(6), torch.ones(6)
+    with pytest.raises(RuntimeError, match="no layout for"):
+        opt.step()
