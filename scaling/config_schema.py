@@ -90,7 +90,7 @@ class TrainSection:
     ckpt_every: int = 0  # steps; 0 -> only at the end (and on preemption)
     keep_checkpoints: int = 2
     peak_flops: Optional[float] = None  # per process, for MFU; None -> the GPU table or a CPU estimate
-    compile: bool = False
+    compile: bool = False  # torch.compile the forward (DeepSpeed: engine.compile()); pays on GPUs
 
 
 @dataclass

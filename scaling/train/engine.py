@@ -47,18 +47,24 @@ class Engine:
         self.precision = precision
         self.device = device
         self.model: nn.Module = module
+        self.ddp: DistributedDataParallel | None = None
         if world_size > 1:
             ids = [device.index] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            self.model = self.ddp = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
 
+    def compile(self) -> None:
+        """Compile the forward (and so the backward) with ``torch.compile``; the weights stay in
+        ``module``, so checkpoints and evaluation are unchanged."""
+        self.model = torch.compile(self.model)
+
     def micro_context(self, last: bool) -> contextlib.AbstractContextManager:
         """No gradient all-reduce before the last micro-batch of an optimiser step."""
-        if isinstance(self.model, DistributedDataParallel) and not last:
-            return self.model.no_sync()
+        if self.ddp is not None and not last:
+            return self.ddp.no_sync()
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor, accum: int) -> None:
@@ -138,6 +144,9 @@ class DeepSpeedEngine(Engine):
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed casts the model itself for bf16/fp16
+
+    def compile(self) -> None:
+        self.model.compile()  # DeepSpeed's own: compiles the module inside its hooks
 
     def micro_context(self, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed syncs at its own accumulation boundary

@@ -67,8 +67,6 @@ class Stage:
         self.samples_seen = 0
         self.metrics: dict[str, float] = {}
 
-        if cfg.train.compile:
-            log.warning("train.compile=true is not supported by the stages yet; running eagerly")
         seed_all(cfg.train.seed)  # identical initial weights on every rank
         self.module, self.teacher, info = build_stage_model(cfg, device)
         self.rung = info["rung"]
@@ -76,6 +74,8 @@ class Stage:
         self.image_size, self.grid = spec.image_size, spec.grid
         self.teacher_image_size = info.get("teacher_image_size")
         self.engine = self._engine()
+        if cfg.train.compile:
+            self.engine.compile()  # compiles at the first step; evaluation runs the eager module
         self.loss_fn = ContrastiveLoss(self.rank, self.world) if self.kind == "clip" else None
 
         from scaling.data.tokenizer import get_tokenizer

@@ -85,6 +85,20 @@ def test_preempt_then_resume_matches_an_uninterrupted_run(synth, tmp_path):
     assert loss(whole.read()) == loss(parts.read())
 
 
+@pytest.mark.slow
+def test_compiled_stage_steps_as_the_eager_one(synth, tmp_path):
+    extra = ("model.patch_dropout=0.0", "model.drop_path=0.0")  # no random ops: same numbers expected
+    eager, compiled = JsonlLogger(tmp_path / "e.jsonl"), JsonlLogger(tmp_path / "c.jsonl")
+    run_stage(stage_cfg("clip", tmp_path / "e", synth, *extra), eager)
+    result = run_stage(stage_cfg("clip", tmp_path / "c", synth, *extra, "train.compile=true"), compiled)
+    assert result.status == "finished"
+    loss = lambda rows: [r["train/loss"] for r in rows if "train/loss" in r]  # noqa: E731
+    assert loss(compiled.read()) == pytest.approx(loss(eager.read()), abs=1e-3)
+    a, b = final_weights(tmp_path / "e"), final_weights(tmp_path / "c")
+    assert a.keys() == b.keys()  # the eager module's names, not the compiled wrapper's
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+
+
 def test_mim_stage_learns_from_a_clip_teacher_and_initialises_a_clip(clip_stage, synth, tmp_path):
     teacher_dir = clip_stage[0]
     logger = JsonlLogger(tmp_path / "mim.jsonl")
