@@ -180,4 +180,3 @@ class DeepSpeedEngine(Engine):
                                    load_lr_scheduler_states=False)
         state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=False)
         self.schedule.load_state_dict(state["schedule"])
-

@@ -93,19 +93,19 @@ class Lamb(torch.optim.AdamW):
         loss = super().step(closure)
 
         for (group, params), before in zip(adapted, snapshots, strict=True):
-            local = [(p, b) for p, b in zip(params, before, strict=True) if p not in self._layouts]
-            if local and self._layouts:  # a replaced partition would silently get one ratio
-                raise RuntimeError("LAMB was given a flat partition it has no layout for; call "
-                                   "shard() again after the engine replaces its partitions")
-            if local:
-                w_norm = torch.stack(torch._foreach_norm([b for _, b in local]))
-                torch._foreach_sub_([b for _, b in local], [p for p, _ in local])  # b := p - p' = lr * u
-                u_norm = torch.stack(torch._foreach_norm([b for _, b in local]))
-                ratio = self._ratio(group, w_norm, u_norm)
-                self._undo([b for _, b in local], [p for p, _ in local], ratio)
-            for p, b in zip(params, before, strict=True):
-                if p in self._layouts:
+            if self._layouts:  # ZeRO partitions: every tensor stepped here must have its layout
+                if any(p not in self._layouts for p in params):
+                    raise RuntimeError("LAMB was given a flat partition it has no layout for; call "
+                                       "shard() again after the engine replaces its partitions")
+                for p, b in zip(params, before, strict=True):
                     self._step_flat(group, p, b, self._layouts[p])
+                continue
+            w_norm = torch.stack(torch._foreach_norm(before))
+            torch._foreach_sub_(before, params)  # before := p - p' = lr * u
+            u_norm = torch.stack(torch._foreach_norm(before))
+            ratio = self._ratio(group, w_norm, u_norm)
+            torch._foreach_mul_(before, list((1 - ratio).unbind()))  # the share of AdamW's move to undo
+            torch._foreach_add_(params, before)
         return loss
 
     @staticmethod
@@ -114,12 +114,6 @@ class Lamb(torch.optim.AdamW):
         # u_norm is ||lr * u||: lr * ||w|| / u_norm is ||w|| / ||u||.
         ratio = torch.where((w_norm > 0) & (u_norm > 0), group["lr"] * w_norm / u_norm, one)
         return torch.minimum(ratio, one) if group["trust_clip"] else ratio
-
-    @staticmethod
-    def _undo(moves: list[torch.Tensor], params: list[torch.Tensor], ratio: torch.Tensor) -> None:
-        """p := p' + (1 - r) (p - p') = p - r * lr * u, given ``moves`` = p - p'."""
-        torch._foreach_mul_(moves, list((1 - ratio).unbind()))
-        torch._foreach_add_(params, moves)
 
     def _step_flat(self, group: dict, flat: torch.Tensor, before: torch.Tensor, layout: FlatLayout) -> None:
         index = torch.tensor([i for i, _, _ in layout.segments], dtype=torch.long, device=flat.device)

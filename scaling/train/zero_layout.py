@@ -54,10 +54,11 @@ def _flattening(opt: Any, i: int) -> tuple[list[int], list[int], list[int]]:
     order = list(opt.round_robin_bit16_indices[i])
     tensors = getattr(opt, "round_robin_bit16_meta", None) or opt.round_robin_bit16_groups
     sizes = [t.numel() for t in tensors[i]]
-    offsets = getattr(opt, "round_robin_bit16_offsets", None)
-    if offsets is None:  # before per-parameter alignment padding: packed back to back
-        offsets = [[sum(sizes[:k]) for k in range(len(sizes))]] * (i + 1)
-    return order, list(offsets[i]), sizes
+    if hasattr(opt, "round_robin_bit16_offsets"):
+        offsets = list(opt.round_robin_bit16_offsets[i])
+    else:  # releases without per-parameter alignment padding pack parameters back to back
+        offsets = [sum(sizes[:k]) for k in range(len(sizes))]
+    return order, offsets, sizes
 
 
 def _stage3(opt: Any) -> list[tuple[torch.Tensor, FlatLayout]]:
