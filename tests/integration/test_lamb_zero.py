@@ -20,6 +20,10 @@ pytestmark = pytest.mark.integration
 
 STEPS = 4
 RUNS = [(0, True), (1, True), (2, True), (3, True), (1, False)]  # (ZeRO stage, per-parameter)
+# bf16 (the recipes' precision): DeepSpeed's stage-0 bf16 path (FP16_UnfusedOptimizer) rounds
+# differently from its ZeRO optimizers, so ZeRO-1 (partitions cut across parameters) is compared
+# with ZeRO-3 (every parameter cut in two).
+BF16_RUNS = [(1, True), (3, True), (1, False)]
 RESUMED = [1, 3]  # the E/14+ and 8B/18B recipes' stages
 
 
@@ -48,12 +52,12 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
 
     deepspeed.init_distributed(dist_backend="gloo", verbose=False)
 
-    def engine_for(stage: int, per_parameter: bool):
+    def engine_for(stage: int, per_parameter: bool, bf16: bool = False):
         model = _model()
         lamb = Lamb(_groups(model), lr=0.02, betas=(0.9, 0.98), eps=1e-6)
         config = {"train_batch_size": 8 * world, "train_micro_batch_size_per_gpu": 8,
                   "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
-                  "gradient_clipping": 0.0, "steps_per_print": 1 << 30}
+                  "gradient_clipping": 0.0, "steps_per_print": 1 << 30, "bf16": {"enabled": bf16}}
         engine, zero_opt, _, _ = deepspeed.initialize(model=model, optimizer=lamb, config=config)
         if stage >= 1 and per_parameter:
             assert shard_lamb(lamb, zero_opt, stage) >= 1
@@ -63,7 +67,8 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         for step in steps:
             gen = torch.Generator().manual_seed(100 * step + rank)
             x, y = torch.randn(8, 13, generator=gen), torch.randn(8, 5, generator=gen)
-            engine.backward(torch.nn.functional.mse_loss(engine(x), y))
+            x = x.to(next(engine.module.parameters()).dtype)  # bf16 engines hold a bf16 model
+            engine.backward(torch.nn.functional.mse_loss(engine(x).float(), y))
             engine.step()
 
     def weights(engine, stage: int) -> list[float]:
@@ -76,6 +81,10 @@ def _rank_main(rank: int, world: int, port: int, out: str) -> None:
         engine = engine_for(stage, per_parameter)
         train(engine, range(STEPS))
         results[f"{stage}-{per_parameter}"] = weights(engine, stage)
+    for stage, per_parameter in BF16_RUNS:
+        engine = engine_for(stage, per_parameter, bf16=True)
+        train(engine, range(STEPS))
+        results[f"{stage}-{per_parameter}-bf16"] = weights(engine, stage)
     for stage in RESUMED:  # half the steps, a checkpoint, a fresh engine that loads it, the rest
         engine = engine_for(stage, True)
         train(engine, range(STEPS // 2))
@@ -114,6 +123,12 @@ def test_lamb_under_zero_steps_as_without_partitioning(weights: dict, stage: int
 @pytest.mark.parametrize("stage", RESUMED)
 def test_lamb_under_zero_resumes_from_a_deepspeed_checkpoint(weights: dict, stage: int) -> None:
     torch.testing.assert_close(weights[f"{stage}-resumed"], weights[f"{stage}-True"], rtol=1e-6, atol=1e-7)
+
+
+def test_lamb_in_bf16_steps_the_same_under_zero1_and_zero3(weights: dict) -> None:
+    zero1, zero3, per_partition = weights["1-True-bf16"], weights["3-True-bf16"], weights["1-False-bf16"]
+    torch.testing.assert_close(zero3, zero1, rtol=0, atol=0)
+    assert (per_partition != zero1).float().mean() > 0.1  # one ratio per partition moves many weights
 
 
 def test_ratios_per_partition_would_differ(weights: dict) -> None:
