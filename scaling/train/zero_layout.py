@@ -83,14 +83,18 @@ def check_layouts(layouts: list[tuple[torch.Tensor, FlatLayout]], zero_optimizer
     """Every parameter's pieces, summed over ranks, must cover exactly its elements."""
     sizes = _param_sizes(zero_optimizer, stage)
     for (flat, layout), expected in zip(layouts, sizes, strict=True):
-        covered = torch.zeros(layout.num_params, dtype=torch.float64)
+        # The last entry counts pieces past their partition's end; every rank takes part in the
+        # all-reduce before any raises, so a problem on one rank stops all of them.
+        covered = torch.zeros(layout.num_params + 1, dtype=torch.float64)
         for index, start, end in layout.segments:
             covered[index] += end - start
-            if end > flat.numel():
-                raise ZeroLayoutError(_unreadable(stage, "a piece ends past its partition"))
+            covered[-1] += end > flat.numel()
         if dist.is_initialized():
+            covered = covered.to(flat.device)  # NCCL reduces GPU tensors only
             dist.all_reduce(covered, group=layout.group)
-        if covered.tolist() != [float(n) for n in expected]:
+        if covered[-1] > 0:
+            raise ZeroLayoutError(_unreadable(stage, "a piece ends past its partition"))
+        if covered[:-1].tolist() != [float(n) for n in expected]:
             raise ZeroLayoutError(_unreadable(stage, "the pieces do not add up to the parameters"))
 
 
@@ -114,6 +118,6 @@ def _unreadable(stage: int, detail: str) -> str:
     import deepspeed
 
     return (f"LAMB under DeepSpeed ZeRO-{stage}: cannot map DeepSpeed {deepspeed.__version__}'s "
-            f"flat partitions back to parameters ({detail}); per-parameter trust ratios need the "
-            "layout of deepspeed 0.19. Pin deepspeed<0.20, or set optim.name=adamw or "
-            "distributed.zero_stage=0.")
+            f"flat partitions back to parameters ({detail}); per-parameter trust ratios are "
+            "implemented for the ZeRO bookkeeping of deepspeed 0.19 (see pyproject.toml). Install "
+            "that, or set optim.name=adamw or distributed.zero_stage=0.")

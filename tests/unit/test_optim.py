@@ -282,3 +282,18 @@ def test_lamb_refuses_a_partition_it_has_no_layout_for():
     registered.grad, replaced.grad = torch.ones(6), torch.ones(6)
     with pytest.raises(RuntimeError, match="no layout for"):
         opt.step()
+
+
+def test_a_zero_layout_that_misses_elements_stops_the_stage():
+    from types import SimpleNamespace
+
+    from scaling.train.lamb import FlatLayout
+    from scaling.train.zero_layout import ZeroLayoutError, check_layouts
+
+    zero = SimpleNamespace(bit16_groups=[[torch.zeros(10), torch.zeros(6)]])
+    flat = torch.zeros(16)
+    check_layouts([(flat, FlatLayout(((0, 0, 10), (1, 10, 16)), 2))], zero, 1)  # exact: accepted
+    with pytest.raises(ZeroLayoutError, match="do not add up"):
+        check_layouts([(flat, FlatLayout(((0, 0, 10), (1, 10, 15)), 2))], zero, 1)
+    with pytest.raises(ZeroLayoutError, match="past its partition"):
+        check_layouts([(flat, FlatLayout(((0, 0, 10), (1, 10, 17)), 2))], zero, 1)
