@@ -60,6 +60,7 @@ class Lamb(torch.optim.AdamW):
         # Old values of the adapted tensors, reused every step (not state: never checkpointed).
         self._before: dict[torch.Tensor, torch.Tensor] = {}
         self._layouts: dict[torch.Tensor, FlatLayout] = {}
+        self._piece_cache: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]] = {}
 
     def shard(self, flat: torch.Tensor, layout: FlatLayout) -> None:
         """Step ``flat`` (a partition of several parameters) with per-parameter trust ratios."""
@@ -68,6 +69,7 @@ class Lamb(torch.optim.AdamW):
                 raise ValueError(f"segment {(index, start, end)} outside a flat tensor of "
                                  f"{flat.numel()} elements holding {layout.num_params} parameters")
         self._layouts[flat] = layout
+        self._piece_cache.pop(flat, None)
 
     def _adapted(self) -> list[tuple[dict, list[torch.Tensor]]]:
         out = []
@@ -115,9 +117,18 @@ class Lamb(torch.optim.AdamW):
         ratio = torch.where((w_norm > 0) & (u_norm > 0), group["lr"] * w_norm / u_norm, one)
         return torch.minimum(ratio, one) if group["trust_clip"] else ratio
 
+    def _pieces(self, flat: torch.Tensor, before: torch.Tensor,
+                layout: FlatLayout) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The parameter index of each piece (on the device) and the pieces as views of
+        ``before``: built once per partition, not every step."""
+        cached = self._piece_cache.get(flat)
+        if cached is None or cached[0] is not before:
+            index = torch.tensor([i for i, _, _ in layout.segments], dtype=torch.long, device=flat.device)
+            cached = self._piece_cache[flat] = (before, index, [before[s:e] for _, s, e in layout.segments])
+        return cached[1], cached[2]
+
     def _step_flat(self, group: dict, flat: torch.Tensor, before: torch.Tensor, layout: FlatLayout) -> None:
-        index = torch.tensor([i for i, _, _ in layout.segments], dtype=torch.long, device=flat.device)
-        pieces = [before[s:e] for _, s, e in layout.segments]
+        index, pieces = self._pieces(flat, before, layout)
         sums = torch.zeros(2, layout.num_params, dtype=torch.float32, device=flat.device)
         if pieces:
             sums[0].index_add_(0, index, torch.stack(torch._foreach_norm(pieces)).float().square())
@@ -146,3 +157,4 @@ class Lamb(torch.optim.AdamW):
         state_dict["state"] = per_param
         super().load_state_dict(state_dict)
         self._before.clear()
+        self._piece_cache.clear()  # its views hold the old buffers
