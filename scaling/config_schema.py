@@ -77,6 +77,13 @@ class OptimSection:
     warmup_samples: int = 0
     min_lr: float = 0.0
     grad_clip: Optional[float] = 5.0
+    # LAMB (optim.name=lamb): "deepspeed" = DeepSpeed's FusedLamb as EVA ran it (trust ratio on every
+    # tensor, clamped to [lamb_min_coeff, lamb_max_coeff]); "timm" = timm's Lamb (ratio only where
+    # weight decay applies, unclamped; lamb_trust_clip caps it at 1). See docs/training.md.
+    lamb_rule: str = "deepspeed"
+    lamb_max_coeff: float = 10.0
+    lamb_min_coeff: float = 0.01
+    lamb_trust_clip: bool = False
 
 
 @dataclass
@@ -157,6 +164,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "model.attn": ("sdpa", "flash", "math"),
     "eval.mode": ("resize_center_crop", "resize"),
     "optim.name": ("adamw", "lamb"),
+    "optim.lamb_rule": ("deepspeed", "timm"),
     "train.precision": ("fp32", "bf16", "fp16"),
     "distributed.zero_stage": (0, 1, 2, 3),
     "distributed.backend": ("auto", "gloo", "nccl"),
@@ -172,4 +180,5 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "resources.mfu": (0.0, 1.0, True),
 }
 
-POSITIVE: tuple[str, ...] = ("train.samples", "train.batch_size", "optim.lr", "train.log_every")
+POSITIVE: tuple[str, ...] = ("train.samples", "train.batch_size", "optim.lr", "train.log_every",
+                             "optim.lamb_max_coeff", "optim.lamb_min_coeff")

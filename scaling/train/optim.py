@@ -1,4 +1,4 @@
-"""Optimisers and schedules of the stages: AdamW or LAMB over per-tower, per-layer parameter groups
+"""Optimisers and schedules of the stages: AdamW or LAMB (DeepSpeed's rule by default) over per-tower, per-layer parameter groups
 (layer-wise lr decay, no weight decay on norms/biases/embeddings/temperature), and a cosine
 schedule with linear warm-up driven by optimiser steps."""
 
@@ -8,6 +8,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -91,17 +92,28 @@ def param_groups(towers: Iterable[TowerGroups], extra: Mapping[str, nn.Parameter
     return list(groups.values())
 
 
-def build_optimizer(name: str, groups: list[dict], betas: Iterable[float], eps: float) -> torch.optim.Optimizer:
+def build_optimizer(name: str, groups: list[dict], betas: Iterable[float], eps: float,
+                    lamb: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
     """``adamw`` (torch's fused kernel) or ``lamb`` (``scaling.train.lamb.Lamb``: the same fused
-    kernel plus trust ratios; runs on CPU and under DeepSpeed as a client optimizer). Gradient
-    clipping is done by the loop."""
+    kernel plus trust ratios; runs on CPU and under DeepSpeed as a client optimizer). ``lamb``
+    is the ``optim`` section (or any mapping) whose ``lamb_*`` keys pick the LAMB rule; absent
+    keys take DeepSpeed's rule, as EVA trained. Gradient clipping is done by the loop."""
     betas = tuple(float(b) for b in betas)
     if name == "adamw":
         # fused: one kernel over all tensors; on CPU the per-tensor loop cost ~5x the step time
         return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=betas, eps=eps, fused=True)
     if name == "lamb":
-        return Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps)
+        return Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps, **lamb_options(lamb))
     raise ValueError(f"optim.name: unknown optimizer {name!r}; use adamw or lamb")
+
+
+def lamb_options(optim: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``Lamb`` keyword arguments from the ``optim.lamb_*`` keys (see docs/training.md)."""
+    optim = optim or {}
+    return {"rule": str(optim.get("lamb_rule", "deepspeed")),
+            "max_coeff": float(optim.get("lamb_max_coeff", 10.0)),
+            "min_coeff": float(optim.get("lamb_min_coeff", 0.01)),
+            "trust_clip": bool(optim.get("lamb_trust_clip", False))}
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, min_factor: float = 0.0) -> float:

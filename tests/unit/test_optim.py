@@ -99,14 +99,15 @@ def test_schedule_sets_group_lrs_and_roundtrips():
     assert max(ratio) == pytest.approx(min(ratio))  # one factor for every layer
 
 
-def test_lamb_step_matches_the_formula():
+def test_lamb_timm_rule_step_matches_the_formula():
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(3, 4))
     w0 = w.detach().clone()
     grad = torch.randn(3, 4)
     w.grad = grad.clone()
     lr, wd, (b1, b2), eps = 0.1, 0.05, (0.9, 0.98), 1e-6
-    opt = build_optimizer("lamb", [{"params": [w], "lr": lr, "weight_decay": wd}], (b1, b2), eps)
+    opt = build_optimizer("lamb", [{"params": [w], "lr": lr, "weight_decay": wd}], (b1, b2), eps,
+                          {"lamb_rule": "timm"})
     opt.step()
     m = (1 - b1) * grad / (1 - b1)
     v = (1 - b2) * grad**2 / (1 - b2)
@@ -116,6 +117,135 @@ def test_lamb_step_matches_the_formula():
     torch.testing.assert_close(w.detach(), expected, rtol=1e-5, atol=1e-6)
     # the step length is lr x ||w||, whatever the gradient scale: LAMB's layer-wise adaptivity
     assert (w.detach() - w0).norm() == pytest.approx(lr * w0.norm().item(), rel=1e-4)
+
+
+class DeepSpeedLamb:
+    """DeepSpeed's FusedLamb kernel (csrc/lamb/fused_lamb_cuda_kernel.cu, eps outside the root,
+    bias correction on) written out per tensor in float64: the reference for ``rule=deepspeed``."""
+
+    def __init__(self, groups, betas, eps, max_coeff=10.0, min_coeff=0.01):
+        self.groups, self.betas, self.eps = groups, betas, eps
+        self.max_coeff, self.min_coeff = max_coeff, min_coeff
+        self.m = {id(p): torch.zeros_like(p, dtype=torch.float64) for g in groups for p in g["params"]}
+        self.v = {id(p): torch.zeros_like(p, dtype=torch.float64) for g in groups for p in g["params"]}
+        self.t = 0
+        self.coeffs = []
+
+    def zero_grad(self, set_to_none=True):
+        for group in self.groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self):
+        self.t += 1
+        b1, b2 = self.betas
+        self.coeffs = []
+        for group in self.groups:
+            step_size = group["lr"] * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
+            for p in group["params"]:
+                w, g = p.detach().double(), p.grad.double()
+                m, v = self.m[id(p)], self.v[id(p)]
+                m.mul_(b1).add_((1 - b1) * g)
+                v.mul_(b2).add_((1 - b2) * g * g)
+                u = m / (v.sqrt() + self.eps) + group["weight_decay"] * w
+                coeff = 1.0
+                if w.norm() != 0 and u.norm() != 0:
+                    coeff = min(max((w.norm() / u.norm()).item(), self.min_coeff), self.max_coeff)
+                self.coeffs.append(coeff)
+                p.copy_(w - step_size * coeff * u)
+
+
+def test_lamb_default_is_deepspeeds_rule_on_every_tensor_over_many_steps():
+    ours, ref = _lamb_model(), _lamb_model()
+    opt = build_optimizer("lamb", _lamb_groups(ours), (0.9, 0.95), 1e-6)
+    ref_opt = DeepSpeedLamb(_lamb_groups(ref), (0.9, 0.95), 1e-6)
+    _train(ours, opt, 20)
+    _train(ref, ref_opt, 20)
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-6)
+    # the weight-decay-free group (biases, the norm) was scaled too: not AdamW's move there
+    plain = _lamb_model()
+    _train(plain, torch.optim.AdamW(_lamb_groups(plain), betas=(0.9, 0.95), eps=1e-6), 20)
+    moved = [(a - s).norm() / (b - s).norm() for a, b, s in
+             zip(ours.parameters(), plain.parameters(), _lamb_model().parameters(), strict=True)]
+    assert all(abs(r.item() - 1) > 0.05 for r in moved)
+
+
+@pytest.mark.parametrize(("scale", "coeff"), [(100.0, 10.0), (1e-5, 0.01), (0.0, 1.0)])
+def test_lamb_deepspeed_rule_clamps_the_trust_ratio(scale, coeff):
+    """||w|| / ||u|| beyond 10 steps at 10, below 0.01 at 0.01; a zero tensor takes Adam's step."""
+    torch.manual_seed(0)
+    w = nn.Parameter(scale * torch.randn(6, 5))
+    w0 = w.detach().clone()
+    w.grad = torch.randn(6, 5)
+    lr, wd, (b1, b2), eps = 0.01, 0.0, (0.9, 0.95), 1e-6
+    build_optimizer("lamb", [{"params": [w], "lr": lr, "weight_decay": wd}], (b1, b2), eps).step()
+    ref = nn.Parameter(w0.clone())
+    ref.grad = w.grad
+    reference = DeepSpeedLamb([{"params": [ref], "lr": lr, "weight_decay": wd}], (b1, b2), eps)
+    reference.step()
+    assert reference.coeffs == [pytest.approx(coeff)]
+    torch.testing.assert_close(w.detach(), ref.detach(), rtol=1e-5, atol=1e-7)
+    u = (1 - b1) * w.grad / (((1 - b2) * w.grad**2).sqrt() + eps)
+    step_size = lr * math.sqrt(1 - b2) / (1 - b1)
+    assert (w.detach() - w0).norm().item() == pytest.approx(step_size * coeff * u.norm().item(), rel=1e-4)
+
+
+def test_lamb_deepspeed_rule_puts_weight_decay_in_the_update():
+    torch.manual_seed(0)
+    ours, ref = _lamb_model(), _lamb_model()
+    opt = build_optimizer("lamb", _lamb_groups(ours, wd=0.1), (0.9, 0.98), 1e-6, {"lamb_max_coeff": 2.0})
+    ref_opt = DeepSpeedLamb(_lamb_groups(ref, wd=0.1), (0.9, 0.98), 1e-6, max_coeff=2.0)
+    _train(ours, opt, 8)
+    _train(ref, ref_opt, 8)
+    for a, b in zip(ours.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-6)
+    assert all(group["weight_decay"] in (0.0, 0.1) for group in opt.param_groups)  # restored
+    assert all(group["eps"] == 1e-6 for group in opt.param_groups)
+
+
+@pytest.mark.parametrize("rung", ["8B", "18B"])
+def test_an_eva_clip_recipe_lamb_step_is_not_adamws(rung):
+    """EVA-CLIP-8B/18B: LAMB, betas 0.9/0.95, weight decay 0 (EVA-CLIP-18B paper, Tables 12/13). By
+    timm's rule that is AdamW; by DeepSpeed's every tensor's step is rescaled."""
+    from scaling.config import load_stage_config
+
+    optim = load_stage_config("clip", rung, proxy=False).optim
+    assert (optim.name, list(optim.betas), optim.weight_decay) == ("lamb", [0.9, 0.95], 0.0)
+    steps = {}
+    for name, options in (("lamb", optim), ("timm", {"lamb_rule": "timm"}), ("adamw", None)):
+        tower = Tower()
+        start = [p.detach().clone() for p in tower.parameters()]
+        groups = param_groups([TowerGroups("vision", tower, optim.lr, optim.weight_decay, optim.layer_decay)])
+        opt = build_optimizer("adamw" if name == "adamw" else "lamb", groups, optim.betas, optim.eps, options)
+        for p in tower.parameters():
+            p.grad = torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel()))
+        opt.step()
+        steps[name] = [(p.detach() - s) for p, s in zip(tower.parameters(), start, strict=True)]
+    zero = [not p.any() for p in Tower().parameters()]  # pos_embed, cls_token: zero at init
+    assert any(zero) and not all(zero)
+    for ds, timm, adamw, at_zero in zip(steps["lamb"], steps["timm"], steps["adamw"], zero, strict=True):
+        torch.testing.assert_close(timm, adamw)  # timm's rule without weight decay: Adam
+        # DeepSpeed's: ratio 1 where ||w|| = 0 (Adam's step), a rescaled step everywhere else
+        assert torch.allclose(ds, adamw, rtol=1e-3) == at_zero
+
+
+def test_lamb_rule_comes_from_the_optim_keys():
+    from scaling.config import ConfigError, load_stage_config
+    from scaling.train.lamb import Lamb
+
+    cfg = load_stage_config("clip", "18B", proxy=False, overrides=["optim.lamb_rule=timm",
+                                                                   "optim.lamb_min_coeff=0.1"])
+    opt = build_optimizer("lamb", [{"params": [nn.Parameter(torch.ones(2))], "lr": 0.1}], (0.9, 0.95), 1e-6,
+                          cfg.optim)
+    assert isinstance(opt, Lamb)
+    assert (opt.param_groups[0]["rule"], opt.param_groups[0]["min_coeff"]) == ("timm", 0.1)
+    with pytest.raises(ConfigError, match="optim.lamb_rule"):
+        load_stage_config("clip", "18B", proxy=False, overrides=["optim.lamb_rule=nvlamb"])
+    with pytest.raises(ValueError, match="optim.lamb_min_coeff"):
+        build_optimizer("lamb", [{"params": [nn.Parameter(torch.ones(2))], "lr": 0.1}], (0.9, 0.95), 1e-6,
+                        {"lamb_min_coeff": 20.0})
 
 
 def test_unknown_optimizer_is_named():
@@ -156,7 +286,7 @@ def test_lamb_tracks_timm_lamb_over_many_steps(trust_clip):
     from scaling.train.lamb import Lamb
 
     ours, ref = _lamb_model(), _lamb_model()
-    opt = Lamb(_lamb_groups(ours), betas=(0.9, 0.98), eps=1e-6, trust_clip=trust_clip)
+    opt = Lamb(_lamb_groups(ours), betas=(0.9, 0.98), eps=1e-6, rule="timm", trust_clip=trust_clip)
     ref_opt = TimmLamb(_lamb_groups(ref), betas=(0.9, 0.98), eps=1e-6, max_grad_norm=None,
                        trust_clip=trust_clip)
     start = [p.detach().clone() for p in ours.parameters()]
@@ -172,21 +302,21 @@ def test_lamb_resumes_from_its_own_and_from_timm_checkpoints():
 
     from scaling.train.lamb import Lamb
 
-    straight = _lamb_model()
-    _train(straight, Lamb(_lamb_groups(straight), betas=(0.9, 0.98)), 6)
-
-    for first_kind in (Lamb, TimmLamb):
-        model = _lamb_model()
-        kwargs = {"max_grad_norm": None} if first_kind is TimmLamb else {}
-        first = first_kind(_lamb_groups(model), betas=(0.9, 0.98), **kwargs)
-        _train(model, first, 3)
-        saved = first.state_dict()
-        resumed = Lamb(_lamb_groups(model), betas=(0.9, 0.98))
-        resumed.load_state_dict(saved)
-        assert all(resumed.state[p]["step"].item() == 3 for p in model.parameters())
-        _train_continued(model, resumed, 3)
-        for a, b in zip(model.parameters(), straight.parameters(), strict=True):
-            torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-6)
+    for rule, kinds in (("timm", (Lamb, TimmLamb)), ("deepspeed", (Lamb,))):
+        straight = _lamb_model()
+        _train(straight, Lamb(_lamb_groups(straight), betas=(0.9, 0.98), rule=rule), 6)
+        for first_kind in kinds:
+            model = _lamb_model()
+            kwargs = {"max_grad_norm": None} if first_kind is TimmLamb else {"rule": rule}
+            first = first_kind(_lamb_groups(model), betas=(0.9, 0.98), **kwargs)
+            _train(model, first, 3)
+            saved = first.state_dict()
+            resumed = Lamb(_lamb_groups(model), betas=(0.9, 0.98), rule=rule)
+            resumed.load_state_dict(saved)
+            assert all(resumed.state[p]["step"].item() == 3 for p in model.parameters())
+            _train_continued(model, resumed, 3)  # DeepSpeed's bias correction picks up at step 4
+            for a, b in zip(model.parameters(), straight.parameters(), strict=True):
+                torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-4, atol=1e-6)
 
 
 def _train_continued(model: nn.Module, opt: torch.optim.Optimizer, done: int) -> None:
