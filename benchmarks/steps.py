@@ -86,6 +86,7 @@ def make_batch(kind: str, rung, batch: int, device: torch.device, seed: int = 0)
 def toolkit_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
     """``Stage.train_step`` of the toolkit (its engine, param groups, optimiser, schedule,
     clipping, autocast and loss) on a fixed in-memory batch: no data pipeline, no logging."""
+    from scaling.costs import mim_target_dim
     from scaling.models.build import build_mim, build_vision
     from scaling.train.inputs import build_stage_model, stage_rung
     from scaling.train.loop import Stage, batch_layout, seed_all
@@ -107,7 +108,7 @@ def toolkit_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
         t_spec = teacher_spec(cfg)
         t_spec = dataclasses.replace(t_spec, image_size=rung.mim.grid * t_spec.patch_size)
         teacher = build_vision(t_spec, device=device, attn=cfg.model.attn).requires_grad_(False).eval()
-        stage.module = build_mim(rung, t_spec.width, device=device, attn=cfg.model.attn,
+        stage.module = build_mim(rung, mim_target_dim(t_spec, rung.mim), device=device, attn=cfg.model.attn,
                                  grad_checkpointing=cfg.model.grad_checkpointing, drop_path=cfg.model.drop_path)
         stage.teacher, stage.teacher_image_size = teacher, t_spec.image_size
     else:
@@ -157,7 +158,7 @@ class RefClip(nn.Module):
 class RefMim(nn.Module):
     """timm ``Eva`` with a [MASK] token and a linear head (the EVA-02 student, written plainly)."""
 
-    def __init__(self, spec, teacher_width: int) -> None:
+    def __init__(self, spec, target_dim: int) -> None:
         from timm.models.eva import Eva
 
         from scaling.models.vision import eva_kwargs
@@ -165,7 +166,7 @@ class RefMim(nn.Module):
         super().__init__()
         self.trunk = Eva(**eva_kwargs(spec))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, spec.width))
-        self.head = nn.Linear(spec.width, teacher_width)
+        self.head = nn.Linear(spec.width, target_dim)
 
     def forward(self, images, mask):
         t = self.trunk
@@ -201,13 +202,13 @@ def reference_step(cfg, device: torch.device | str = "cpu", fused: bool = False)
         t_spec = teacher_spec(cfg)
         t_spec = dataclasses.replace(t_spec, image_size=rung.mim.grid * t_spec.patch_size)
         teacher = Eva(**eva_kwargs(t_spec)).to(device).requires_grad_(False).eval()
-        model = RefMim(rung.mim, t_spec.width).to(device)
+        model = RefMim(rung.mim, t_spec.embed_dim).to(device)
         images, mask = batch["image"], batch["mask"]
         prefix = int(t_spec.class_token)
 
         def loss_fn() -> torch.Tensor:
             with torch.no_grad():
-                target = teacher.forward_features(images)[:, prefix:]
+                target = teacher.head(teacher.forward_features(images)[:, prefix:])  # projected tokens
             pred = model(images, mask)
             return -F.cosine_similarity(pred[mask].float(), target[mask].float(), dim=-1).mean()
     else:

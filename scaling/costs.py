@@ -89,9 +89,27 @@ def params(spec: AnySpec) -> int:
     return total
 
 
-def mim_head_params(spec: TowerSpec, teacher_width: int) -> int:
-    """The MIM student's extras: [MASK] token + linear head to the teacher width."""
-    return spec.width + spec.width * teacher_width + teacher_width
+def mim_head_params(spec: TowerSpec, target_dim: int) -> int:
+    """The MIM student's extras: [MASK] token + linear head to the target dim."""
+    return spec.width + spec.width * target_dim + target_dim
+
+
+def mim_target_dim(teacher: RungSpec | TowerSpec | None, student: TowerSpec) -> int:
+    """Width of the MIM target: the teacher CLIP's embedding dim, since the target is its patch
+    tokens after the final norm and the CLIP head (EVA-02; BAAI's ``EVA-02/asuka`` sizes the head
+    by ``visual.output_dim``). Without a teacher (cost studies): the student's width."""
+    if teacher is None:
+        return student.width
+    vision = getattr(teacher, "vision", teacher)  # a rung or its vision tower
+    return vision.embed_dim or vision.width
+
+
+def teacher_forward_flops(teacher: RungSpec | TowerSpec) -> float:
+    """The frozen teacher's forward per sample: its tower, with the CLIP head run on every patch
+    token (the MIM target) instead of on the pooled one."""
+    vision = getattr(teacher, "vision", teacher)
+    extra = 2.0 * (vision.num_patches - 1) * vision.width * vision.embed_dim if vision.embed_dim else 0.0
+    return forward_flops(vision) + extra
 
 
 def clip_params(rung: RungSpec) -> int:
@@ -160,13 +178,14 @@ def train_flops(
     samples: float,
     patch_dropout: float = 0.0,
     mask_ratio: float = 0.4,
-    teacher: RungSpec | None = None,
+    teacher: RungSpec | TowerSpec | None = None,
 ) -> float:
     """Training FLOPs for ``samples`` samples seen (3 x forward for trained towers).
 
     ``clip``: vision tower (with patch dropout) + text tower. ``mim``: the student tower on
-    every token, its head on the masked ones, plus the frozen ``teacher``'s vision tower
-    forward (not counted when ``teacher`` is None, e.g. with cached targets).
+    every token, its head (to the teacher's embedding dim) on the masked ones, plus the frozen
+    ``teacher``'s vision tower forward with its CLIP head on every patch (not counted when
+    ``teacher`` is None, e.g. with cached targets).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -181,12 +200,12 @@ def train_flops(
     if not 0.0 <= mask_ratio <= 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1]; got {mask_ratio}")
     student = rung.mim
-    teacher_width = teacher.vision.width if teacher is not None else student.width
+    target_dim = mim_target_dim(teacher, student)
     per_sample = forward_flops(student)
-    per_sample += 2.0 * mask_ratio * student.num_patches * student.width * teacher_width
+    per_sample += 2.0 * mask_ratio * student.num_patches * student.width * target_dim
     total = 3.0 * per_sample
     if teacher is not None:
-        total += forward_flops(teacher.vision)
+        total += teacher_forward_flops(teacher)
     return total * samples
 
 
@@ -246,7 +265,7 @@ def memory_per_gpu(
         v_tokens = _kept_tokens(vision, patch_dropout)
     else:
         vision = rung.mim
-        teacher_width = teacher.vision.width if teacher is not None else vision.width
+        teacher_width = mim_target_dim(teacher, vision)  # the MIM target's width
         n_params = params(vision) + mim_head_params(vision, teacher_width)
         v_tokens = vision.num_tokens
     weight_bytes = n_params * act_bytes

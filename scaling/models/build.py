@@ -103,16 +103,17 @@ def build_clip(
 
 def build_mim(
     spec: RungSpec,
-    teacher_width: int,
+    target_dim: int,
     *,
     device: torch.device | str = "cpu",
     attn: str = "sdpa",
     grad_checkpointing: bool = False,
     drop_path: float = 0.0,
 ) -> MimStudent:
-    """The MIM form of a rung's vision tower, predicting ``teacher_width``-wide features."""
-    if teacher_width <= 0:
-        raise ValueError(f"teacher_width must be > 0; got {teacher_width}")
+    """The MIM form of a rung's vision tower, predicting ``target_dim``-wide features (the
+    teacher CLIP's embedding dim: ``scaling.costs.mim_target_dim``)."""
+    if target_dim <= 0:
+        raise ValueError(f"target_dim must be > 0; got {target_dim}")
     encoder = build_vision(
         spec.mim,
         device=device,
@@ -121,4 +122,4 @@ def build_mim(
         drop_path=drop_path,
     )
     with _init_context(device):
-        return MimStudent(encoder, teacher_width)
+        return MimStudent(encoder, target_dim)

@@ -51,17 +51,18 @@ class MimStudent(nn.Module):
     """An EVA tower trained by masked image modeling against a teacher's token features.
 
     Masked patch embeddings are replaced by a learned [MASK] token before the blocks; the
-    final normed tokens go through a linear head to the teacher's width. ``encoder`` has the
+    final normed tokens go through a linear head to ``target_dim``, the teacher CLIP's
+    embedding dim (its projected patch tokens are the target). ``encoder`` has the
     CLIP vision tower's class and parameter names, so its weights initialise a CLIP's visual.
     """
 
-    def __init__(self, encoder: EvaVisionTower, teacher_width: int):
+    def __init__(self, encoder: EvaVisionTower, target_dim: int):
         super().__init__()
         self.encoder = encoder
-        self.teacher_width = teacher_width
+        self.target_dim = target_dim
         width = encoder.spec.width
         self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
-        self.head = nn.Linear(width, teacher_width)
+        self.head = nn.Linear(width, target_dim)
         trunc_normal_(self.mask_token, std=0.02)
         trunc_normal_(self.head.weight, std=0.02)
         nn.init.zeros_(self.head.bias)
@@ -71,7 +72,7 @@ class MimStudent(nn.Module):
         return self.encoder.num_layers
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``mask``: bool ``[B, N]`` (True = masked). Returns predictions ``[B, N, teacher_width]``."""
+        """``mask``: bool ``[B, N]`` (True = masked). Returns predictions ``[B, N, target_dim]``."""
         trunk = self.encoder.trunk
         x = trunk.patch_embed(images)
         if mask.shape != x.shape[:2]:

@@ -83,7 +83,8 @@ class EvaVisionTower(nn.Module):
     """A timm ``Eva`` (``.trunk``, keys as in open_clip's EVA CLIPs) plus token access.
 
     ``forward`` returns the pooled, projected embedding (or the pooled width-wide feature
-    when the spec has no ``embed_dim``); ``forward_tokens`` the final normed tokens.
+    when the spec has no ``embed_dim``); ``forward_tokens`` the final normed tokens;
+    ``forward_aligned_tokens`` the projected patch tokens (the MIM target).
     """
 
     def __init__(
@@ -141,6 +142,17 @@ class EvaVisionTower(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.trunk.forward_head(self.forward_tokens(images))
+
+    def forward_aligned_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch tokens ``[B, N, embed_dim]`` after the final norm *and* the CLIP head: the
+        image-text aligned features EVA-02 regresses. Each token takes the path ``forward``
+        takes with the pooled one (fc_norm, head), so it lies in the image-text embedding space."""
+        if not self.spec.embed_dim:
+            raise ValueError("this vision tower has no CLIP projection (spec.embed_dim is 0): its "
+                             "tokens are not image-text aligned features")
+        trunk = self.trunk
+        tokens = self.forward_tokens(images)[:, trunk.num_prefix_tokens :]
+        return trunk.head(trunk.head_drop(trunk.fc_norm(tokens)))
 
     def no_weight_decay(self) -> set[str]:
         return {f"trunk.{n}" for n in self.trunk.no_weight_decay()}

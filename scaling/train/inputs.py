@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from scaling.costs import mim_target_dim
 from scaling.train.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -143,7 +144,7 @@ def build_stage_model(cfg: DictConfig, device: torch.device) -> tuple[nn.Module,
                   drop_path=cfg.model.drop_path)
     if cfg.stage.kind == "mim":
         teacher, teacher_image = build_teacher(cfg, rung.mim, device)
-        model = build_mim(rung, teacher.spec.width, **common)
+        model = build_mim(rung, mim_target_dim(teacher.spec, rung.mim), **common)
         return model, teacher, {"rung": rung, "teacher_image_size": teacher_image,
                                 "teacher_spec": teacher.spec}
     if rung.text is None:

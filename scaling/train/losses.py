@@ -34,9 +34,11 @@ class ContrastiveLoss(nn.Module):
 
 @torch.no_grad()
 def teacher_targets(teacher: nn.Module, images: torch.Tensor, image_size: int) -> torch.Tensor:
-    """The teacher's final normed patch tokens ``[B, N, W]`` (class token dropped); images are
-    resized first when the teacher's patch grid needs another size."""
+    """The teacher CLIP's image-text aligned patch features ``[B, N, embed_dim]``: its patch
+    tokens after the final norm and the CLIP head (EVA-02's target: BAAI's ``EVA-02/asuka``
+    teacher returns ``head(norm(x)[:, 1:])`` and sizes the student's head by
+    ``visual.output_dim``). Images are resized first when the teacher's patch grid needs
+    another size."""
     if images.shape[-1] != image_size or images.shape[-2] != image_size:
         images = F.interpolate(images, size=(image_size, image_size), mode="bicubic", align_corners=False)
-    tokens = teacher.forward_tokens(images)
-    return tokens[:, tokens.shape[1] - (image_size // teacher.spec.patch_size) ** 2:]
+    return teacher.forward_aligned_tokens(images)

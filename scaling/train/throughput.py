@@ -44,10 +44,10 @@ def peak_flops(configured: float | None, device: torch.device, gpu: str) -> tupl
 
 
 def flops_per_sample(kind: str, rung, patch_dropout: float, mask_ratio: float, teacher_spec=None) -> float:
-    """Training FLOPs of one sample (3 x forward for trained towers, + the frozen teacher's forward)."""
-    from scaling.costs import forward_flops, train_flops
+    """Training FLOPs of one sample (3 x forward for trained towers, + the frozen teacher's forward,
+    ``teacher_spec`` at the image size it is fed)."""
+    from scaling.costs import train_flops
 
-    flops = train_flops(rung, kind, 1, patch_dropout=patch_dropout, mask_ratio=mask_ratio)
-    if kind == "mim" and teacher_spec is not None:
-        flops += forward_flops(teacher_spec)
+    flops = train_flops(rung, kind, 1, patch_dropout=patch_dropout, mask_ratio=mask_ratio,
+                        teacher=teacher_spec)
     return float(flops)

@@ -124,7 +124,7 @@ def test_proxy_forward_backward_on_cpu(alias):
         assert not missing, missing
         model.eval()
         assert model.visual.forward_tokens(images).shape == (4, 1 + v.num_patches, v.width)
-    student = build_mim(rung, teacher_width=48)
+    student = build_mim(rung, target_dim=48)
     mask = torch.zeros(4, rung.mim.num_patches, dtype=torch.bool)
     mask[:, ::3] = True
     pred = student(images, mask)
@@ -240,7 +240,7 @@ def test_layer_ids_cover_every_parameter():
 def test_mim_encoder_initialises_the_clip_visual():
     for alias in LADDER_ORDER:
         rung = get_rung(alias, proxy=True)
-        student = build_mim(rung, teacher_width=64)
+        student = build_mim(rung, target_dim=64)
         clip = build_clip(rung)
         head_before = clip.visual.trunk.head.weight.clone()
         load_vision_state_dict(clip.visual, student.state_dict(), head="skip")

@@ -171,7 +171,8 @@ def test_teacher_with_another_patch_size_sees_a_resized_image(clip_stage, synth,
     mask = torch.zeros(2, 16, dtype=torch.bool)
     mask[:, :6] = True
     targets = teacher_targets(teacher, images, info["teacher_image_size"])
-    assert targets.shape == student(images, mask).shape == (2, 16, teacher.spec.width)
+    # the teacher's projected patch tokens: its embedding dim, not its width
+    assert targets.shape == student(images, mask).shape == (2, 16, teacher.spec.embed_dim)
 
 
 def test_gradient_accumulation_equals_the_full_batch(clip_stage, synth, tmp_path):
