@@ -101,10 +101,28 @@ def build_optimizer(name: str, groups: list[dict], betas: Iterable[float], eps: 
     betas = tuple(float(b) for b in betas)
     if name == "adamw":
         # fused: one kernel over all tensors; on CPU the per-tensor loop cost ~5x the step time
-        return torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=betas, eps=eps, fused=True)
-    if name == "lamb":
-        return Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps, **lamb_options(lamb))
-    raise ValueError(f"optim.name: unknown optimizer {name!r}; use adamw or lamb")
+        optimizer = torch.optim.AdamW(groups, lr=groups[0]["lr"], betas=betas, eps=eps, fused=True)
+    elif name == "lamb":
+        optimizer = Lamb(groups, lr=groups[0]["lr"], betas=betas, eps=eps, **lamb_options(lamb))
+    else:
+        raise ValueError(f"optim.name: unknown optimizer {name!r}; use adamw or lamb")
+    optimizer.register_step_post_hook(clamp_logit_scale)
+    return optimizer
+
+
+LOGIT_SCALE_MAX = math.log(100)
+
+
+@torch.no_grad()
+def clamp_logit_scale(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+    """After every step, the CLIP temperature's log-inverse into ``[0, ln 100]`` (open_clip's and
+    EVA-CLIP's ``train.py``: ``logit_scale.clamp_(0, math.log(100))``). It acts on the tensors the
+    optimizer steps (DeepSpeed's fp32 partitions, which it copies to the model), found by the
+    group name ``param_groups`` gives the temperature."""
+    for group in optimizer.param_groups:
+        if group.get("name") == "logit_scale":
+            for p in group["params"]:
+                p.clamp_(0.0, LOGIT_SCALE_MAX)
 
 
 def lamb_options(optim: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -427,3 +427,22 @@ def test_a_zero_layout_that_misses_elements_stops_the_stage():
         check_layouts([(flat, FlatLayout(((0, 0, 10), (1, 10, 15)), 2))], zero, 1)
     with pytest.raises(ZeroLayoutError, match="past its partition"):
         check_layouts([(flat, FlatLayout(((0, 0, 10), (1, 10, 17)), 2))], zero, 1)
+
+
+@pytest.mark.parametrize("name", ["adamw", "lamb"])
+def test_logit_scale_is_clamped_at_ln_100_after_every_step(name):
+    """open_clip / EVA-CLIP: ``logit_scale.clamp_(0, ln 100)`` after each optimizer step; no
+    other parameter is touched."""
+    tower = Tower()
+    logit_scale = nn.Parameter(torch.tensor(math.log(100) - 1e-3))
+    groups = param_groups([TowerGroups("vision", tower, 0.5, 0.0)], extra={"logit_scale": logit_scale},
+                          extra_lr=5.0)
+    opt = build_optimizer(name, groups, (0.9, 0.98), 1e-6)
+    for sign in (-1.0, 1.0):  # a step up past the bound, then one below zero
+        for _ in range(10):
+            logit_scale.grad = torch.tensor(sign)
+            for p in tower.parameters():
+                p.grad = torch.full_like(p, 100.0)
+            opt.step()
+        assert logit_scale.item() == pytest.approx(math.log(100) if sign < 0 else 0.0)
+    assert any(p.abs().max() > math.log(100) for p in tower.parameters())  # left alone
