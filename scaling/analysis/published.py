@@ -1,10 +1,14 @@
 """The EVA papers' published numbers, as data files next to this module.
 
-Every row names the table it comes from (``table``: seed 000 = EVA-CLIP paper, seed 001 =
-EVA-CLIP-18B paper, seed 002 = EVA-02 paper) and where the number was checked (``source``:
-BAAI's EVA GitHub READMEs). A value that could not be checked against a citable source is left
-empty and the ``note`` column says so; nothing here is estimated. The EVA-CLIP-18B paper's
-linear-probe table (Tab. 7) is not transcribed for the same reason.
+Every row names the tables its values come from (``table``: seed 000 = EVA-CLIP paper, seed 001 =
+EVA-CLIP-18B paper, seed 002 = EVA-02 paper) and where they were cross-checked (``source``:
+BAAI's EVA GitHub READMEs). Where the EVA-CLIP-18B paper evaluates a model (its Tables 1-3: EVA
+models and the peers OpenCLIP-G/14, DFN5B-CLIP-H/14 at 224 and 378 px, InternVL-C), its figures
+are used, so that every model in the bubble chart is evaluated alike; other papers' or the
+READMEs' different figures for the same model are named in ``note``. A value no source gives is
+left empty and the ``note`` column says so; nothing here is estimated or derived. The extracted
+EVA-CLIP-18B tables end every model name with "+" (a mark of the PDF, on every row): names here
+drop it, except the model cards' "plus" models (EVA-01-CLIP-g/14+, EVA-02-CLIP-L/14+, E/14+).
 
 Units: parameters in millions, samples seen in billions, batch size in thousands, accuracies in
 percent, ``gflops`` as the EVA-02 paper counts them (multiply-adds).
@@ -18,13 +22,14 @@ from importlib import resources
 import pandas as pd
 
 TABLES: dict[str, str] = {
-    "clip_models": "CLIP models: configs, IN-1K zero-shot, 27-set averages (seed 001 Tab. 1, seed 002 Tab. 10)",
+    "clip_models": "CLIP models and peers: configs, IN-1K zero-shot, COCO R@5, 27-set averages "
+                   "(seed 001 Tabs. 1-3, seed 002 Tabs. 9-12)",
     "eva02_sizes": "EVA-02 MIM towers: shapes and parameters (seed 002 Tab. 5)",
     "headlines": "Headline results (seed 000 / seed 001 abstracts)",
 }
 
 # Registry names of the rung files (experiments/models/*.yaml) for the published CLIP models, used
-# to compute forward FLOPs with the project's cost model.
+# to compute forward FLOPs with the project's cost model (peers have none: parameter estimate).
 REGISTRY_NAMES: dict[str, str] = {
     "EVA-01-CLIP-g/14": "EVA01-CLIP-g-14",
     "EVA-01-CLIP-g/14+": "EVA01-CLIP-g-14-plus",
@@ -79,8 +84,9 @@ def forward_gflops(model: str, image_size: int | None = None) -> float | None:
 def bubble_frame(metric: str = "img_cls_avg27") -> pd.DataFrame:
     """Published CLIP models with ``metric`` set, plus forward GFLOPs and total training compute.
 
-    Columns added: ``forward_gflops`` (cost model, or 2 x params x tokens when the rung files
-    are missing), ``flops_source`` and ``gflops_x_samples`` (bubble size, as in EVA-CLIP-18B Fig. 1).
+    Columns added: ``forward_gflops`` (cost model, or 2 x params x tokens for the peers and when
+    the rung files are missing), ``flops_source``, ``gflops_x_samples`` (bubble size, as in
+    EVA-CLIP-18B Fig. 1) and ``peer`` (not an EVA model).
     """
     df = table("clip_models")
     if metric not in df.columns:
@@ -94,6 +100,7 @@ def bubble_frame(metric: str = "img_cls_avg27") -> pd.DataFrame:
     df["forward_gflops"] = gflops
     df["flops_source"] = origin
     df["gflops_x_samples"] = df["forward_gflops"] * df["samples_seen_b"] * 1e9
+    df["peer"] = ~df["family"].str.startswith("EVA")
     return df.reset_index(drop=True)
 
 

@@ -1,4 +1,7 @@
-"""EVA-CLIP-18B Figure 1 style: zero-shot top-1 against total parameters, bubble area ∝ compute."""
+"""EVA-CLIP-18B Figure 1 style: zero-shot top-1 against total parameters, bubble area ∝ compute.
+
+The published panels show the EVA models beside the peers the EVA-CLIP-18B paper evaluates
+(its Tables 1-2: OpenCLIP, DFN, InternVL), the peers with dashed outlines."""
 
 from __future__ import annotations
 
@@ -14,6 +17,11 @@ from scaling.analysis.plots.style import COLORS, figure, human, note, place_labe
 
 MAX_AREA = 2600.0  # points^2 of the largest bubble in a panel
 MIN_AREA = 40.0
+PEER_COLORS = {"OpenCLIP": "#56B4E9", "DFN": "#009E73", "InternVL": "#CC79A7"}
+
+
+def _color(family: str) -> str:
+    return COLORS.get(family) or PEER_COLORS.get(family, "0.5")
 
 
 def _areas(values: np.ndarray, vmax: float) -> np.ndarray:
@@ -43,7 +51,9 @@ def _size_legend(ax, vmax: float) -> None:
 
 
 def _family_legend(ax, families) -> None:
-    handles = [ax.scatter([], [], s=60, color=COLORS.get(f, "0.5"), alpha=0.6) for f in families]
+    handles = [ax.scatter([], [], s=60, color=_color(f), alpha=0.6,
+                          edgecolor="0.2" if f in PEER_COLORS else "none",
+                          linestyle="--" if f in PEER_COLORS else "-") for f in families]
     leg = ax.legend(handles, list(families), loc="upper left", fontsize=7.5, handletextpad=0.3)
     ax.add_artist(leg)
 
@@ -70,8 +80,12 @@ def _panel(ax, df: pd.DataFrame, y: str, title: str, ylabel: str, vmax: float) -
     yv = df[y].to_numpy(float)
     size = df["gflops_x_samples"].to_numpy(float) * 1e9
     areas = _areas(size, vmax)
-    colors = [COLORS.get(f, "0.5") for f in df["family"]]
-    ax.scatter(x, yv, s=areas, c=colors, alpha=0.55, edgecolor="white", linewidth=1.2, zorder=3)
+    colors = [_color(f) for f in df["family"]]
+    peer = df["peer"].to_numpy(bool) if "peer" in df else np.zeros(len(df), bool)
+    for sel, edge, style in ((~peer, "white", "-"), (peer, "0.2", "--")):
+        if sel.any():
+            ax.scatter(x[sel], yv[sel], s=areas[sel], c=[c for c, s in zip(colors, sel, strict=True) if s],
+                       alpha=0.55, edgecolor=edge, linewidth=1.2, linestyle=style, zorder=3)
     ax.scatter(x, yv, s=8, c="black", zorder=4)
     ax.set_xscale("log")
     ax.set_xlim(x.min() / 2.5, x.max() * 4)
