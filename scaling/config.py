@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,71 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
             f"{source}: 'distributed.zero_stage={cfg.distributed.zero_stage}' needs "
             "'distributed.deepspeed=true' (ZeRO is DeepSpeed's)"
         )
+    if cfg.phases:
+        stage_phases(cfg, source)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of a stage with every value resolved (see ``config_schema.PhaseSection``)."""
+
+    index: int
+    name: str
+    samples: int
+    batch_size: int
+    micro_batch: int | None
+    patch_dropout: float
+    image_size: int | None
+
+    @property
+    def steps(self) -> int:
+        return max(1, self.samples // self.batch_size)
+
+
+def stage_phases(cfg: DictConfig, source: str = "config") -> list[Phase]:
+    """The stage's phases in order (one, the stage itself, when ``phases`` is empty)."""
+    total = int(cfg.train.samples)
+    raw = list(cfg.phases) or [OmegaConf.create({})]
+    counts: list[int | None] = []
+    for i, phase in enumerate(raw):
+        key = f"phases[{i}]"
+        if phase.get("samples") is not None and phase.get("fraction") is not None:
+            raise ConfigError(f"{source}: '{key}' sets both 'samples' and 'fraction'; give one")
+        if phase.get("fraction") is not None:
+            if not 0 < phase.fraction <= 1:
+                raise ConfigError(f"{source}: '{key}.fraction' must be in (0, 1]; got {phase.fraction}")
+            counts.append(round(total * float(phase.fraction)))
+        else:
+            counts.append(None if phase.get("samples") is None else int(phase.samples))
+    if counts.count(None) > 1:
+        raise ConfigError(f"{source}: 'phases': at most one phase may leave out 'samples'/'fraction' "
+                          "(it takes the rest of 'train.samples')")
+    rest = total - sum(c for c in counts if c is not None)
+    counts = [rest if c is None else c for c in counts]
+    if sum(counts) != total or any(c <= 0 for c in counts):
+        raise ConfigError(f"{source}: 'phases' samples {counts} must be > 0 and add up to "
+                          f"'train.samples' ({total}); use 'fraction' to follow a changed total")
+    out = []
+    for i, (phase, samples) in enumerate(zip(raw, counts, strict=True)):
+        key = f"phases[{i}]"
+        batch = int(phase.get("batch_size") or cfg.train.batch_size)
+        micro = phase.get("micro_batch")
+        if micro is None and phase.get("batch_size") is None:
+            micro = cfg.train.micro_batch
+        if micro is not None and (micro <= 0 or batch % micro):
+            raise ConfigError(f"{source}: '{key}.micro_batch' ({micro}) must be > 0 and divide its "
+                              f"batch size ({batch})")
+        if batch <= 0:
+            raise ConfigError(f"{source}: '{key}.batch_size' must be > 0; got {batch}")
+        drop = phase.get("patch_dropout")
+        drop = float(cfg.model.patch_dropout if drop is None else drop)
+        if not 0 <= drop < 1:
+            raise ConfigError(f"{source}: '{key}.patch_dropout' must be in [0, 1); got {drop}")
+        size = phase.get("image_size")
+        size = cfg.data.image_size if size is None else int(size)
+        out.append(Phase(i, str(phase.get("name") or f"phase{i}"), samples, batch,
+                         None if micro is None else int(micro), drop, size))
+    return out
 
 
 def _check_rung(name: str, key: str, source: str) -> None:
@@ -162,9 +228,10 @@ def recipe_files(kind: str, rung: str, proxy: bool) -> list[Path]:
     """The recipe layers that apply to a stage, in merge order (missing optional ones skipped)."""
     from scaling.models.registry import get_rung
 
-    canonical = get_rung(rung).name
+    spec = get_rung(rung)
     files = [RECIPES_DIR / f"{kind}.yaml"]
-    for name in dict.fromkeys((rung, canonical)):
+    # a rung file may be named by any of the rung's names (clip/18B.yaml, mim/Ti14.yaml)
+    for name in dict.fromkeys((rung, spec.name, *spec.aliases)):
         candidate = RECIPES_DIR / kind / f"{name}.yaml"
         if candidate.is_file():
             files.append(candidate)

@@ -143,6 +143,24 @@ class TrackingSection:
 
 
 @dataclass
+class PhaseSection:
+    """One phase of a stage (``phases:``, in order). Unset keys keep the stage's own value.
+
+    A phase runs ``samples`` samples, or ``fraction`` of ``train.samples``; at most one phase may
+    give neither and takes the rest. The phases' samples add up to ``train.samples``, and the
+    learning-rate schedule runs over all of them.
+    """
+
+    name: Optional[str] = None  # shown in the plan and logs; default "phase<i>"
+    samples: Optional[int] = None
+    fraction: Optional[float] = None
+    batch_size: Optional[int] = None  # global batch of this phase (train.batch_size)
+    micro_batch: Optional[int] = None  # per process (train.micro_batch)
+    patch_dropout: Optional[float] = None  # clip (model.patch_dropout)
+    image_size: Optional[int] = None  # (data.image_size)
+
+
+@dataclass
 class StageConfig:
     stage: StageSection = field(default_factory=StageSection)
     model: ModelSection = field(default_factory=ModelSection)
@@ -155,6 +173,7 @@ class StageConfig:
     distributed: DistributedSection = field(default_factory=DistributedSection)
     resources: ResourcesSection = field(default_factory=ResourcesSection)
     tracking: TrackingSection = field(default_factory=TrackingSection)
+    phases: list[PhaseSection] = field(default_factory=list)  # empty: one phase, the stage itself
     out_dir: str = "runs/stage"
 
 

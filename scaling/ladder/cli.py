@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
         return 0
     if args.dry_run:
         from scaling.ladder.estimate import plan_rows
-        from scaling.ladder.render import plan_table
+        from scaling.ladder.render import phase_lines, plan_table
 
         rows = plan_rows(plan)
         if args.json:
@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
             mode = "proxy (CPU)" if plan.proxy else "real sizes"
             print(f"ladder '{plan.ladder.name}' {' -> '.join(plan.path)}, {mode}, experiment '{plan.experiment}'")
             print(plan_table(rows))
+            for line in phase_lines(rows):
+                print(line)
         return 0
 
     if args.proxy is None and args.executor == "auto":

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from scaling import costs
+from scaling.config import stage_phases
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.models.registry import get_rung
 
@@ -33,8 +34,14 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         teacher_width = teacher.vision.width if teacher else spec.mim.width
         n_params = costs.params(spec.mim) + costs.mim_head_params(spec.mim, teacher_width)
         gflops_fwd = costs.eva02_gflops(spec.mim)
-    per_sample = costs.train_flops(spec, stage.kind, 1, patch_dropout, mask_ratio, teacher)
-    total = per_sample * samples
+    # phases: FLOPs summed over each phase's samples at its patch dropout; memory at the phase
+    # that keeps the most patches
+    phases = stage_phases(cfg)
+    if stage.kind == "clip":
+        patch_dropout = min(p.patch_dropout for p in phases)
+    total = sum(costs.train_flops(spec, stage.kind, 1, p.patch_dropout if stage.kind == "clip" else 0.0,
+                                  mask_ratio, teacher) * p.samples for p in phases)
+    per_sample = total / samples
     res = cfg.resources
     nodes, gpus_per_node, procs = _world(res)
     micro = int(cfg.train.micro_batch or max(1, math.ceil(cfg.train.batch_size / procs)))
@@ -85,5 +92,8 @@ def plan_rows(plan: Plan) -> list[dict[str, Any]]:
             "state": stage.state().get("state", "new"),
         }
         row.update(stage_estimate(stage))
+        row["phases"] = [{"name": p.name, "samples": p.samples, "batch_size": p.batch_size,
+                          "patch_dropout": p.patch_dropout, "image_size": p.image_size}
+                         for p in stage_phases(stage.cfg)] if stage.cfg.phases else None
         rows.append(row)
     return rows

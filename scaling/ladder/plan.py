@@ -113,13 +113,18 @@ def _ladder_trained_clip(runs_dir: Path, experiment: str, rung: str, proxy: bool
 
 
 def _stage_config(spec: LadderSpec, overrides: Overrides, kind: str, rung: str, proxy: bool,
-                  wiring: dict[str, Any]) -> DictConfig:
+                  wiring: dict[str, Any], text_from_scratch: bool = False) -> DictConfig:
     name = f"{kind}@{rung}"
     cfg = load_stage_config(kind, rung, proxy=proxy)
     # Plain assignments (typed, but no merge + validate round): the dry run must stay fast.
     for dotted, value in _dotted(wiring):
         OmegaConf.update(cfg, dotted, value, merge=False)
     sections = ("config", "proxy") if proxy else ("config",)
+    if text_from_scratch:  # before the ladder's own layers and the command line, which may change it
+        for section in sections:
+            layer = spec.text_from_scratch.get(section)
+            if layer:
+                cfg = merge(cfg, layer, f"{spec.path}: text_from_scratch.{section}")
     for section in sections:
         for target in ("all", kind, name):
             layer = spec.layers.get(section, {}).get(target)
@@ -160,6 +165,29 @@ def _same_text_trunk(teacher_rung: str, rung: str, proxy: bool) -> bool:
     if a is None or b is None:
         return False
     return {**asdict(a), "embed_dim": None} == {**asdict(b), "embed_dim": None}
+
+
+def _text_init(spec: LadderSpec, entry, teacher_rung: str, clip_of: dict[str, str | None],
+               proxy: bool) -> tuple[str | None, str]:
+    """(what initialises ``entry``'s CLIP text tower, or None for scratch; why, when None)."""
+    kind = entry.text_init_kind(spec.keys())
+    where = f"{spec.path}: rungs.{entry.key}.text_init"
+    if kind == "scratch":
+        return None, "the ladder file gives no text_init"
+    if kind == "checkpoint":
+        if not Path(entry.text_init).expanduser().exists():
+            raise ConfigError(f"{where}: checkpoint {entry.text_init} does not exist; give the CLIP (or text "
+                              "tower) checkpoint, or null to train the text tower from scratch")
+        return str(Path(entry.text_init).expanduser().resolve()), ""
+    source = teacher_rung if kind == "teacher" else entry.text_init
+    if source not in clip_of:
+        raise ConfigError(f"{where}: '{source}' has no CLIP on this path ({' -> '.join(clip_of)}); "
+                          "give a checkpoint path instead")
+    if clip_of[source] is None:
+        return None, f"{source} trains no CLIP stage"
+    if not _same_text_trunk(source, entry.key, proxy):
+        return None, f"{source}'s has another shape"
+    return clip_of[source], ""
 
 
 def plan_ladder(
@@ -239,12 +267,13 @@ def plan_ladder(
     if source == "missing":
         clip_of[first] = f"<{TEACHER_KEY}>"  # shown by the dry run; never dispatched
 
-    def add(kind: str, rung: str, wiring: dict[str, Any], internal: dict[str, str], **info: Any) -> None:
+    def add(kind: str, rung: str, wiring: dict[str, Any], internal: dict[str, str], scratch: bool = False,
+            **info: Any) -> PlannedStage:
         inputs = {key: (by_name[v].out_dir.as_posix() if v in by_name else v) for key, v in wiring.items()}
         extra = {**placement, "inputs": inputs}
         if info.get("teacher_rung"):
             extra["stage"] = {"teacher_rung": info["teacher_rung"]}
-        cfg = _stage_config(spec, split, kind, rung, proxy, extra)
+        cfg = _stage_config(spec, split, kind, rung, proxy, extra, text_from_scratch=scratch)
         upstream = [by_name[s].fingerprint for s in dict.fromkeys(internal.values())]
         fp = fingerprint(_identity(cfg, internal), upstream)
         name = f"{kind}@{rung}"
@@ -253,9 +282,12 @@ def plan_ladder(
         stage = PlannedStage(name, kind, rung, cfg, fp, out_dir, depends_on=list(dict.fromkeys(internal.values())), **info)
         stages.append(stage)
         by_name[name] = stage
+        return stage
 
     if source == "bootstrap":
-        add("clip", first, {}, {}, bootstrap=True)
+        boot = add("clip", first, {}, {}, scratch=True, bootstrap=True, init={"text": "scratch"})
+        notes.append(f"clip@{first}: text tower trained from scratch (bootstrap) at text lr "
+                     f"{boot.cfg.optim.text_lr:g}, layer decay {boot.cfg.optim.text_layer_decay:g}")
         clip_of[first] = f"clip@{first}"
     for teacher_rung, rung in zip(path, path[1:], strict=False):
         teacher = clip_of.get(teacher_rung)
@@ -268,19 +300,26 @@ def plan_ladder(
             wiring = {"teacher": teacher} if teacher else {}
             add("mim", rung, wiring, internal_teacher, teacher=teacher, teacher_rung=teacher_rung)
             mim_name = f"mim@{rung}"
+            named = entries[rung].teacher
+            if named and named != teacher_rung:
+                notes.append(f"mim@{rung}: taught by {teacher_rung}'s CLIP as this path asks; the ladder "
+                             f"file names {named} as its MIM teacher")
         if "clip" in entries[rung].stages:
             wiring, internal = {}, {}
             if mim_name:
                 wiring["init_vision"] = internal["init_vision"] = mim_name
-            text_init = teacher if teacher and _same_text_trunk(teacher_rung, rung, proxy) else None
-            if teacher and not text_init:
-                notes.append(f"clip@{rung}: text tower trained from scratch ({teacher_rung}'s has another shape)")
+            text_init, why = _text_init(spec, entries[rung], teacher_rung, clip_of, proxy)
             if text_init:
                 wiring["init_text"] = text_init
                 if text_init in by_name:
                     internal["init_text"] = text_init
-            init = {"vision": mim_name, "text": text_init}
-            add("clip", rung, wiring, internal, init={k: v for k, v in init.items() if v})
+            init = {"vision": mim_name, "text": text_init or "scratch"}
+            stage = add("clip", rung, wiring, internal, scratch=text_init is None,
+                        init={k: v for k, v in init.items() if v})
+            if text_init is None:
+                notes.append(f"clip@{rung}: text tower trained from scratch ({why}) at text lr "
+                             f"{stage.cfg.optim.text_lr:g}, layer decay {stage.cfg.optim.text_layer_decay:g} "
+                             "(the ladder file's text_from_scratch)")
             clip_of[rung] = f"clip@{rung}"
         else:
             clip_of[rung] = None

@@ -72,3 +72,15 @@ def status_table(rows: Sequence[dict[str, Any]]) -> str:
         body.append([r["stage"], r["state"], r.get("run_id") or "-", r.get("job_id") or "-", progress,
                      zero_shot(r.get("metrics")), r["out_dir"]])
     return table(headers, body)
+
+
+def phase_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per stage with phases: each phase's samples, batch and patch dropout."""
+    lines = []
+    for r in rows:
+        if r.get("phases"):
+            parts = [f"{p['name']} {human(p['samples'])} samples (batch {human(p['batch_size'])}, patch dropout "
+                     f"{p['patch_dropout']:g}" + (f", {p['image_size']} px" if p.get("image_size") else "") + ")"
+                     for p in r["phases"]]
+            lines.append(f"{r['stage']} phases: " + " -> ".join(parts))
+    return lines

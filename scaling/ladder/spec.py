@@ -16,9 +16,10 @@ from scaling.paths import EXPERIMENTS_DIR
 LADDERS_DIR = EXPERIMENTS_DIR / "ladders"
 DEFAULT_LADDER = LADDERS_DIR / "eva.yaml"
 KINDS = ("mim", "clip")
-TOP_KEYS = ("name", "experiment", "rungs", "teacher_checkpoint", "config", "proxy")
-RUNG_KEYS = ("teacher", "stages")
+TOP_KEYS = ("name", "experiment", "rungs", "teacher_checkpoint", "config", "proxy", "text_from_scratch")
+RUNG_KEYS = ("teacher", "stages", "text_init")
 LAYER_SECTIONS = ("config", "proxy")
+TEXT_FROM_TEACHER = "teacher"  # text_init: the CLIP of the rung that taught this rung's MIM stage
 
 
 @dataclass
@@ -27,6 +28,17 @@ class RungEntry:
     canonical: str  # the registry's full name
     teacher: str | None = None  # ladder key of the teacher rung
     stages: tuple[str, ...] = KINDS
+    # where the rung's CLIP text tower starts: "teacher", a rung of the ladder (its CLIP), a
+    # checkpoint path, or None (from scratch, with the ladder's text_from_scratch layer)
+    text_init: str | None = TEXT_FROM_TEACHER
+
+    def text_init_kind(self, keys: Sequence[str]) -> str:
+        """'teacher' | 'rung' | 'checkpoint' | 'scratch'."""
+        if self.text_init is None:
+            return "scratch"
+        if self.text_init == TEXT_FROM_TEACHER:
+            return "teacher"
+        return "rung" if self.text_init in keys else "checkpoint"
 
 
 @dataclass
@@ -38,6 +50,9 @@ class LadderSpec:
     teacher_checkpoint: str | None = None
     # section ("config" | "proxy") -> target ("all" | kind | "kind@rung") -> stage-config mapping
     layers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # section ("config" | "proxy") -> stage-config mapping for a clip stage whose text tower
+    # starts from scratch (a from-scratch text lr, never a fine-tuning one)
+    text_from_scratch: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def keys(self) -> list[str]:
         return [r.key for r in self.rungs]
@@ -88,7 +103,9 @@ def _rungs(path: Path, raw: Any) -> list[RungEntry]:
         if bad:
             raise _fail(path, f"rungs.{key}.stages", f"has unknown stage kind(s) {bad}; use {', '.join(KINDS)}")
         teacher = body.get("teacher")
-        entries.append(RungEntry(key, canonical, None if teacher is None else str(teacher), stages))
+        text_init = body.get("text_init", TEXT_FROM_TEACHER)
+        entries.append(RungEntry(key, canonical, None if teacher is None else str(teacher), stages,
+                                 None if text_init in (None, "") else str(text_init)))
     keys = [e.key for e in entries]
     for entry in entries:
         if entry.teacher is not None:
@@ -96,6 +113,12 @@ def _rungs(path: Path, raw: Any) -> list[RungEntry]:
                 raise _fail(path, f"rungs.{entry.key}.teacher", f"'{entry.teacher}' is not a rung of this ladder ({', '.join(keys)})")
             if keys.index(entry.teacher) >= keys.index(entry.key):
                 raise _fail(path, f"rungs.{entry.key}.teacher", f"'{entry.teacher}' must come before {entry.key} in 'rungs'")
+        if entry.text_init_kind(keys) == "rung" and keys.index(entry.text_init) >= keys.index(entry.key):
+            raise _fail(path, f"rungs.{entry.key}.text_init", f"'{entry.text_init}' must come before {entry.key} in 'rungs'")
+        if entry.text_init_kind(keys) == "checkpoint" and "/" not in entry.text_init \
+                and not Path(entry.text_init).suffix:
+            raise _fail(path, f"rungs.{entry.key}.text_init", f"'{entry.text_init}' is neither 'teacher', a rung "
+                        f"of this ladder ({', '.join(keys)}), a checkpoint path, nor null (from scratch)")
     return entries
 
 
@@ -128,6 +151,11 @@ def parse_ladder(data: Mapping[str, Any], path: Path) -> LadderSpec:
         raise _fail(path, unknown[0], f"is not a ladder setting; valid: {', '.join(TOP_KEYS)}")
     rungs = _rungs(path, data.get("rungs"))
     name = str(data.get("name") or path.stem)
+    scratch = data.get("text_from_scratch") or {}
+    if not isinstance(scratch, Mapping) or set(map(str, scratch)) - set(LAYER_SECTIONS) \
+            or not all(isinstance(v, Mapping) for v in scratch.values() if v is not None):
+        raise _fail(path, "text_from_scratch", "must map 'config' and/or 'proxy' to stage-config keys "
+                    "(e.g. {config: {optim: {text_lr: 4.0e-4}}})")
     ckpt = data.get("teacher_checkpoint")
     return LadderSpec(
         path=path,
@@ -136,6 +164,7 @@ def parse_ladder(data: Mapping[str, Any], path: Path) -> LadderSpec:
         rungs=rungs,
         teacher_checkpoint=None if ckpt in (None, "") else str(ckpt),
         layers=_layers(path, data, [r.key for r in rungs]),
+        text_from_scratch={str(k): dict(v or {}) for k, v in scratch.items()},
     )
 
 

@@ -61,6 +61,9 @@ class Engine:
         ``module``, so checkpoints and evaluation are unchanged."""
         self.model = torch.compile(self.model)
 
+    def set_batch(self, batch: int, micro: int, accum: int) -> None:
+        """A new batch layout (a stage phase); the loop itself runs the accumulation here."""
+
     def micro_context(self, last: bool) -> contextlib.AbstractContextManager:
         """No gradient all-reduce before the last micro-batch of an optimiser step."""
         if self.ddp is not None and not last:
@@ -105,7 +108,8 @@ class DeepSpeedEngine(Engine):
     deepspeed = True
 
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, schedule: CosineSchedule,
-                 cfg: DictConfig, micro_batch: int, accum: int, device: torch.device) -> None:
+                 cfg: DictConfig, micro_batch: int, accum: int, device: torch.device,
+                 batch_size: int | None = None) -> None:
         import deepspeed
 
         self.module_ref = module
@@ -114,7 +118,7 @@ class DeepSpeedEngine(Engine):
         self.device = device
         self.zero_stage = cfg.distributed.zero_stage
         config = {
-            "train_batch_size": cfg.train.batch_size,
+            "train_batch_size": batch_size or cfg.train.batch_size,
             "train_micro_batch_size_per_gpu": micro_batch,
             "gradient_accumulation_steps": accum,
             "gradient_clipping": float(cfg.optim.grad_clip or 0.0),
@@ -147,6 +151,12 @@ class DeepSpeedEngine(Engine):
 
     def compile(self) -> None:
         self.model.compile()  # DeepSpeed's own: compiles the module inside its hooks
+
+    def set_batch(self, batch: int, micro: int, accum: int) -> None:
+        # DeepSpeed keeps the layout in its config: micro batch first (it keeps the accumulation
+        # steps), then the global batch (it changes them)
+        self.model.set_train_micro_batch_size(micro)
+        self.model.set_train_batch_size(batch)
 
     def micro_context(self, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed syncs at its own accumulation boundary

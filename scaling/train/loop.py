@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from scaling.config import Phase, stage_phases
 from scaling.metrics import MetricLogger
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
@@ -40,15 +41,25 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batch_layout(cfg: DictConfig, world: int) -> tuple[int, int]:
-    """(micro batch per process, accumulation steps) for the global ``train.batch_size``."""
-    batch = cfg.train.batch_size
-    micro = cfg.train.micro_batch or batch // world
+def batch_layout(batch: int, micro_batch: int | None, world: int, where: str = "train") -> tuple[int, int]:
+    """(micro batch per process, accumulation steps) for a global batch of ``batch``."""
+    micro = micro_batch or batch // world
     if micro <= 0 or batch % (micro * world):
         raise StageConfigError(
-            f"train.batch_size={batch} is not a multiple of micro batch ({micro}) x processes ({world}); "
-            "set train.micro_batch or the batch size so that it divides")
+            f"{where}.batch_size={batch} is not a multiple of micro batch ({micro}) x processes ({world}); "
+            f"set {where}.micro_batch or the batch size so that it divides")
     return micro, batch // (micro * world)
+
+
+def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
+    """Set the patch dropout of every timm ``Eva`` trunk in ``module`` (a phase boundary)."""
+    from timm.layers import PatchDropoutWithIndices
+
+    for sub in module.modules():
+        if hasattr(sub, "patch_drop") and hasattr(sub, "num_prefix_tokens"):
+            # None at 0, as a tower built without dropout: no module, no random numbers drawn
+            sub.patch_drop = PatchDropoutWithIndices(rate, num_prefix_tokens=sub.num_prefix_tokens) \
+                if rate > 0 else None
 
 
 class Stage:
@@ -61,8 +72,13 @@ class Stage:
         self.rank, self.world = dist_utils.world()
         self.out = Path(cfg.out_dir)
         self.kind = cfg.stage.kind
-        self.micro, self.accum = batch_layout(cfg, self.world)
-        self.total_steps = max(1, cfg.train.samples // cfg.train.batch_size)
+        # Phases: consecutive step ranges of one stage; the lr schedule runs over all of them.
+        self.phases = stage_phases(cfg)
+        self.phase_ends = list(np.cumsum([p.steps for p in self.phases]))
+        self.total_steps = int(self.phase_ends[-1])
+        self.phase = self.phases[0]
+        self.micro, self.accum = batch_layout(self.phase.batch_size, self.phase.micro_batch, self.world,
+                                              self._where(0))
         self.step = 0
         self.samples_seen = 0
         self.metrics: dict[str, float] = {}
@@ -72,6 +88,12 @@ class Stage:
         self.rung = info["rung"]
         spec = self.rung.mim if self.kind == "mim" else self.rung.vision
         self.image_size, self.grid = spec.image_size, spec.grid
+        for phase in self.phases:
+            if phase.image_size is not None and phase.image_size != self.image_size:
+                raise StageConfigError(
+                    f"{self._where(phase.index)}.image_size={phase.image_size}: a phase cannot change the "
+                    f"tower's image size ({self.image_size}) yet; run the higher resolution as its own "
+                    "clip stage with inputs.init_vision/init_text from this one and data.image_size")
         self.teacher_image_size = info.get("teacher_image_size")
         self.engine = self._engine()
         if cfg.train.compile:
@@ -82,21 +104,56 @@ class Stage:
 
         self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
         self.sources = resolve_sources(cfg, self.image_size, progress=self.rank == 0)
-        self.stream = train_stream(cfg, self.sources.train, self.image_size, self.grid, self.tokenizer,
-                                   self.micro, self.rank, self.world)
-        self.flops_per_sample = flops_per_sample(self.kind, self.rung, cfg.model.patch_dropout,
-                                                 cfg.loss.mask_ratio, info.get("teacher_spec"))
+        self.teacher_spec = info.get("teacher_spec")
+        self.stream = self._stream(0)
+        self.flops_per_sample = flops_per_sample(self.kind, self.rung, self.phase.patch_dropout,
+                                                 cfg.loss.mask_ratio, self.teacher_spec)
         self.peak, self.peak_source = peak_flops(cfg.train.peak_flops, device, cfg.resources.gpu)
         if self.rank == 0:
             log.info("%s: %d steps of %d (%d per process x %d accumulation x %d processes); MFU against "
-                     "%.3g FLOP/s per process (%s)", cfg.stage.name, self.total_steps, cfg.train.batch_size,
+                     "%.3g FLOP/s per process (%s)", cfg.stage.name, self.total_steps, self.phase.batch_size,
                      self.micro, self.accum, self.world, self.peak, self.peak_source)
+            if len(self.phases) > 1:
+                log.info("%s: phases %s", cfg.stage.name, ", ".join(
+                    f"{p.name} ({p.steps} steps of {p.batch_size}, patch dropout {p.patch_dropout})"
+                    for p in self.phases))
         from scaling.eval.runner import StageEvaluator
 
         self.evaluator = StageEvaluator(cfg, self.sources, self.image_size, self.grid, self.tokenizer,
                                         device, self.teacher, self.teacher_image_size)
         # Per-rank randomness (drop path, patch dropout) after the shared init.
         seed_all(cfg.train.seed + 1_000_003 * self.rank)
+
+    # -- phases ------------------------------------------------------------------------------
+    def _where(self, index: int) -> str:
+        return f"phases[{index}]" if self.cfg.phases else "train"
+
+    def _phase_at(self, step: int) -> Phase:
+        """The phase that optimiser step ``step`` (0-based, about to be taken) belongs to."""
+        return next((p for p, end in zip(self.phases, self.phase_ends, strict=True) if step < end),
+                    self.phases[-1])
+
+    def _stream(self, index: int):
+        # each phase draws its own data order (the seed moves with the phase), so a later phase
+        # does not replay the first one's samples
+        return train_stream(self.cfg, self.sources.train, self.image_size, self.grid, self.tokenizer,
+                            self.micro, self.rank, self.world, seed_offset=index)
+
+    def _enter_phase(self, phase: Phase) -> None:
+        """Switch to ``phase``: batch layout, patch dropout and a new data stream."""
+        self.phase = phase
+        self.micro, self.accum = batch_layout(phase.batch_size, phase.micro_batch, self.world,
+                                              self._where(phase.index))
+        self.engine.set_batch(phase.batch_size, self.micro, self.accum)
+        if self.kind == "clip":
+            set_patch_dropout(self.module, phase.patch_dropout)
+        self.stream = self._stream(phase.index)
+        self.flops_per_sample = flops_per_sample(self.kind, self.rung, phase.patch_dropout,
+                                                 self.cfg.loss.mask_ratio, self.teacher_spec)
+        if self.rank == 0:
+            log.info("%s: phase %d/%d '%s' from step %d: %d steps of %d, patch dropout %s",
+                     self.cfg.stage.name, phase.index + 1, len(self.phases), phase.name, self.step,
+                     phase.steps, phase.batch_size, phase.patch_dropout)
 
     # -- setup -------------------------------------------------------------------------------
     def _engine(self) -> Engine:
@@ -118,10 +175,11 @@ class Stage:
             extra = None
         groups = param_groups(towers, extra=extra)
         optimizer = build_optimizer(cfg.optim.name, groups, cfg.optim.betas, cfg.optim.eps)
-        warmup = math.ceil(cfg.optim.warmup_samples / cfg.train.batch_size)
+        warmup = math.ceil(cfg.optim.warmup_samples / self.phases[0].batch_size)
         schedule = CosineSchedule(optimizer, self.total_steps, warmup, cfg.optim.min_lr)
         if cfg.distributed.deepspeed:
-            return DeepSpeedEngine(self.module, optimizer, schedule, cfg, self.micro, self.accum, self.device)
+            return DeepSpeedEngine(self.module, optimizer, schedule, cfg, self.micro, self.accum, self.device,
+                                   batch_size=self.phase.batch_size)
         return Engine(self.module, optimizer, schedule, cfg.optim.grad_clip, cfg.train.precision,
                       self.device, self.world)
 
@@ -133,11 +191,16 @@ class Stage:
         manifest = ckpt.read_manifest(found)
         self.engine.load(found)
         self.step, self.samples_seen = int(manifest["step"]), int(manifest["samples_seen"])
+        phase = self._phase_at(self.step)
+        if phase.index != self.phase.index:
+            self._enter_phase(phase)
         rank_file = found / f"rank_{self.rank}.pt"
         if manifest.get("world_size") == self.world and rank_file.is_file():
             state = torch.load(rank_file, map_location="cpu", weights_only=False)
             ckpt.set_rng_state(state["rng"])
-            self.stream.load_state_dict(state["stream"])
+            # saved at the last step of the phase before: this phase's stream starts fresh
+            if int(state.get("phase", 0)) == phase.index:
+                self.stream.load_state_dict(state["stream"])
         else:
             log.warning("resuming %s saved by %s processes on %s: data order and RNG streams restart",
                         found, manifest.get("world_size"), self.world)
@@ -149,9 +212,9 @@ class Stage:
         full = self.engine.full_state_dict()
         manifest = {"kind": self.kind, "rung": self.cfg.stage.rung, "proxy": self.cfg.stage.proxy,
                     "step": self.step, "samples_seen": self.samples_seen, "world_size": self.world,
-                    "deepspeed": self.engine.deepspeed, "final": final,
+                    "deepspeed": self.engine.deepspeed, "final": final, "phase": self.phase.index,
                     "metrics": self.metrics if final else {}}
-        rank_state = {"rng": ckpt.rng_state(), "stream": self.stream.state_dict()}
+        rank_state = {"rng": ckpt.rng_state(), "stream": self.stream.state_dict(), "phase": self.phase.index}
         path = ckpt.save(target, self.rank, dist_utils.barrier,
                          write_shared=lambda tmp: torch.save(full, tmp / ckpt.MODEL_FILE),
                          rank_state=rank_state, manifest=manifest,
@@ -190,12 +253,12 @@ class Stage:
     def _log_train(self, window_loss: float, window_steps: int, grad_norm: float, elapsed: float) -> None:
         loss, skipped = dist_utils.mean([window_loss / max(1, window_steps),
                                          float(self.stream.stats().get("skipped", 0))])
-        samples_per_s = window_steps * self.cfg.train.batch_size / max(elapsed, 1e-9)
+        samples_per_s = window_steps * self.phase.batch_size / max(elapsed, 1e-9)
         flops_per_s = samples_per_s * self.flops_per_sample
         metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/samples_seen": self.samples_seen,
                    "train/samples_per_s": samples_per_s, "train/flops_per_s": flops_per_s,
                    "train/mfu": flops_per_s / (self.peak * self.world), "data/skipped": skipped * self.world,
-                   "train/step": self.step}
+                   "train/step": self.step, "train/phase": self.phase.index}
         metrics |= {f"train/lr/{k}": v for k, v in self.step_lrs.items()}
         if self.kind == "clip":
             metrics["train/temperature"] = float(1.0 / self.module.logit_scale.detach().float().exp())
@@ -218,6 +281,10 @@ class Stage:
         window_loss, window_steps, grad_norm = 0.0, 0, float("nan")
         tick = time.perf_counter()
         while self.step < self.total_steps:
+            phase = self._phase_at(self.step)
+            if phase.index != self.phase.index:
+                self._enter_phase(phase)
+                batches = iter(self.stream)
             if self._stop():
                 target = self.out / "checkpoints" / f"step_{self.step}"
                 # a periodic checkpoint of this very step already holds this state
@@ -228,7 +295,7 @@ class Stage:
             self.module.train()
             loss, grad_norm = self.train_step(batches)
             self.step += 1
-            self.samples_seen += cfg.train.batch_size
+            self.samples_seen += self.phase.batch_size
             window_loss += loss
             window_steps += 1
             bar.update(1)
@@ -238,7 +305,7 @@ class Stage:
                 window_loss, window_steps = 0.0, 0
                 tick = time.perf_counter()
             paused = time.perf_counter()
-            if every and self.samples_seen // every > (self.samples_seen - cfg.train.batch_size) // every \
+            if every and self.samples_seen // every > (self.samples_seen - self.phase.batch_size) // every \
                     and self.step < self.total_steps:
                 self.evaluate()
             if cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:

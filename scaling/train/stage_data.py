@@ -46,8 +46,10 @@ def mask_generator(cfg: DictConfig, grid: int):
 
 
 def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokenizer, micro_batch: int,
-                 rank: int, world_size: int):
-    """The rank's infinite (resampled) stream of micro-batches, resumable via state_dict."""
+                 rank: int, world_size: int, seed_offset: int = 0):
+    """The rank's infinite (resampled) stream of micro-batches, resumable via state_dict.
+
+    ``seed_offset`` (the phase index) gives each phase of a stage its own data order."""
     from scaling.data.shards import ShardStream
     from scaling.data.transforms import train_transform
 
@@ -58,7 +60,7 @@ def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokeniz
         transform=train_transform(image_size, tuple(cfg.data.crop_scale)),
         tokenizer=tokenizer if cfg.stage.kind == "clip" else None,
         mask_generator=masks,
-        seed=cfg.train.seed,
+        seed=cfg.train.seed + seed_offset,
         rank=rank,
         world_size=world_size,
         shuffle_buffer=cfg.data.shuffle_buffer,

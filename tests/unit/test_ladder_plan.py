@@ -107,7 +107,7 @@ def test_bad_ladder_file_names_key_and_file(tmp_path, runs):
     bad.write_text(text.replace("  all: {}\n  mim: {}", "  all: {}\n  mim: {optim: {lrr: 1}}", 1))
     with pytest.raises(ConfigError, match=r"bad\.yaml: config\.mim.*optim\.lrr"):
         plan_ladder("E14", "18B", ladder=bad, runs_dir=runs)
-    bad.write_text(text.replace("18B: {teacher: E14}", "18B: {teacher: E15}"))
+    bad.write_text(text.replace("18B: {teacher: E14", "18B: {teacher: E15"))
     with pytest.raises(ConfigError, match=r"bad\.yaml.*rungs\.18B\.teacher"):
         plan_ladder("E14", "18B", ladder=bad, runs_dir=runs)
 
