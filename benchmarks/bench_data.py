@@ -2,6 +2,7 @@
 
     python benchmarks/bench_data.py                      # prints a table
     python benchmarks/bench_data.py --json bench_data.json --samples 5000
+    python benchmarks/bench_data.py --only-real --real-sizes 224 336 448   # real sizes only
 
 The headline (target >= 5x): for each stage of the proxy ladder (and the smallest proxy rung,
 B16, the fastest consumer), the stage's own training stream (``scaling.train.stage_data``:
@@ -10,7 +11,11 @@ one thread, as one DataLoader worker runs it, against the toolkit's training ste
 core (``benchmarks/steps.py``), turns interleaved; ratio = stream samples/s / step samples/s.
 Then single-thread figures (best of ``--repeat`` runs): the generator's samples/s (whole shards
 written: scene, drawing, caption, PNG, tar), the same split into parts, the pipeline's
-samples/s, and the cost of restoring a stream position.
+samples/s, and the cost of restoring a stream position. Then real sizes (``data_real.py``): the
+stream at 224 px (336, 448 on request) from 256 px JPEG and WebP shards beside an open_clip-style
+webdataset pipeline on the same shards, per core; 1 against 2 loader workers; and the restore
+time at 10k, 100k and 1M samples. The stream's samples per CPU-second at each real size go to
+``scaling.data.throughput``'s file, which the ladder's dry run reads for its loader-cores column.
 """
 
 from __future__ import annotations
@@ -206,6 +211,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="interleaved stream/step turns per ladder stage, medians kept (default 5)")
     p.add_argument("--only-ratio", action="store_true",
                    help="measure only the stream / training-step ratios")
+    p.add_argument("--only-real", action="store_true", help="measure only the real-size figures")
+    p.add_argument("--skip-real", action="store_true", help="leave out the real-size figures")
+    p.add_argument("--real-sizes", type=int, nargs="+", default=[224], choices=[224, 336, 448],
+                   help="crop sizes for the real-size figures (default 224)")
+    p.add_argument("--real-samples", type=int, default=2000,
+                   help="samples in the real-size shards (default 2000, shards of 500)")
+    p.add_argument("--real-batches", type=int, default=3, help="batches of 64 per turn (default 3)")
+    p.add_argument("--real-repeats", type=int, default=7, help="turns per side (default 7)")
+    p.add_argument("--positions", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+                   help="stream positions (samples) to time restores at")
+    p.add_argument("--throughput-out", type=Path,
+                   help="where to write the samples/s per core figures (default: "
+                        "scaling.data.throughput's file)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
     p.add_argument(
         "--workdir", type=Path, help="scratch folder (default: a temporary one under .cache/)"
@@ -231,9 +249,12 @@ def main(argv: list[str] | None = None) -> int:
         "generator": [],
         "pipeline": [],
     }
+    if args.only_real:
+        args.sizes = []
     with tempfile.TemporaryDirectory(dir=base, prefix="bench-data-") as tmp:
         work = Path(tmp)
-        results["consumption"] = bench_consumption(work, list(CONSUMERS), 4, args.consumer_repeats)
+        if not args.only_real:
+            results["consumption"] = bench_consumption(work, list(CONSUMERS), 4, args.consumer_repeats)
         for r in results["consumption"]:
             print(f"{r['kind']}@{r['rung']} proxy ({r['image_size']} px, batch {r['batch']}): stream on 1 "
                   f"thread {r['stream_samples_per_s']:6.0f} samples/s, training step on {r['step_threads']} "
@@ -259,11 +280,50 @@ def main(argv: list[str] | None = None) -> int:
                 f"({r['samples_per_cpu_s']:.0f} per CPU-second; decode+crop+tokenize+mask {r['mask_grid'][0]}x{r['mask_grid'][1]}, batch {r['batch_size']}); "
                 f"restore after {r['restore_after_samples']} samples: {r['restore_s']:.2f} s"
             )
+        if not (args.skip_real or args.only_ratio):
+            results["real"] = run_real(work, args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
         print(f"wrote {args.json}")
     return 0
+
+
+def run_real(work: Path, args) -> dict:
+    import data_real
+
+    from scaling.data import throughput
+
+    out: dict = {}
+    out["vs_open_clip"] = rows = data_real.bench_vs_openclip(
+        work, args.real_sizes, args.real_samples, args.real_batches, args.real_repeats)
+    for r in rows:
+        print(f"real {r['crop']} px from {r['source']} px {r['format'].upper():4s}: stream "
+              f"{r['toolkit_samples_per_cpu_s']:4.0f} samples per CPU-s ({r['toolkit_samples_per_s']:.0f}/s), "
+              f"open_clip-style webdataset {r['open_clip_samples_per_cpu_s']:4.0f} per CPU-s "
+              f"({r['open_clip_samples_per_s']:.0f}/s) -> {r['ratio_per_core']:.2f}x per core "
+              f"(wall {r['ratio_wall']:.2f}x; target >= 1.3x; load {r['load_average_1min']:.1f})")
+    figures = {r["crop"]: r["toolkit_samples_per_cpu_s"] for r in rows if r["format"] == "jpg"}
+    path = throughput.write_figures(figures, args.throughput_out, source="JPEG shards, crops "
+                                    + ", ".join(f"{c} from {data_real.SOURCE[c]} px" for c in figures),
+                                    cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
+                                    load_average_1min=os.getloadavg()[0])
+    print(f"wrote samples/s per core {figures} to {path}")
+    out["workers"] = w = data_real.bench_workers(work, args.real_samples, 2 * args.real_batches,
+                                                 max(2, args.real_repeats // 2))
+    print(f"loader workers, 224 px from 256 px JPEG: 1 worker {w['one_worker_samples_per_s']:.0f} samples/s, "
+          f"2 workers {w['two_workers_samples_per_s']:.0f} samples/s -> {w['ratio']:.2f}x (target >= 1.8x "
+          f"on {w['cpus']} cores; load {w['load_average_1min_before']:.1f} before, "
+          f"{w['load_average_1min_after']:.1f} after)")
+    out["restore"] = r = data_real.bench_restore(work, args.real_samples, args.positions, args.real_repeats)
+    times = ", ".join(f"{p:,} samples {t:.3f} s (CPU {r['restore_cpu_s'][p]:.3f} s)"
+                      for p, t in r["restore_s"].items())
+    print(f"restore to the first batch (224 px, batch 64, shuffle buffer 1000): {times}; spread "
+          f"{100 * r['spread']:.0f} % wall, {100 * r['spread_cpu']:.0f} % CPU (target < 20 %); a fresh stream's first batch {r['fresh_first_batch_s']:.3f} s; "
+          f"replay (no seek state) at {r['positions'][0]:,}: {r['replay_s_at_first_position']:.2f} s; "
+          f"simulated position equal to the streamed one: {r['simulate_checked']}; "
+          f"state {r['state_json_bytes'] / 1024:.0f} KiB as JSON")
+    return out
 
 
 if __name__ == "__main__":

@@ -9,7 +9,17 @@ import zlib
 import numpy as np
 from PIL import Image
 
-FORMATS = ("png", "jpg")
+FORMATS = ("png", "jpg", "webp")
+REAL_SIZE = 128  # from this side up, "auto" writes JPEG as img2dataset does; below, lossless PNG
+
+
+def resolve_format(fmt: str, image_size: int) -> str:
+    """``auto``: palette PNG for the small proxy images, JPEG (quality 95) at real sizes."""
+    if fmt == "auto":
+        return "jpg" if image_size >= REAL_SIZE else "png"
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown image format {fmt!r}; choose from auto, {', '.join(FORMATS)}")
+    return fmt
 
 
 def _chunk(tag: bytes, data: bytes) -> bytes:
@@ -35,8 +45,10 @@ def png_indexed(labels: np.ndarray, palette: np.ndarray) -> bytes:
 def encode(img: np.ndarray, fmt: str = "png") -> bytes:
     """Encode an RGB ``uint8[H, W, 3]`` image."""
     buf = io.BytesIO()
-    if fmt == "jpg":
+    if fmt == "jpg":  # img2dataset's default encoding
         Image.fromarray(img).save(buf, format="JPEG", quality=95)
+    elif fmt == "webp":
+        Image.fromarray(img).save(buf, format="WEBP", quality=95)
     elif fmt == "png":
         Image.fromarray(img).save(buf, format="PNG", compress_level=1)
     else:

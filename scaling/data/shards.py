@@ -14,17 +14,21 @@ generator and Python's ``random`` while its transform runs (the caller's states 
 after), and its own numpy generator for its mask. The same arguments give the same batches,
 with ``num_workers`` 0 or more (worker batches are interleaved round-robin, in a fixed order).
 
-Position: ``state_dict()`` records, per worker, how many shuffled raw samples were consumed up
-to the last batch delivered, plus the skip counters. A new stream given that state replays the
-raw samples up to there *without decoding them* and continues with exactly the batches the
-uninterrupted stream would have given. The replay re-reads the tar bytes consumed so far (tens
-of microseconds a sample, against about a millisecond to decode, crop, tokenise and mask one;
-``benchmarks/bench_data.py`` measures it): seconds for CPU-sized runs, minutes for very long ones.
+Position: ``state_dict()`` records, per worker, where it is after the last batch delivered: its
+shard order's generator state, the byte offset reached in the shard it reads, the (shard, byte
+offset) of every sample in its shuffle buffer, the shuffle generator's state, and the skip
+counters (``scaling.data.position``). A new stream given that state seeks there and continues
+with exactly the batches the uninterrupted stream would have given, at the cost of re-reading
+one shuffle buffer of samples, however many came before. Shards that cannot seek (``pipe:`` and
+``http(s)`` URLs, compressed tars) are restored by replaying the raw samples up to the position
+without decoding them (re-reading every tar byte consumed; a warning says so), as are positions
+saved by version 1 of this format.
 """
 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
@@ -34,7 +38,8 @@ from scaling.data.errors import DataError
 from scaling.data.stream import StreamConfig, WorkerStream
 from scaling.data.tario import expand_urls
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 (no seek state) restores by replay
 
 
 class _WorkerDataset(torch.utils.data.IterableDataset):
@@ -128,9 +133,11 @@ class ShardStream:
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from a position saved by ``state_dict`` of a stream built with the same arguments."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in READABLE_VERSIONS:
             raise DataError(
-                f"stream position has version {state.get('version')!r}, expected {STATE_VERSION}"
+                f"stream position has version {state.get('version')!r}; this version of "
+                f"scaling.data reads {READABLE_VERSIONS}: resume with the version that saved it, "
+                "or start the data afresh"
             )
         saved, mine = state.get("config", {}), self._signature()
         diff = {k: (saved.get(k), v) for k, v in mine.items() if saved.get(k) != v}
@@ -144,6 +151,17 @@ class ShardStream:
             "next_worker": int(state["next_worker"]),
             "batches": int(state["batches"]),
         }
+        replayed = [w for w in self._state["workers"]
+                    if w.get("pos") and not w.get("done") and w.get("seek") is None]
+        if replayed:
+            why = ("it was saved by version 1 of the format" if state["version"] == 1
+                   else "some shards cannot seek (remote URL or compressed tar)")
+            warnings.warn(
+                f"restoring the stream position of {self.cfg.pattern!r} by replaying "
+                f"{sum(int(w['pos']) for w in replayed)} samples, as {why}: the restore re-reads "
+                "every tar byte consumed so far",
+                stacklevel=2,
+            )
 
     def stats(self) -> dict:
         """``{'skipped': int, 'skipped_by_shard': {shard: n}, 'samples': int, 'batches': int}`` up to
@@ -216,7 +234,7 @@ class ShardStream:
                 state["workers"][w] = {"pos": entry["pos"], "stats": entry["stats"], "done": True}
                 continue
             batch, meta = entry
-            state["workers"][w] = {"pos": meta["pos"], "stats": meta["stats"]}
+            state["workers"][w] = {"pos": meta["pos"], "stats": meta["stats"], "seek": meta["seek"]}
             state["next_worker"] = (w + 1) % self._workers
             state["batches"] += 1
             yield batch

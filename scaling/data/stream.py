@@ -1,8 +1,11 @@
 """The stream of one (rank, loader worker): shard order, shuffle buffer, decoding, batches.
 
 ``ShardStream`` (in ``shards``) runs one of these in-process or one per DataLoader worker and
-interleaves their batches. Each position is the number of shuffled raw samples consumed;
-replaying to it skips decoding, so a restore costs reading the tar bytes again.
+interleaves their batches. Each batch carries the worker's position: the number of shuffled raw
+samples consumed (``pos``, which also seeds each sample's augmentation) and, where every shard
+in use can be sought, where to seek to continue (``seek``, see ``position``). Restoring seeks
+(the cost of one shuffle-buffer refill); without ``seek`` it replays the raw samples up to
+``pos`` without decoding them (the cost of re-reading every tar byte consumed).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from scaling.data import position
 from scaling.data.decode import decode_rgb, open_image
 from scaling.data.errors import DataError
 from scaling.data.tario import ShardStats, read_shard
@@ -62,8 +66,17 @@ class WorkerStream:
         self.start = start or {}
         self.stats = ShardStats()
         self.delivered = 0
+        self.order = position.ShardOrder(cfg, worker, self.workers)
+        self.cursor: list | None = None  # [shard index, next byte offset, samples read in it]
+        self.buf: list[dict] = []  # the shuffle buffer
+        # Python's generator: a draw costs ~0.5 us against numpy's ~3 us a call
+        self.shuffle_rng = (
+            random.Random(f"{cfg.seed}/{cfg.rank}/{worker}/shuffle") if cfg.shuffle_buffer > 1 else None
+        )
         self.covered = False
         self.raw_good = 0
+        self.barren = 0  # shard reads in a row without a sample
+        self.visited: set[str] = set()
         # while nothing was delivered: distinct raw samples seen, and those that failed decoding
         self.seen_ids: set = set()
         self.failed_ids: set = set()
@@ -87,49 +100,44 @@ class WorkerStream:
             "check the shards (img2dataset layout: KEY.jpg|png|webp + KEY.txt)"
         )
 
-    def _shard_order(self) -> Iterator[tuple[str, int]]:
-        """(url, size of the pool it is drawn from) in this worker's order."""
-        cfg, urls = self.cfg, self.cfg.urls
-        if cfg.resampled:
-            rng = np.random.default_rng([cfg.seed, cfg.rank, self.worker, 0])
-            while True:
-                yield urls[int(rng.integers(len(urls)))], len(urls)
-        slot, slots = cfg.rank * self.workers + self.worker, cfg.world_size * self.workers
-        epoch = 0
-        while cfg.epochs is None or epoch < cfg.epochs:
-            perm = np.random.default_rng([cfg.seed, 1, epoch]).permutation(len(urls))
-            mine = perm[slot::slots]
-            for i in mine:
-                yield urls[int(i)], len(mine)
-            epoch += 1
-
     def _raw(self) -> Iterator[dict]:
-        visited: set[str] = set()
-        barren = 0  # shard reads in a row without a sample
-        for url, pool in self._shard_order():
-            before = self.raw_good
-            for sample in read_shard(url, self.stats):
+        cfg, resume = self.cfg, self.cursor
+        while True:
+            if resume is not None:  # restored inside a shard: go on from its byte offset
+                u, start, produced = resume
+                resume, pool = None, self.order.pool
+            else:
+                drawn = self.order.draw()
+                if drawn is None:
+                    return
+                (u, pool), start, produced = drawn, 0, 0
+            url, in_shard = cfg.urls[u], produced
+            for sample in read_shard(url, self.stats, start, produced):
                 self.raw_good += 1
+                in_shard += 1
+                self.cursor = [u, sample["next"], in_shard]
+                sample["u"] = u
                 if self.delivered == 0 and self.stats.samples == 0:
                     self.seen_ids.add((url, sample["key"]))
                 yield sample
-            visited.add(url)
-            self.covered = self.covered or len(visited) >= pool
-            barren = 0 if self.raw_good > before else barren + 1
+            self.cursor = None
+            if not self.covered and self.delivered == 0:  # needed until a batch is delivered
+                self.visited.add(url)
+                self.covered = len(self.visited) >= pool
+            self.barren = 0 if in_shard > 0 else self.barren + 1
             # never anything, or (data gone bad while running) a long run of empty reads
-            if (self.covered and self.raw_good == 0) or barren >= max(3 * pool, 20):
+            if (self.covered and self.raw_good == 0) or self.barren >= max(3 * pool, 20):
                 if self.owns_all:
-                    raise self._no_usable(f"the last {barren} shard reads" if self.raw_good else "")
+                    raise self._no_usable(
+                        f"the last {self.barren} shard reads" if self.raw_good else ""
+                    )
                 return  # this worker's share is unusable; the others may still deliver
 
     def _shuffled(self) -> Iterator[dict]:
-        size = self.cfg.shuffle_buffer
-        if size <= 1:
+        size, rng, buf = self.cfg.shuffle_buffer, self.shuffle_rng, self.buf
+        if rng is None:
             yield from self._raw()
             return
-        # Python's generator: a draw costs ~0.5 us against numpy's ~3 us a call
-        rng = random.Random(f"{self.cfg.seed}/{self.cfg.rank}/{self.worker}/shuffle")
-        buf: list[dict] = []
         for sample in self._raw():
             buf.append(sample)
             if len(buf) >= size:
@@ -140,6 +148,35 @@ class WorkerStream:
             i = rng.randrange(len(buf))
             buf[i], buf[-1] = buf[-1], buf[i]
             yield buf.pop()
+
+    def _seek_state(self) -> dict | None:
+        """Where to seek to continue after the sample just consumed; None where a shard in use
+        cannot be sought (remote, compressed): the position is then restored by replay."""
+        refs = position.buffer_refs(self.buf)
+        if refs is None or (self.cursor is not None and self.cursor[1] is None):
+            return None
+        return {
+            "version": position.SEEK_VERSION,
+            "order": self.order.state(),
+            "shard": self.cursor,
+            "buffer": refs,
+            "shuffle": position.rng_state(self.shuffle_rng),
+            "raw_good": self.raw_good,
+            "barren": self.barren,
+        }
+
+    def _seek(self, seek: dict) -> None:
+        if seek.get("version") != position.SEEK_VERSION:
+            raise DataError(
+                f"stream position has seek format {seek.get('version')!r}, expected "
+                f"{position.SEEK_VERSION}: it was saved by another version of scaling.data"
+            )
+        self.order.load(seek["order"])
+        self.cursor = list(seek["shard"]) if seek.get("shard") is not None else None
+        position.load_rng(self.shuffle_rng, seek["shuffle"])
+        self.buf[:] = position.read_buffer(self.cfg.urls, seek["buffer"])
+        self.raw_good, self.barren = int(seek["raw_good"]), int(seek["barren"])
+        self.covered = True  # only consulted before the first batch
 
     def _open(self, sample: dict) -> Any:
         """The decoded image, or the exception that decoding raised."""
@@ -204,7 +241,8 @@ class WorkerStream:
             batch["text"] = self.cfg.tokenizer(texts)
         if self.cfg.mask_generator is not None:
             batch["mask"] = torch.from_numpy(np.stack([it["mask"] for it in items]))
-        batch["__meta__"] = {"worker": self.worker, "pos": pos, "stats": self.stats.snapshot()}
+        batch["__meta__"] = {"worker": self.worker, "pos": pos, "stats": self.stats.snapshot(),
+                             "seek": self._seek_state()}
         return batch
 
     def _deliver(self, chunk: list[tuple[int, dict]], pending: list[dict]) -> Iterator[dict]:
@@ -230,19 +268,31 @@ class WorkerStream:
                 pending.clear()
 
     def batches(self) -> Iterator[dict]:
-        skip = int(self.start.get("pos", 0))
-        if skip and not self.start.get("done"):
-            self.stats.quiet = True
-        else:
-            self.stats.restore(self.start.get("stats", {}))
-        items: Iterator = iter(()) if self.start.get("done") else self._shuffled()
+        start = self.start
+        base = skip = 0
+        if start.get("done"):
+            self.stats.restore(start.get("stats", {}))
+            items: Iterator = iter(())
+        elif start.get("seek") is not None:  # seek to the saved position
+            self._seek(start["seek"])
+            base = int(start["pos"])
+            self.stats.restore(start.get("stats", {}))
+            self.delivered = self.stats.samples
+            items = self._shuffled()
+        else:  # replay the raw samples up to the saved position, without decoding them
+            skip = int(start.get("pos", 0))
+            if skip:
+                self.stats.quiet = True
+            else:
+                self.stats.restore(start.get("stats", {}))
+            items = self._shuffled()
         pending: list[dict] = []
         chunk: list[tuple[int, dict]] = []  # raw samples read, not decoded yet
-        pos = 0
-        for pos, sample in enumerate(items, start=1):
+        pos = base
+        for pos, sample in enumerate(items, start=base + 1):
             if pos <= skip:
                 if pos == skip:  # replayed up to the saved position: from here on, count
-                    self.stats.restore(self.start.get("stats", {}))
+                    self.stats.restore(start.get("stats", {}))
                     self.stats.quiet = False
                     self.delivered = self.stats.samples
                 continue

@@ -1,9 +1,11 @@
 """Write the synthetic captioned world as img2dataset-layout shards, and its zero-shot sets.
 
     python -m scaling.data.synth --out data/synth --samples 20000 --image-size 32 --eval
+    python -m scaling.data.synth --out data/synth224 --samples 10000 --image-size 224  # JPEG
     python -m scaling.data.synth --grid grid.png --image-size 64   # look at a few samples
 
-Shards hold ``KEY.png`` (or ``.jpg``), ``KEY.txt`` (caption) and ``KEY.json`` (img2dataset
+Shards hold ``KEY.png`` (palette PNG, below 128 px) or ``KEY.jpg`` (quality 95, from 128 px
+up, as img2dataset writes real data; ``--format`` chooses, ``webp`` too), ``KEY.txt`` (caption) and ``KEY.json`` (img2dataset
 fields plus the scene), byte-identical for the same seed. The zero-shot sets use their own
 seeds and prompts that never occur in training captions:
 
@@ -30,7 +32,7 @@ import numpy as np
 
 from scaling.data import captions as grammar
 from scaling.data import world
-from scaling.data.encoding import FORMATS, encode, png_indexed, tar_member
+from scaling.data.encoding import FORMATS, encode, png_indexed, resolve_format, tar_member
 from scaling.data.synth_eval import TEMPLATES, write_digits, write_eval_sets
 
 __all__ = [
@@ -81,14 +83,14 @@ def write_world(
     seed: int = 0,
     shard_size: int = 1000,
     split: str = "train",
-    image_format: str = "png",
+    image_format: str = "auto",
     progress: bool = False,
 ) -> list[Path]:
-    """Write ``samples`` captioned scenes as ``{split}-000000.tar``... and return the shard paths."""
+    """Write ``samples`` captioned scenes as ``{split}-000000.tar``... and return the shard paths
+    (``image_format``: ``auto`` = PNG below 128 px, JPEG from 128 px up; or png, jpg, webp)."""
     if samples < 1 or shard_size < 1:
         raise ValueError(f"samples ({samples}) and shard_size ({shard_size}) must be >= 1")
-    if image_format not in FORMATS:
-        raise ValueError(f"unknown image format {image_format!r}; choose from {FORMATS}")
+    image_format = resolve_format(image_format, image_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     bar = _progress(samples, f"synth {split}", progress)
@@ -138,6 +140,7 @@ def ensure_synthetic(
     seed: int = 0,
     shard_size: int = 1000,
     progress: bool = False,
+    image_format: str = "auto",
 ) -> dict[str, str]:
     """Generate the world and its eval sets once under ``cache_dir`` and reuse them after.
 
@@ -146,22 +149,27 @@ def ensure_synthetic(
     first rename wins, the others discard theirs), and the marker file is written last.
     """
     cache = Path(cache_dir)
+    fmt = resolve_format(image_format, image_size)
     final = cache / f"synth-v{SYNTH_VERSION}-n{samples}-s{image_size}-seed{seed}-shard{shard_size}"
+    if fmt != "png":  # (PNG folders keep the names they had before other formats existed)
+        final = final.with_name(f"{final.name}-{fmt}")
     if not (final / MARKER).exists():
         cache.mkdir(parents=True, exist_ok=True)
         with _lock(cache / f".{final.name}.lock"):
             if not (final / MARKER).exists():
-                _generate(final, samples, image_size, seed, shard_size, progress)
+                _generate(final, samples, image_size, seed, shard_size, progress, fmt)
     return json.loads((final / MARKER).read_text())["paths"]
 
 
 def _generate(
-    final: Path, samples: int, image_size: int, seed: int, shard_size: int, progress: bool
+    final: Path, samples: int, image_size: int, seed: int, shard_size: int, progress: bool,
+    fmt: str,
 ) -> None:
     tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     try:
         shards = write_world(
-            tmp / "train", samples, image_size, seed, shard_size, progress=progress
+            tmp / "train", samples, image_size, seed, shard_size, image_format=fmt,
+            progress=progress,
         )
         write_eval_sets(tmp / "eval", image_size, seed)
         rel = {
@@ -177,6 +185,7 @@ def _generate(
             "image_size": image_size,
             "seed": seed,
             "shard_size": shard_size,
+            "image_format": fmt,
             "paths": paths,
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
@@ -263,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--samples", type=int, default=0, help="number of training samples to write")
     p.add_argument(
-        "--image-size", type=int, default=32, help="side in pixels (32 or 64 are the usual; 16-512)"
+        "--image-size", type=int, default=32,
+        help="side in pixels: 32 or 64 for the proxies, 224/336/448 (or 256 to crop 224 from) for "
+        "real sizes; 16-512",
     )
     p.add_argument("--seed", type=int, default=0, help="world seed: same seed, same bytes")
     p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
@@ -271,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         "--split", default="train", help="shard name prefix and seed stream (default train)"
     )
     p.add_argument(
-        "--format", choices=FORMATS, default="png", help="image encoding (default png, lossless)"
+        "--format", choices=("auto", *FORMATS), default="auto",
+        help="image encoding (default auto: palette PNG below 128 px, JPEG quality 95 from 128 px up)",
     )
     p.add_argument("--eval", action="store_true", help="also write the zero-shot sets to OUT/eval/")
     p.add_argument(

@@ -2,8 +2,9 @@
 
 A sample is the run of consecutive tar members sharing a key (``KEY.jpg``, ``KEY.txt``,
 ``KEY.json``), as in webdataset. The reader is written on ``tarfile`` rather than webdataset's
-iterators so that every kind of bad data can be counted against its shard exactly (and replayed
-identically when a stream resumes).
+iterators so that every kind of bad data can be counted against its shard exactly, and so that
+an uncompressed local shard can be read from any sample's byte offset: a stream resumes by
+seeking to where it was (``read_shard(url, stats, start=offset)``, ``read_samples_at``).
 """
 
 from __future__ import annotations
@@ -141,9 +142,9 @@ def _make_sample(url: str, key: str, files: dict[str, bytes], stats: ShardStats)
 class TarError(ValueError):
     """The tar data ends early or is corrupt; ``name``: the member being read, if known."""
 
-    def __init__(self, message: str, name: str | None = None) -> None:
+    def __init__(self, message: str, name: str | None = None, offset: int | None = None) -> None:
         super().__init__(message)
-        self.name = name
+        self.name, self.offset = name, offset
 
 
 def _octal(field: bytes) -> int:
@@ -173,24 +174,27 @@ def _header_sum(header: bytes) -> int:
     return total - sum(view[148:156]) + 8 * 32
 
 
-def _iter_plain_tar(f, first: bytes) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of the regular files of an uncompressed tar (ustar, GNU long names, pax).
+def _iter_plain_tar(f, first: bytes, base: int = 0) -> Iterator[tuple[str, bytes, int]]:
+    """(name, data, offset) of the regular files of an uncompressed tar (ustar, GNU long names,
+    pax); ``offset`` is where the member's first header block starts (its long-name or pax
+    header, if any), so that reading can restart there.
 
     Written out because ``tarfile``'s stream mode cost ~5x more per sample than all the rest of
-    the reading; ``first`` is the already read first header block. One read per member: its
-    data, its padding and the next header together.
+    the reading; ``first`` is the already read first header block, found at byte ``base``. One
+    read per member: its data, its padding and the next header together.
     """
     header = first
     long_name: str | None = None
+    here = start = base  # this header's offset; the offset of the member's first header
     while True:
         if len(header) == 0:
             return  # end of file at a member boundary (no end-of-archive blocks): accepted
         if len(header) < 512:
-            raise TarError("unexpected end of data in a header")
+            raise TarError("unexpected end of data in a header", offset=start)
         if header.count(0) == 512:
             return  # end-of-archive block
         if _octal(header[148:156]) != _header_sum(header):
-            raise TarError("bad header checksum (corrupt data)")
+            raise TarError("bad header checksum (corrupt data)", offset=start)
         size = _octal(header[124:136])
         kind = header[156:157]
         name = long_name
@@ -202,8 +206,10 @@ def _iter_plain_tar(f, first: bytes) -> Iterator[tuple[str, bytes]]:
         end = size + (-size % 512)
         block = _read_exact(f, end + 512)
         if len(block) < end:
-            raise TarError("unexpected end of data", name if kind in (b"0", b"\0", b"7") else None)
+            regular = kind in (b"0", b"\0", b"7")
+            raise TarError("unexpected end of data", name if regular else None, start)
         data, header = block[:size], block[end:]
+        here += 512 + end
         if kind == b"L":  # GNU long name for the next member
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif kind == b"x":  # pax extended header: only the path matters here
@@ -213,9 +219,11 @@ def _iter_plain_tar(f, first: bytes) -> Iterator[tuple[str, bytes]]:
                     long_name = kv[5:].decode("utf-8", "surrogateescape")
         elif kind in (b"0", b"\0", b"7"):
             long_name = None
-            yield name, data
+            yield name, data, start
         else:  # directories, links, global pax headers...
             long_name = None
+        if long_name is None:  # the next member starts here (a long name belongs to it)
+            start = here
 
 
 def _iter_tarfile(f) -> Iterator[tuple[str, bytes]]:
@@ -229,16 +237,20 @@ def _iter_tarfile(f) -> Iterator[tuple[str, bytes]]:
                     raise TarError(f"unexpected end of data ({exc})", member.name) from exc
                 if len(data) != member.size:
                     raise TarError("unexpected end of data", member.name)
-                yield member.name, data
+                yield member.name, data, None
 
 
-def iter_tar(f) -> Iterator[tuple[str, bytes]]:
-    """(name, data) of each regular file of a tar stream, compressed or not."""
+def iter_tar(f, base: int = 0) -> Iterator[tuple[str, bytes, int | None]]:
+    """(name, data, offset) of each regular file of a tar stream, compressed or not; ``offset``
+    (where the member's headers start) is None in a compressed tar, where bytes cannot be
+    sought. ``base``: the stream's position in the file (a plain tar read from the middle)."""
     first = _read_exact(f, 512)
     if first[:2] == b"\x1f\x8b" or first[:3] == b"BZh" or first[:6] == b"\xfd7zXZ\x00":
+        if base:
+            raise TarError("a compressed tar cannot be read from the middle")
         yield from _iter_tarfile(_Prefixed(first, f))
     else:
-        yield from _iter_plain_tar(f, first)
+        yield from _iter_plain_tar(f, first, base)
 
 
 class _Prefixed:
@@ -259,17 +271,35 @@ class _Prefixed:
         return out
 
 
-def read_shard(url: str, stats: ShardStats) -> Iterator[dict]:
+SHARD_END = -1  # a sample's ``next`` when nothing follows it in its shard
+
+
+def _open_at(url: str, start: int):
+    f = _open(url)
+    if start:
+        f.seek(start)
+    return f
+
+
+def read_shard(url: str, stats: ShardStats, start: int = 0, produced: int = 0) -> Iterator[dict]:
     """Complete, well-formed samples of one shard; bad ones are counted in ``stats`` and skipped.
 
     Counted (one each): a sample without image or caption, a non-UTF-8 caption, the unreadable
     rest of a truncated or corrupt tar, a shard with no sample at all.
+
+    Each sample carries ``offset`` (where its first member starts) and ``next`` (where the
+    reading goes on after it, ``SHARD_END`` if nothing follows), both None where the bytes
+    cannot be sought (a remote URL, a compressed tar). ``start``/``produced``: go on reading
+    from the ``next`` of a sample, ``produced`` samples into the shard (read from the start
+    that way, the shard gives the same samples and counts the same bad data).
     """
-    produced = 0
-    key, files = None, {}
+    if start == SHARD_END:
+        return
+    seekable = not is_remote(url)
+    key, files, key_offset = None, {}, None
     empty = True
     try:
-        f = _open(url)
+        f = _open_at(url, start)
     except FileNotFoundError:
         # not bad data: the file matched when the stream was built and is gone now
         raise DataError(
@@ -280,7 +310,7 @@ def read_shard(url: str, stats: ShardStats) -> Iterator[dict]:
         return
     try:
         with f:
-            for name, data in iter_tar(f):
+            for name, data, offset in iter_tar(f, start):
                 empty = False
                 m = _KEY_RE.match(name)
                 if m is None or os.path.basename(name).startswith("__"):
@@ -290,14 +320,14 @@ def read_shard(url: str, stats: ShardStats) -> Iterator[dict]:
                         sample = _make_sample(url, key, files, stats)
                         if sample is not None:
                             produced += 1
-                            yield sample
-                    key, files = m.group(1), {}
+                            yield _place(sample, key_offset, offset, seekable)
+                    key, files, key_offset = m.group(1), {}, offset
                 files[m.group(2).lower()] = data
         if key is not None:
             sample = _make_sample(url, key, files, stats)
             if sample is not None:
                 produced += 1
-                yield sample
+                yield _place(sample, key_offset, SHARD_END, seekable)
         elif produced == 0:
             what = (
                 "the shard is an empty file"
@@ -312,8 +342,50 @@ def read_shard(url: str, stats: ShardStats) -> Iterator[dict]:
         if key is not None and broken is not None and broken.group(1) != key:
             sample = _make_sample(url, key, files, stats)
             if sample is not None:
-                yield sample
+                yield _place(sample, key_offset, getattr(exc, "offset", None), seekable)
         stats.skip(shard_name(url), f"truncated or corrupt tar ({type(exc).__name__}: {exc})")
+
+
+def _place(sample: dict, offset: int | None, nxt: int | None, seekable: bool) -> dict:
+    ok = seekable and offset is not None and nxt is not None
+    sample["offset"], sample["next"] = (offset, nxt) if ok else (None, None)
+    return sample
+
+
+def read_samples_at(url: str, offsets: Sequence[int]) -> list[dict]:
+    """The samples starting at ``offsets`` (each a sample's ``offset``) of an uncompressed local
+    shard, in that order: one open, one seek and one read per member. They were read well before,
+    so whatever goes wrong now (the shard changed under the stream) is a ``DataError``."""
+    out = []
+    try:
+        with open(url, "rb") as f:
+            for offset in offsets:
+                f.seek(offset)
+                key, files = None, {}
+                try:
+                    for name, data, _ in iter_tar(f, offset):
+                        m = _KEY_RE.match(name)
+                        if m is None or os.path.basename(name).startswith("__"):
+                            continue
+                        if key is not None and m.group(1) != key:
+                            break
+                        key = m.group(1)
+                        files[m.group(2).lower()] = data
+                except TarError as exc:  # complete if the broken member starts another key
+                    broken = _KEY_RE.match(exc.name or "")
+                    if key is None or broken is None or broken.group(1) == key:
+                        raise
+                sample = None if key is None else _make_sample(url, key, files, ShardStats(quiet=True))
+                if sample is None:
+                    raise TarError(f"no sample at byte {offset}")
+                sample["offset"], sample["next"] = offset, None
+                out.append(sample)
+    except (TarError, OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot restore the stream position: shard {url} changed since it was saved "
+            f"({type(exc).__name__}: {exc}); restore into the same shards, or start the data afresh"
+        ) from None
+    return out
 
 
 def _is_empty_file(url: str) -> bool:

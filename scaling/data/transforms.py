@@ -33,13 +33,14 @@ def normalize_batch(images: list[np.ndarray]) -> torch.Tensor:
 
     One pass over the batch instead of one per image: per 32 px image the tensor set-up cost
     more than the arithmetic (~60 us an image against ~20 batched)."""
-    x = torch.from_numpy(np.stack(images)).float()
-    x.sub_(_MEAN255).div_(_STD255)  # channels last: the constants broadcast along the last dim
-    return x.permute(0, 3, 1, 2).contiguous()
+    # channels first while still uint8 (a quarter of the bytes to move), then the same float
+    # arithmetic as before: at 224 px half the time of normalising channels last and permuting
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().float()
+    return x.sub_(_MEAN255).div_(_STD255)
 
 
-_MEAN255 = torch.tensor(CLIP_MEAN) * 255
-_STD255 = torch.tensor(CLIP_STD) * 255
+_MEAN255 = (torch.tensor(CLIP_MEAN) * 255).view(3, 1, 1)
+_STD255 = (torch.tensor(CLIP_STD) * 255).view(3, 1, 1)
 
 
 class RandomResizedCrop:

@@ -7,6 +7,7 @@ from typing import Any
 
 from scaling import costs
 from scaling.config import stage_phases
+from scaling.data import throughput
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.models.registry import get_rung
 
@@ -71,6 +72,10 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         hours = costs.gpu_hours(total, str(res.gpu), float(res.mfu))
         out.update(memory_per_gpu_gb=memory["total"] / 2**30, gpu_hours=hours, wall_hours=hours / procs,
                    fits=costs.fits(memory, str(res.gpu)))
+        # loader cores a GPU needs: its planned samples/s over one core's, at the stage's image size
+        per_gpu = 1.0 / (3600.0 * costs.gpu_hours(per_sample, str(res.gpu), float(res.mfu)))
+        size = (spec.vision if stage.kind == "clip" else spec.mim).image_size
+        out.update(throughput.loader_cores(per_gpu, size, int(res.cpus_per_task)))
     return out
 
 

@@ -35,7 +35,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def plan_table(rows: Sequence[dict[str, Any]]) -> str:
     headers = ["stage", "teacher", "init", "params", "GFLOP/sample", "samples", "train FLOPs",
-               "nodes x GPUs", "micro-batch", "mem/GPU (ZeRO)", "GPU-hours", "wall", "state"]
+               "nodes x GPUs", "micro-batch", "mem/GPU (ZeRO)", "loader cores/GPU", "GPU-hours", "wall",
+               "state"]
     body = []
     for r in rows:
         init = ", ".join(f"{k}={v}" for k, v in (r.get("init") or {}).items()) or "-"
@@ -46,12 +47,15 @@ def plan_table(rows: Sequence[dict[str, Any]]) -> str:
                 mem += " !"
         else:
             world, mem = f"cpu x {r['processes']}", "-"
+        cores = r.get("loader_cores_per_gpu")
+        cores = "-" if cores is None else f"{cores:.2g}" + (" !" if r.get("loader_warning") else "")
         body.append([
             r["stage"] + (" (bootstrap)" if r.get("bootstrap") else ""), r.get("teacher") or "-", init,
             human(r["params"]), f"{r['gflops_per_sample']:.4g}", human(r["samples"]), f"{r['train_flops']:.3g}",
-            world, r["micro_batch"], mem, human(r["gpu_hours"]), duration(r["wall_hours"]), r.get("state", "new"),
+            world, r["micro_batch"], mem, cores, human(r["gpu_hours"]), duration(r["wall_hours"]), r.get("state", "new"),
         ])
-    return table(headers, body)
+    warned = [f"warning: {r['stage']} {r['loader_warning']}" for r in rows if r.get("loader_warning")]
+    return "\n".join([table(headers, body), *warned])
 
 
 def zero_shot(metrics: dict[str, Any] | None) -> str:

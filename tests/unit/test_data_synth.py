@@ -62,6 +62,30 @@ def test_jpeg_shards(tmp_path):
     assert Image.open(io.BytesIO(_members(path)["000000000.jpg"])).format == "JPEG"
 
 
+@pytest.mark.parametrize("size", [224, 336, 448])
+def test_real_size_shards_are_jpeg_in_img2dataset_layout(tmp_path, size):
+    """From 128 px up the default writes JPEG, as img2dataset does; the stream reads them."""
+    from scaling.data.shards import ShardStream
+    from scaling.data.transforms import train_transform
+
+    assert synth.main(["--out", str(tmp_path), "--samples", "2", "--image-size", str(size)]) == 0
+    members = _members(tmp_path / "train-000000.tar")
+    assert sorted(members) == [f"00000000{i}.{e}" for i in range(2) for e in ("jpg", "json", "txt")]
+    img = Image.open(io.BytesIO(members["000000000.jpg"]))
+    assert img.format == "JPEG" and img.size == (size, size)
+    assert json.loads(members["000000000.json"])["width"] == size
+    batch = next(iter(ShardStream(str(tmp_path / "train-000000.tar"), batch_size=2,
+                                  transform=train_transform(224), shuffle_buffer=0)))
+    assert batch["image"].shape == (2, 3, 224, 224)
+
+
+def test_webp_shards(tmp_path):
+    path = synth.write_world(tmp_path, samples=2, image_size=64, image_format="webp")[0]
+    assert Image.open(io.BytesIO(_members(path)["000000000.webp"])).format == "WEBP"
+    with pytest.raises(ValueError, match="unknown image format 'gif'"):
+        synth.write_world(tmp_path, samples=2, image_format="gif")
+
+
 def test_world_is_rich_and_captions_vary():
     scenes, captions = [], []
     for i in range(400):
