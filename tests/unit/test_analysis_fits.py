@@ -10,12 +10,10 @@ from scaling.analysis.fits import (
     binned_frontier,
     bootstrap_mean_difference,
     fit_power_law,
-    fit_sigmoid,
-    fit_two_step,
     pareto_frontier,
     rollout,
-    sigmoid,
 )
+from scaling.analysis.two_step import fit_sigmoid, fit_two_step, sigmoid
 
 
 @pytest.mark.parametrize(("a", "b"), [(3.0, -0.07), (120.0, -0.35), (0.5, 0.5), (2e3, -0.05)])
