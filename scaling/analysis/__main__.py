@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="MLflow tracking URI or a .db file (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")  # fmt: skip
     rep.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
     rep.add_argument("--metric", default="eval/synth_cls/top1", help="metric to fit against compute")
+    rep.add_argument("--two-step", action="store_true",
+                     help="also fit the two-step law: compute -> train loss -> accuracy (OLMo's sigmoid link)")
     rep.add_argument("--log-artifacts", action="store_true",
                      help="attach the report to the experiment's latest parent run and record predictions")  # fmt: skip
     pub = sub.add_parser("published", help="print the published EVA results with their source tables")
@@ -60,7 +62,7 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("reports") / args.experiment
     try:
         report = build_report(args.tracking_uri, args.experiment, out, metric=args.metric,
-                              log_artifacts=args.log_artifacts)  # fmt: skip
+                              log_artifacts=args.log_artifacts, two_step=args.two_step)  # fmt: skip
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

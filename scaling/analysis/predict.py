@@ -1,9 +1,11 @@
-"""Metric-vs-compute points, frontier fits, next-rung predictions and predicted-vs-achieved.
+"""Metric-vs-compute points, the law across stages, held-out-stage rollouts and predictions.
 
 Accuracies are fitted as error rates (``1 - top1``, or ``100 - top1`` for percentages), which fall
-as a power law of compute; losses are fitted as they are. Points are every evaluation of every run,
-placed at the compute spent up to it (``train/samples_seen`` at that step x the run's FLOPs per
-sample), so a ladder of a few stages that evaluates during training still gives a frontier.
+as a power law of compute; losses are fitted as they are. Every evaluation of every run is a point
+at the compute spent up to it (drawn as training curves); the *law* is fitted on one point per
+stage: the final evaluation, averaged over the stage's seeds, at the stage's training compute.
+A stage is ``clip@18B`` whatever its seed; a study's control arms (tag ``arm`` other than
+``mim_init``) are left out of the law.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import pandas as pd
 
 from scaling.analysis import load
 from scaling.analysis.fits import FitError, PowerLawFit, binned_frontier, fit_power_law
+from scaling.analysis.two_step import TwoStepFit, fit_two_step
 
 PRED_PREFIX = "pred/"
 
@@ -46,8 +49,20 @@ class MetricSpec:
         return self.to_fit(y) if self.higher_is_better else np.asarray(y, dtype=float)
 
 
+LAW_ARMS = ("", "mim_init")  # the ladder's own stages; controls are compared, not fitted
+
+
+def base_stage(run: pd.Series) -> str:
+    """The stage a run belongs to (``clip@18B``), also for a study's seeds and control arms."""
+    base = run.get("tags.base_stage")
+    if isinstance(base, str) and base:
+        return base
+    return str(run.get("label") or run.get("run_name") or run["run_id"][:8])
+
+
 def compute_points(uri: str | None, runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per evaluation of ``metric``: ``run_id``, ``label``, ``flops``, ``value``, ``final``."""
+    """One row per evaluation of ``metric``: ``run_id``, ``label``, ``stage``, ``arm``, ``flops``,
+    ``value``, ``final``, ``step``."""
     rows = []
     col = f"metrics.{metric}"
     for _, run in runs.iterrows():
@@ -55,30 +70,48 @@ def compute_points(uri: str | None, runs: pd.DataFrame, metric: str) -> pd.DataF
         if flops is None or pd.isna(flops) or final_value is None or pd.isna(final_value):
             continue
         label = run.get("label") or run.get("run_name") or run["run_id"][:8]
+        arm = run.get("tags.arm")
+        head = (run["run_id"], label, base_stage(run), arm if isinstance(arm, str) else "")
         hist = load.metric_history(uri, run["run_id"], metric)
         samples = load.metric_history(uri, run["run_id"], "train/samples_seen")
         total = run.get("metrics.train/samples_seen")
         if hist.empty or samples.empty or total is None or pd.isna(total) or float(total) <= 0:
-            rows.append((run["run_id"], label, float(flops), float(final_value), True))
+            rows.append((*head, float(flops), float(final_value), True, -1))
             continue
         per_sample = float(flops) / float(total)
         seen = np.interp(hist["step"], samples["step"], samples["value"])
-        for i, (s, v) in enumerate(zip(seen, hist["value"], strict=True)):
+        for i, (s, v, step) in enumerate(zip(seen, hist["value"], hist["step"], strict=True)):
             if s > 0:
-                rows.append((run["run_id"], label, per_sample * s, float(v), i == len(hist) - 1))
-    return pd.DataFrame(rows, columns=["run_id", "label", "flops", "value", "final"])
+                rows.append((*head, per_sample * s, float(v), i == len(hist) - 1, int(step)))
+    return pd.DataFrame(rows, columns=["run_id", "label", "stage", "arm", "flops", "value", "final", "step"])
+
+
+def law_points(points: pd.DataFrame) -> pd.DataFrame:
+    """One row per stage of the law: final value averaged over seeds, geometric-mean compute."""
+    cols = ["stage", "flops", "value", "n_runs", "run_id"]
+    if points.empty:
+        return pd.DataFrame(columns=cols)
+    finals = points[points["final"] & points["arm"].fillna("").isin(LAW_ARMS)]
+    rows = [(stage, float(np.exp(np.mean(np.log(g["flops"])))), float(g["value"].mean()), len(g),
+             g["run_id"].iloc[0]) for stage, g in finals.groupby("stage", sort=False)]  # fmt: skip
+    return pd.DataFrame(rows, columns=cols).sort_values("flops").reset_index(drop=True)
 
 
 def fit_frontier(
     points: pd.DataFrame, spec: MetricSpec, bins_per_decade: int = 4, bootstrap: int = 200
 ) -> tuple[PowerLawFit, pd.DataFrame]:
-    """Power law through the binned compute-Pareto frontier of ``points``; returns (fit, frontier)."""
-    if points.empty:
-        raise FitError("no points with both compute and the metric")
-    err = spec.to_fit(points["value"])
-    idx = binned_frontier(points["flops"].to_numpy(float), err, bins_per_decade, minimize=True)
-    front = points.iloc[idx]
-    fit = fit_power_law(front["flops"], spec.to_fit(front["value"]), bootstrap=bootstrap)
+    """Power law through the binned compute-Pareto frontier of the stages; returns (fit, frontier).
+
+    Resamples draw whole stages. Raises :class:`FitError` below 3 stages at distinct compute.
+    """
+    law = law_points(points)
+    if law.empty:
+        raise FitError("no finished stage has both compute and the metric")
+    err = spec.to_fit(law["value"])
+    idx = binned_frontier(law["flops"].to_numpy(float), err, bins_per_decade, minimize=True)
+    front = law.iloc[idx]
+    fit = fit_power_law(front["flops"], spec.to_fit(front["value"]), bootstrap=bootstrap,
+                        groups=front["stage"].to_numpy())  # fmt: skip
     return fit, front
 
 
@@ -114,33 +147,94 @@ def next_rung(runs: pd.DataFrame) -> tuple[str, float] | None:
         return None
 
 
-def predicted_vs_achieved(points: pd.DataFrame, runs: pd.DataFrame, spec: MetricSpec) -> pd.DataFrame:
-    """For each run: the metric predicted by the fit on the runs with less compute, and achieved.
+COLUMNS = ["run_id", "label", "flops", "predicted", "low", "high", "achieved", "rel_error", "n_fit", "formula"]
 
-    Columns: ``run_id``, ``label``, ``flops``, ``predicted``, ``low``, ``high``, ``achieved``,
-    ``n_fit``, ``formula``; ``predicted`` is NaN where too few smaller runs exist.
+
+def predicted_vs_achieved(points: pd.DataFrame, runs: pd.DataFrame | None, spec: MetricSpec) -> pd.DataFrame:
+    """The held-out-stage rollout: each stage's metric predicted by the law fitted on the stages
+    with less compute (only those), next to what it achieved.
+
+    Columns: ``run_id`` (the stage's first run), ``label`` (the stage), ``flops``, ``predicted``,
+    ``low``, ``high`` (90 % band), ``achieved``, ``rel_error`` ((predicted - achieved) / achieved,
+    in the metric's own units), ``n_fit``, ``formula``; ``predicted`` is NaN below 3 smaller stages.
     """
+    law = law_points(points)
     rows = []
-    finals = points[points["final"]].sort_values("flops")
-    for _, final in finals.iterrows():
-        smaller_runs = finals[finals["flops"] < final["flops"]]["run_id"]
-        prior = points[points["run_id"].isin(smaller_runs)]
-        pred = low = high = np.nan
+    for _, row in law.iterrows():
+        smaller = law[law["flops"] < row["flops"]]["stage"]
+        prior = points[points["stage"].isin(smaller)]
+        pred = low = high = rel = np.nan
         n_fit, formula = 0, ""
         try:
             fit, front = fit_frontier(prior, spec)
-            lo, hi = fit.band(final["flops"])
-            pred = float(spec.from_fit(fit.predict(final["flops"])))
+            lo, hi = fit.band(row["flops"])
+            pred = float(spec.from_fit(fit.predict(row["flops"])))
             a, b = spec.from_fit(lo)[0], spec.from_fit(hi)[0]
             low, high = float(min(a, b)), float(max(a, b))
+            rel = (pred - row["value"]) / row["value"] if row["value"] else np.nan
             n_fit, formula = len(front), fit.formula("err" if spec.higher_is_better else "y")
         except FitError:
             pass
-        rows.append(dict(run_id=final["run_id"], label=final["label"], flops=final["flops"],
-                         predicted=pred, low=low, high=high, achieved=final["value"],
-                         n_fit=n_fit, formula=formula))  # fmt: skip
-    return pd.DataFrame(rows, columns=["run_id", "label", "flops", "predicted", "low", "high",
-                                       "achieved", "n_fit", "formula"])  # fmt: skip
+        rows.append(dict(run_id=row["run_id"], label=row["stage"], flops=row["flops"], predicted=pred, low=low,
+                         high=high, achieved=row["value"], rel_error=rel, n_fit=n_fit, formula=formula))  # fmt: skip
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def with_loss(uri: str | None, points: pd.DataFrame, loss_key: str = "train/loss", window: int = 5) -> pd.DataFrame:
+    """``points`` plus ``loss``: the mean of the last ``window`` logged ``loss_key`` values up to
+    each evaluation's step (a training loss is noisy from batch to batch)."""
+    out = points.copy()
+    out["loss"] = np.nan
+    for run_id, group in points.groupby("run_id"):
+        hist = load.metric_history(uri, run_id, loss_key)
+        if hist.empty:
+            continue
+        steps, values = hist["step"].to_numpy(), hist["value"].to_numpy(float)
+        for i, step in zip(group.index, group["step"], strict=True):
+            upto = values[steps <= step] if step >= 0 else values
+            if len(upto):
+                out.loc[i, "loss"] = float(np.mean(upto[-window:]))
+    return out
+
+
+def _accuracy(spec: MetricSpec, values) -> np.ndarray:
+    return np.asarray(values, dtype=float) / (100.0 if spec.percent else 1.0)
+
+
+def fit_two_step_points(points: pd.DataFrame, spec: MetricSpec, bootstrap: int = 200) -> TwoStepFit:
+    """OLMo's two-step law on :func:`with_loss` points: stage compute -> stage loss (final, seed
+    mean) by a power law, then loss -> accuracy by a sigmoid fitted on every evaluation."""
+    if not spec.higher_is_better:
+        raise FitError(f"the two-step fit predicts an accuracy; '{spec.key}' is not one")
+    pts = points.dropna(subset=["loss"])
+    pts = pts[pts["arm"].fillna("").isin(LAW_ARMS)]
+    finals = pts[pts["final"]]
+    law = finals.groupby("stage").agg(flops=("flops", lambda v: float(np.exp(np.mean(np.log(v))))),
+                                      loss=("loss", "mean"))  # fmt: skip
+    return fit_two_step(law["flops"], law["loss"], np.zeros(len(law)), groups=law.index.to_numpy(),
+                        link_points=(pts["loss"], _accuracy(spec, pts["value"]), pts["stage"]),
+                        bootstrap=bootstrap)  # fmt: skip
+
+
+def two_step_rollout(points: pd.DataFrame, spec: MetricSpec, bootstrap: int = 100) -> pd.DataFrame:
+    """Like :func:`predicted_vs_achieved`, with the two-step law (accuracy in the metric's units)."""
+    law = law_points(points)
+    scale = 100.0 if spec.percent else 1.0
+    rows = []
+    for _, row in law.iterrows():
+        prior = points[points["stage"].isin(law[law["flops"] < row["flops"]]["stage"])]
+        pred = low = high = rel = np.nan
+        try:
+            two = fit_two_step_points(prior, spec, bootstrap=bootstrap)
+            pred = float(two.predict(row["flops"])[0]) * scale
+            lo, hi = two.band(row["flops"])
+            low, high = float(lo[0]) * scale, float(hi[0]) * scale
+            rel = (pred - row["value"]) / row["value"] if row["value"] else np.nan
+        except FitError:
+            pass
+        rows.append(dict(label=row["stage"], flops=row["flops"], predicted=pred, low=low, high=high,
+                         achieved=row["value"], rel_error=rel))  # fmt: skip
+    return pd.DataFrame(rows, columns=["label", "flops", "predicted", "low", "high", "achieved", "rel_error"])
 
 
 def record_prediction(

@@ -19,8 +19,10 @@ from scaling.analysis import load, published
 from scaling.analysis.fits import FitError
 from scaling.analysis.predict import (
     MetricSpec,
+    base_stage,
     compute_points,
     fit_frontier,
+    law_points,
     next_rung,
     predicted_vs_achieved,
     record_prediction,
@@ -90,19 +92,61 @@ class _Writer:
         return paths[0].name
 
 
-def _runs_section(stages: pd.DataFrame, metric: str) -> str:
+def running_seconds(stages: pd.DataFrame) -> tuple[pd.Series, bool]:
+    """Each stage's own running time: from the ``stage_started_at`` tag its job sets (the MLflow run
+    opens when the ladder plans, and would count the wait for upstream stages) to the run's end.
+    Returns the times and whether any stage lacked the tag (then: the MLflow run's duration)."""
+    started = pd.to_numeric(stages.get("tags.stage_started_at", pd.Series(np.nan, index=stages.index)),
+                            errors="coerce")  # fmt: skip
+    ended = pd.to_datetime(stages["end_time"], utc=True) if "end_time" in stages else pd.Series(pd.NaT, index=stages.index)
+    end_s = ended.map(lambda t: t.timestamp() if not pd.isna(t) else np.nan).astype(float)
+    own = end_s - started
+    fallback = own.isna() & stages["duration_s"].notna()
+    return own.where(~fallback, stages["duration_s"]), bool(fallback.any())
+
+
+def _runs_section(stages: pd.DataFrame, metric: str, notes: list[str]) -> str:
     df = stages[["label", "rung", "kind", "status"]].rename(columns={"label": "stage"})
+    if "tags.arm" in stages and stages["tags.arm"].notna().any():
+        df["arm"] = stages["tags.arm"].fillna("")
+        df["seed"] = stages.get("tags.seed", pd.Series("", index=stages.index)).fillna("")
     df["params"] = [_human(v) for v in stages["n_params"]]
     df["train FLOPs"] = [_human(v) for v in stages["flops"]]
     df["FLOPs from"] = stages["flops_source"].fillna("")
     for key in (metric, "eval/mim/loss", "train/loss"):
         col = f"metrics.{key}"
         df[key] = stages.get(col, np.nan)
-    df["minutes"] = stages["duration_s"] / 60.0
+    seconds, fallback = running_seconds(stages)
+    df["minutes"] = seconds / 60.0
+    if fallback:
+        notes.append("some stages carry no 'stage_started_at' tag (logged before it existed): their minutes "
+                     "are the MLflow run's duration, which includes the wait for upstream stages")
     return md_table(df)
 
 
-def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool) -> tuple[list[str], pd.DataFrame]:
+def _rollout_lines(checks: pd.DataFrame, title: str, what: str) -> list[str]:
+    done = checks.dropna(subset=["predicted"])
+    if done.empty:
+        return [f"### {title}", "", "No stage has 3 smaller stages to fit a law on: nothing held out yet.", ""]
+    table = checks[["label", "flops", "predicted", "low", "high", "achieved", "rel_error"]].copy()
+    table["flops"] = [_human(v) for v in table["flops"]]
+    table["rel_error"] = [f"{100 * v:+.1f} %" if not pd.isna(v) else "–" for v in table["rel_error"]]
+    table.columns = ["stage", "FLOPs", "predicted", "band low", "band high", "achieved", "relative error"]
+    mean_abs = float(np.mean(np.abs(done["rel_error"])))
+    return [f"### {title}", "", f"Each stage's metric {what}, fitted on the stages with less compute only "
+            f"(fewer than 3 below: no prediction). Mean |relative error| over {len(done)} held-out "
+            f"stage(s): {100 * mean_abs:.1f} %.", "", md_table(table)]  # fmt: skip
+
+
+def _main_stages(stages: pd.DataFrame) -> pd.DataFrame:
+    """The ladder's own stages: a study's seeds and control arms share their stage's box and curve."""
+    if stages.empty:
+        return stages
+    return stages[[lab == base_stage(r) for lab, (_, r) in zip(stages["label"], stages.iterrows(), strict=True)]]
+
+
+def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
+            two_step: bool = False) -> tuple[list[str], pd.DataFrame]:
     from scaling.analysis.plots import compute as compute_plot
     from scaling.analysis.plots import ladder as ladder_plot
 
@@ -110,12 +154,13 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool) -> t
     stages = runs[runs["stage"].notna() & runs["optuna_trial_number"].isna()]
     if stages.empty:
         return lines, pd.DataFrame()
-    lines += ["## Ladder stages", "", _runs_section(stages, metric), ""]
-    img = w.figure("ladder_lineage", lambda: ladder_plot.lineage(stages))
+    lines += ["## Ladder stages", "", _runs_section(stages, metric, w.notes), ""]
+    main = _main_stages(stages)
+    img = w.figure("ladder_lineage", lambda: ladder_plot.lineage(main))
     if img:
         lines += [f"![stage lineage]({img})", ""]
-    curves = load.histories(uri, list(stages["run_id"]), CURVE_KEYS)
-    img = w.figure("training_curves", lambda: ladder_plot.training_curves(stages, curves))
+    curves = load.histories(uri, list(main["run_id"]), CURVE_KEYS)
+    img = w.figure("training_curves", lambda: ladder_plot.training_curves(main, curves))
     if img:
         lines += [f"![training curves]({img})", ""]
 
@@ -133,12 +178,10 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool) -> t
         try:
             fit, front = fit_frontier(points, spec)
         except FitError as exc:
-            message = f"no fit: {exc}"
-            w.notes.append(f"compute scaling: {exc} (evaluate during training, eval.every_samples, "
-                           "or run more rungs)")  # fmt: skip
-    if front is not None and front["run_id"].nunique() == 1:
-        w.notes.append("every frontier point comes from one run: the fit follows that run's training "
-                       "curve, not a law across rungs (finish more rungs for a scaling law)")  # fmt: skip
+            n = len(law_points(points))
+            message = f"no law: {n} stage(s) at distinct compute, a law needs 3"
+            w.notes.append(f"compute scaling: no law drawn: {exc} (finished CLIP stages: {n}; run more rungs, "
+                           "e.g. the study ladder experiments/ladders/study.yaml)")  # fmt: skip
     nxt = next_rung(stages) if fit is not None else None
     checks = predicted_vs_achieved(points, finished, spec) if not points.empty else pd.DataFrame()
     img = w.figure("compute_scaling", lambda: compute_plot.compute_scaling(points, spec, fit, front, nxt,
@@ -147,29 +190,80 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool) -> t
     if img:
         lines += [f"![metric vs compute]({img})", ""]
     if fit is not None:
-        b_lo, b_hi = fit.exponent_interval()
-        lines += [f"Fit on the binned compute frontier ({fit.n} points): "
-                  f"`{fit.formula('err' if spec.higher_is_better else 'y', 'C', 'FLOPs')}`, "
-                  f"exponent 90 % bootstrap interval [{b_lo:.3g}, {b_hi:.3g}], R² (log) = {fit.r2:.3f}.", ""]  # fmt: skip
+        ci = fit.intervals()
+        lines += [f"Fit on the binned compute frontier of {fit.n} stages (final evaluations; seeds averaged), "
+                  f"Huber loss on log residuals, {len(fit.boot)} bootstrap resamples over stages: "
+                  f"`{fit.formula('err' if spec.higher_is_better else 'y', 'C', 'FLOPs')}`, exponent "
+                  f"90 % interval [{ci['b'][0]:.3g}, {ci['b'][1]:.3g}], prefactor a 90 % interval "
+                  f"[{ci['a'][0]:.3g}, {ci['a'][1]:.3g}], R² (log) = {fit.r2:.3f}.", ""]  # fmt: skip
         if nxt is not None:
             y = float(fit.predict(nxt[1]))
             lo, hi = (float(spec.from_fit(v[0])) for v in fit.band(nxt[1]))
             lines += [f"**Next rung {nxt[0]}** (planned {_human(nxt[1])} FLOPs): predicted `{metric}` = "
                       f"{float(spec.from_fit(y)):.4g} (90 % band {min(lo, hi):.4g} – {max(lo, hi):.4g}).", ""]  # fmt: skip
     if not checks.empty:
-        table = checks[["label", "flops", "predicted", "low", "high", "achieved", "n_fit"]].copy()
-        table["flops"] = [_human(v) for v in table["flops"]]
-        table.columns = ["run", "FLOPs", "predicted", "band low", "band high", "achieved", "fit points"]
-        lines += ["### Predicted vs achieved", "",
-                  "Each run's metric as predicted by the fit on the runs with less compute.", "",
-                  md_table(table)]  # fmt: skip
+        lines += _rollout_lines(checks, "Held-out stages: predicted vs achieved", "as predicted by the law")
         if record:
             for _, row in checks.dropna(subset=["predicted"]).iterrows():
                 try:
                     record_prediction(uri, row["run_id"], metric, row["predicted"], row["formula"])
                 except Exception as exc:  # the report is still useful without the write-back
                     w.notes.append(f"could not record the prediction on run {row['run_id']}: {exc}")
+    if two_step and not points.empty:
+        lines += _two_step_lines(w, uri, points, spec, nxt)
     return lines, checks
+
+
+def _two_step_lines(w: _Writer, uri, points: pd.DataFrame, spec: MetricSpec, nxt) -> list[str]:
+    from scaling.analysis.predict import fit_two_step_points, two_step_rollout, with_loss
+
+    lines = ["## Two-step law: compute -> train loss -> accuracy", ""]
+    pts = with_loss(uri, points)
+    try:
+        two = fit_two_step_points(pts, spec)
+    except FitError as exc:
+        w.notes.append(f"two-step law: {exc}")
+        return lines + [f"No two-step law: {exc}.", ""]
+    a, l0, k, b = two.link
+    lines += [f"Step 1: `loss = {two.loss_fit.formula('loss', 'C', 'FLOPs').split(' = ', 1)[1]}`; step 2 (OLMo's "
+              f"sigmoid link, on every evaluation): `acc = {a:.3g} / (1 + exp({-k:+.3g} · (loss - {l0:.3g}))) + "
+              f"{b:.3g}`; {len(two.boot)} bootstrap resamples over stages.", ""]  # fmt: skip
+    scale = 100.0 if spec.percent else 1.0
+    if nxt is not None:
+        lo, hi = two.band(nxt[1])
+        lines += [f"Next rung {nxt[0]}: predicted `{spec.key}` = {float(two.predict(nxt[1])[0]) * scale:.4g} "
+                  f"(90 % band {lo[0] * scale:.4g} – {hi[0] * scale:.4g}).", ""]  # fmt: skip
+    lines += _rollout_lines(two_step_rollout(pts, spec), "Held-out stages (two-step)", "as predicted by the two-step law")
+    return lines
+
+
+def _arms(w: _Writer, runs: pd.DataFrame, metric: str) -> list[str]:
+    from scaling.analysis.arms import verdict, weak_to_strong
+
+    table = weak_to_strong(runs, metric)
+    if table.empty:
+        return []
+    lines = ["## Weak-to-strong: MIM initialisation against its controls", "",
+             "Every CLIP stage trained three ways at equal CLIP samples: `mim_init` (vision tower from the "
+             "rung's MIM stage, as the ladder does), `random_init` (random vision tower, text tower as in the "
+             "ladder) and `scratch` (both towers random). Gain = mean(mim_init) − mean(random_init) of the "
+             f"final `{metric}`; 90 % interval: bootstrap over each arm's seeds (4000 resamples), for this "
+             "one MIM checkpoint per stage.", ""]  # fmt: skip
+    out = pd.DataFrame({"stage": table["stage"]})
+    for arm in ("mim_init", "random_init", "scratch"):
+        out[f"{arm} (n)"] = [f"{m:.4g} ± {s:.2g} ({int(n)})" if n else "–" for m, s, n in
+                             zip(table[f"mean_{arm}"], table[f"sd_{arm}"].fillna(0.0), table[f"n_{arm}"],
+                                 strict=True)]  # fmt: skip
+    for key, name in (("mim_init-random_init", "gain vs random_init"), ("mim_init-scratch", "gain vs scratch")):
+        out[name] = table[key]
+        out[f"{name} 90 %"] = [f"[{lo:.4g}, {hi:.4g}]" if not pd.isna(lo) else "–"
+                               for lo, hi in zip(table[f"{key}_low"], table[f"{key}_high"], strict=True)]  # fmt: skip
+    out["verdict"] = [verdict(r) for _, r in table.iterrows()]
+    lines += [md_table(out), "Cells: mean ± standard deviation over seeds (number of seeds).", ""]
+    if (table["n_scratch"] == 0).any():
+        w.notes.append("weak-to-strong: stages without scratch runs train their text tower from scratch in "
+                       "the ladder too, so random_init is the scratch arm there")
+    return lines
 
 
 def _sweeps(w: _Writer, runs: pd.DataFrame) -> list[str]:
@@ -220,10 +314,12 @@ def build_report(
     record_predictions: bool | None = None,
     sections: tuple[str, ...] = SECTIONS,
     formats: tuple[str, ...] = ("png", "svg"),
+    two_step: bool = False,
 ) -> Report:
     """Write the figures and ``report.md`` for ``experiment`` into ``out_dir``.
 
     ``sections``: any of ``ladder``, ``sweep``, ``published`` (the bubble chart and its table).
+    ``two_step``: also fit OLMo's compute -> train loss -> accuracy law and its rollout.
     """
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -249,7 +345,8 @@ def build_report(
     img = w.figure("bubble", lambda: bubble.bubble_chart(clip_runs, metric)) if "published" in sections else None
     ladder_lines, checks = [], pd.DataFrame()
     if "ladder" in sections and not runs.empty:
-        ladder_lines, checks = _ladder(w, uri, runs, metric, record)
+        ladder_lines, checks = _ladder(w, uri, runs, metric, record, two_step)
+        ladder_lines += _arms(w, runs, metric)
     sweep_lines = _sweeps(w, runs) if "sweep" in sections and not runs.empty else []
 
     status = children["status"].value_counts().to_dict() if not children.empty else {}

@@ -116,6 +116,7 @@ class Dispatcher:
                         teacher_run_id=ids.get(teacher or ""), init_run_id=ids.get(stage.init.get("vision", "")),
                         teacher_checkpoint=None if teacher in ids or teacher in plan_names(plan) else teacher,
                         teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy,
+                        **stage.tags,
                     ),
                 )
             ids[stage.name] = run_id

@@ -40,6 +40,7 @@ class PlannedStage:
     init: dict[str, str] = field(default_factory=dict)  # clip: {"vision": ..., "text": ...}
     depends_on: list[str] = field(default_factory=list)
     bootstrap: bool = False  # the --from rung's CLIP trained from scratch (proxy ladders)
+    tags: dict[str, str] = field(default_factory=dict)  # extra MLflow tags (not fingerprinted), e.g. a study's arm
 
     def state(self) -> dict[str, Any]:
         return read_state(self.out_dir)

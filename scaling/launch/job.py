@@ -144,6 +144,10 @@ class StageJob(submitit.helpers.Checkpointable):
         if rank == 0:
             write_state(cfg.out_dir, "running", job_id=env.get("JOB_ID"), run_id=run_id,
                         resume_from=self.resume_from, started=time.time())
+            if logger is not None and self.resume_from is None:
+                # The ladder opens a stage's MLflow run when it plans, long before an upstream
+                # stage lets it start: this tag is when the stage's own time begins.
+                logger.set_tags({"stage_started_at": f"{time.time():.3f}"})
         if self.stage_fn is None:
             from scaling.train import run_stage
         else:

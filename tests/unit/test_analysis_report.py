@@ -92,18 +92,18 @@ def test_ladder_report_writes_figures_tables_and_predictions(store: str, tmp_pat
         assert {f"{stem}.png", f"{stem}.svg"} <= names
     text = rep.path.read_text()
     for heading in ("# Scaling report: ladder-test", "## Ladder stages", "## Scaling with compute",
-                    "### Predicted vs achieved", "**Next rung 8B**", "## Published EVA-CLIP results"):  # fmt: skip
+                    "### Held-out stages: predicted vs achieved", "**Next rung 8B**",
+                    "## Published EVA-CLIP results"):  # fmt: skip
         assert heading in text
     assert "![metric vs compute](compute_scaling.png)" in text
-    # predicted vs achieved: the two larger CLIP runs get a prediction from the smaller ones
-    preds = rep.predictions.set_index("label")
-    assert np.isnan(preds.loc["clip@B16", "predicted"])
-    assert preds.loc[["clip@L14", "clip@E14"], "predicted"].notna().all()
+    assert "exponent 90 % interval" in text and "3 stages" in text
+    # three CLIP stages: a law, but no stage has 3 smaller ones to be predicted from
+    assert "No stage has 3 smaller stages" in text
+    assert rep.predictions["predicted"].isna().all() and len(rep.predictions) == 3
     runs = runs_frame(store, fx.LADDER_EXPERIMENT, kind="clip", with_costs=False).set_index("label")
-    assert runs.loc["clip@E14", "metrics.pred/eval/synth_cls/top1"] == pytest.approx(preds.loc["clip@E14", "predicted"])
-    assert float(runs.loc["clip@E14", "tags.pred/eval/synth_cls/top1"]) == pytest.approx(
-        preds.loc["clip@E14", "predicted"], rel=1e-5)  # fmt: skip
-    assert runs.loc["clip@E14", "tags.pred/eval/synth_cls/top1/fit"].startswith("err = ")
+    assert "metrics.pred/eval/synth_cls/top1" not in runs or runs["metrics.pred/eval/synth_cls/top1"].isna().all()
+    # stages logged without the start tag: the report says its minutes include waiting
+    assert any("stage_started_at" in n for n in rep.notes)
     # report and figures attached to the parent run
     parent = runs_frame(store, fx.LADDER_EXPERIMENT, with_costs=False).query("is_parent")["run_id"].iloc[0]
     logged = {a.path for a in client(store).list_artifacts(parent, "report")}
@@ -161,7 +161,7 @@ def test_single_rung_reports_too_few_points_without_failing(store: str, tmp_path
     parent = mlc.create_run(exp_id, tags={"mlflow.runName": "ladder"}).info.run_id
     fx._stage(mlc, exp_id, parent, 1_700_000_000_000, kind="clip", rung="B16", evals=1)
     rep = build_report(store, name, root / "out", sections=("ladder",), formats=("png",))
-    assert any("power-law fit needs at least 2 points" in n for n in rep.notes)
+    assert any("needs at least 3 points" in n for n in rep.notes)
     assert (root / "out" / "compute_scaling.png").exists()
 
 

@@ -9,7 +9,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from scaling.analysis.fits import PowerLawFit
 from scaling.analysis.plots.style import COLORS, CYCLE, figure, note, place_labels
-from scaling.analysis.predict import MetricSpec
+from scaling.analysis.predict import LAW_ARMS, MetricSpec
 
 
 def _sci(value: float, _pos=None) -> str:
@@ -33,6 +33,8 @@ def compute_scaling(
     if points.empty:
         note(ax, message or f"no finished run has both compute and '{spec.key}'")
         return fig
+    if "arm" in points:  # a study's control arms are compared in their own section, not on the law
+        points = points[points["arm"].fillna("").isin(LAW_ARMS)]
     y_all = spec.to_fit(points["value"])
     ok = y_all > 0
     for i, (_run_id, group) in enumerate(points[ok].groupby("run_id", sort=False)):
@@ -47,7 +49,7 @@ def compute_scaling(
         x_hi = max(x_hi, next_point[1])
     if frontier is not None and not frontier.empty:
         ax.scatter(frontier["flops"], spec.to_fit(frontier["value"]), s=70, facecolor="none",
-                   edgecolor="black", lw=1.3, zorder=4, label="compute frontier (binned)")  # fmt: skip
+                   edgecolor="black", lw=1.3, zorder=4, label="stages fitted (binned compute frontier)")  # fmt: skip
     label_x, label_y, label_t = [], [], []
     if fit is not None:
         xs = np.logspace(np.log10(points["flops"].min()) - 0.1, np.log10(x_hi) + 0.15, 200)
@@ -72,7 +74,7 @@ def compute_scaling(
         done = checks.dropna(subset=["predicted"])
         if not done.empty:
             ax.scatter(done["flops"], spec.to_fit(done["predicted"]), marker="D", s=46, facecolor="white",
-                       edgecolor=COLORS["pred"], lw=1.6, zorder=5, label="predicted from smaller runs")  # fmt: skip
+                       edgecolor=COLORS["pred"], lw=1.6, zorder=5, label="held out: predicted from smaller stages")  # fmt: skip
     finals = points[points["final"] & ok]
     label_x += list(finals["flops"])
     label_y += list(spec.to_fit(finals["value"]))
