@@ -143,8 +143,7 @@ def bench_pipeline(work: Path, size: int, batch_size: int, batches: int, repeat:
         "samples_per_s": n / t_full,
         "samples_per_cpu_s": n / CPU_TIMES["pipeline"],
         "restore_after_samples": n,
-        "restore_s": t_restore - t_one,
-        "restore_replay_samples_per_s": n / max(t_restore - t_one, 1e-9),
+        "restore_s": t_restore - t_one,  # beyond a fresh stream's first batch
     }
 
 
@@ -219,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="samples in the real-size shards (default 2000, shards of 500)")
     p.add_argument("--real-batches", type=int, default=3, help="batches of 64 per turn (default 3)")
     p.add_argument("--real-repeats", type=int, default=7, help="turns per side (default 7)")
+    p.add_argument("--real-parts", nargs="+", default=["openclip", "workers", "restore"],
+                   choices=["openclip", "workers", "restore"], help="real-size parts to run (default all)")
     p.add_argument("--positions", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
                    help="stream positions (samples) to time restores at")
     p.add_argument("--throughput-out", type=Path,
@@ -295,8 +296,10 @@ def run_real(work: Path, args) -> dict:
     from scaling.data import throughput
 
     out: dict = {}
-    out["vs_open_clip"] = rows = data_real.bench_vs_openclip(
-        work, args.real_sizes, args.real_samples, args.real_batches, args.real_repeats)
+    parts = args.real_parts
+    rows = data_real.bench_vs_openclip(work, args.real_sizes, args.real_samples, args.real_batches,
+                                       args.real_repeats) if "openclip" in parts else []
+    out["vs_open_clip"] = rows
     for r in rows:
         print(f"real {r['crop']} px from {r['source']} px {r['format'].upper():4s}: stream "
               f"{r['toolkit_samples_per_cpu_s']:4.0f} samples per CPU-s ({r['toolkit_samples_per_s']:.0f}/s), "
@@ -304,17 +307,24 @@ def run_real(work: Path, args) -> dict:
               f"({r['open_clip_samples_per_s']:.0f}/s) -> {r['ratio_per_core']:.2f}x per core "
               f"(wall {r['ratio_wall']:.2f}x; target >= 1.3x; load {r['load_average_1min']:.1f})")
     figures = {r["crop"]: r["toolkit_samples_per_cpu_s"] for r in rows if r["format"] == "jpg"}
-    path = throughput.write_figures(figures, args.throughput_out, source="JPEG shards, crops "
+    path = None if not figures else throughput.write_figures(figures, args.throughput_out, source="JPEG shards, crops "
                                     + ", ".join(f"{c} from {data_real.SOURCE[c]} px" for c in figures),
                                     cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                                     load_average_1min=os.getloadavg()[0])
-    print(f"wrote samples/s per core {figures} to {path}")
-    out["workers"] = w = data_real.bench_workers(work, args.real_samples, 2 * args.real_batches,
-                                                 max(2, args.real_repeats // 2))
-    print(f"loader workers, 224 px from 256 px JPEG: 1 worker {w['one_worker_samples_per_s']:.0f} samples/s, "
-          f"2 workers {w['two_workers_samples_per_s']:.0f} samples/s -> {w['ratio']:.2f}x (target >= 1.8x "
-          f"on {w['cpus']} cores; load {w['load_average_1min_before']:.1f} before, "
-          f"{w['load_average_1min_after']:.1f} after)")
+    if path:
+        print(f"wrote samples/s per core {figures} to {path}")
+    if "workers" in parts:
+        out["workers"] = w = data_real.bench_workers(work, args.real_samples, 2 * args.real_batches,
+                                                     max(2, args.real_repeats // 2))
+        busy = w["cores_busy"]
+        print(f"loader workers, 224 px from 256 px JPEG: 1 worker {w['one_worker_samples_per_s']:.0f} samples/s, "
+              f"2 workers {w['two_workers_samples_per_s']:.0f} samples/s -> {w['ratio']:.2f}x (target >= 1.8x "
+              f"on {w['cpus']} cores; load {w['load_average_1min_before']:.1f} before, "
+              f"{w['load_average_1min_after']:.1f} after); per CPU-second of the main process and its "
+              f"workers {w['one_worker_samples_per_cpu_s']:.0f} vs {w['two_workers_samples_per_cpu_s']:.0f}, "
+              f"cores kept busy {busy[1]:.2f} vs {busy[2]:.2f}")
+    if "restore" not in parts:
+        return out
     out["restore"] = r = data_real.bench_restore(work, args.real_samples, args.positions, args.real_repeats)
     times = ", ".join(f"{p:,} samples {t:.3f} s (CPU {r['restore_cpu_s'][p]:.3f} s)"
                       for p, t in r["restore_s"].items())

@@ -101,25 +101,46 @@ def bench_workers(work: Path, samples: int, batches: int, repeats: int, passes: 
     """The stream with 1 and 2 loader workers (224 px from 256 px JPEG), wall samples/s. One
     setting runs at a time (a live loader's workers keep working ahead in the background), in
     passes 1, 2, 1, 2...; each pass times ``repeats`` runs of ``batches`` batches after warm-up."""
+    import psutil
+
+    me = psutil.Process()
+
+    def cpu() -> float:  # this process and its loader workers
+        procs = [me, *me.children(recursive=True)]
+        total = 0.0
+        for proc in procs:
+            try:
+                t = proc.cpu_times()
+                total += t.user + t.system
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
     pattern = _shards(work, 256, "jpg", samples)
     load0 = os.getloadavg()[0]
     walls: dict[int, list[float]] = {1: [], 2: []}
+    cpus: dict[int, list[float]] = {1: [], 2: []}
     for _ in range(passes):
         for w in (1, 2):
             it = iter(toolkit_stream(pattern, 224, num_workers=w))
             for _ in range(2 * w):  # every worker's shuffle buffer filled, the prefetch going
                 next(it)
             for _ in range(repeats):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), cpu()
                 for _ in range(batches):
                     next(it)
                 walls[w].append(time.perf_counter() - t0)
+                cpus[w].append(cpu() - c0)
             del it  # stops the workers
     n = batches * BATCH
     rate = {w: n / statistics.median(v) for w, v in walls.items()}
-    return {"samples_per_turn": n, "turns": repeats * passes, "walls": walls,
+    per_cpu = {w: n / statistics.median(v) for w, v in cpus.items()}
+    return {"samples_per_turn": n, "turns": repeats * passes, "walls": walls, "cpus_used": cpus,
             "one_worker_samples_per_s": rate[1], "two_workers_samples_per_s": rate[2],
             "ratio": rate[2] / rate[1], "cpus": os.cpu_count(),
+            "one_worker_samples_per_cpu_s": per_cpu[1], "two_workers_samples_per_cpu_s": per_cpu[2],
+            "cores_busy": {w: statistics.median(c) / statistics.median(t)
+                           for (w, c), t in zip(cpus.items(), walls.values(), strict=True)},
             "load_average_1min_before": load0, "load_average_1min_after": os.getloadavg()[0]}
 
 

@@ -20,8 +20,8 @@ from scaling.paths import REPO_ROOT
 
 # Samples per CPU-second of one core, training stream from 256 / 384 / 512 px JPEG shards
 # (img2dataset layout) to 224 / 336 / 448 px crops, tokenised, batches of 64: bench_data.py on
-# the 2-core development machine (AMD EPYC), 2026-12-01.
-DEFAULT_SAMPLES_PER_CORE: dict[int, float] = {224: 290.0, 336: 140.0, 448: 80.0}
+# the 2-core development machine (AMD EPYC, shared: load 12-25), 2026-12-01, rounded down.
+DEFAULT_SAMPLES_PER_CORE: dict[int, float] = {224: 400.0, 336: 190.0, 448: 110.0}
 DEFAULT_SOURCE = "built-in figures (development machine, 2026-12-01)"
 
 
