@@ -1,12 +1,10 @@
 """``MlflowLogger``: the ``MetricLogger`` that writes a stage's metrics to an MLflow run (rank 0).
 
-``log_metrics`` appends to a bounded buffer that one thread sends every ``flush_every_s``,
-keeps through a server outage and sends when the server is back. MLflow's own
-``log_batch(synchronous=False)`` carries the rare params and tags, not metrics: its queue is
-unbounded and a batch that fails (server down) is logged and dropped, never retried.
-No step is logged twice: per key, a step at or below the highest the run holds (read at open,
-so a requeued stage re-sending steps since its checkpoint) or this logger took is dropped.
-"""
+``log_metrics`` appends to a bounded buffer that one thread sends every ``flush_every_s``, keeps
+through a server outage and sends when the server is back. MLflow's ``log_batch(synchronous=
+False)`` carries params and tags only: its queue is unbounded, and a failed batch is dropped.
+No step is logged twice: per key, a step at or below the highest the run holds (read at open: a
+requeued stage re-sends the steps since its checkpoint) or this logger took is dropped."""
 
 from __future__ import annotations
 
@@ -23,10 +21,8 @@ from typing import Any
 from scaling.tracking import store
 
 log = logging.getLogger("scaling.tracking")
-# A log_batch costs the store ~10 ms of Python (SQLite) plus ~0.1 ms a metric: 5 s batches keep
-# that well under 0.5 % of a training loop's wall time; the UI trails by 5 s.
+# A log_batch costs ~10 ms of Python (SQLite) plus ~0.1 ms a metric; the UI trails by 5 s.
 FLUSH_EVERY_S = 5.0
-_NEVER = -(2**63)
 
 
 class MlflowLogger:
@@ -45,14 +41,14 @@ class MlflowLogger:
 
         self._metric, self._cond = Metric, threading.Condition()
         self._points: deque[Any] = deque()  # Metric entities, oldest first, until delivered
-        self._last_step: dict[str, int] = {}
-        self._bad_keys: set[str] = set()
+        self._last_step, self._bad_keys = {}, set()  # key -> highest step (>= 0) taken; rejected keys
         self._ops: list[Any] = []  # MLflow's futures for params and tags, awaited at close
         self._opened = self._synced = self._broken = self._closing = False
         self._status, self._deadline, self._outage_since = "FINISHED", float("inf"), None
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
         self._thread.start()
-        atexit.register(self._close_at_exit)
+        self._at_exit = lambda: self.close("KILLED", timeout_s=min(self.close_timeout_s, 10.0))  # preempted
+        atexit.register(self._at_exit)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         now, step = int(time.time() * 1000), int(step)
@@ -60,7 +56,7 @@ class MlflowLogger:
             if self._closing or self._broken:
                 return
             for key, raw in metrics.items():
-                if key in self._bad_keys or step <= self._last_step.get(key, _NEVER):
+                if key in self._bad_keys or step <= self._last_step.get(key, -1):
                     continue
                 try:
                     self._points.append(self._metric(key, float(raw), now, step))
@@ -74,21 +70,16 @@ class MlflowLogger:
                     log.warning("MLflow buffer full (%d metrics): dropped the oldest (%d so far); raise "
                                 "max_buffer or bring %s back", self.max_buffer, self.dropped, self.uri)
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        self._send_later(params=store.param_entities(params))  # write-once: MLflow keeps the first
+    def log_params(self, params: Mapping[str, Any]) -> None:  # write-once: MLflow keeps the first
+        self._ops.append(self._client.log_batch(self.run_id, params=store.param_entities(params), synchronous=False))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._send_later(tags=store.tag_entities(tags))
+        self._ops.append(self._client.log_batch(self.run_id, tags=store.tag_entities(tags), synchronous=False))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Upload a file or folder now (a stage has few); a failed upload is a warning."""
-        if not Path(path).exists():
-            raise FileNotFoundError(f"artifact {path} does not exist")
+        """Upload a file or folder now (a stage has few), raising what MLflow raises."""
         send = self._client.log_artifacts if Path(path).is_dir() else self._client.log_artifact
-        try:
-            send(self.run_id, str(path), artifact_path)
-        except Exception as exc:
-            log.warning("MLflow artifact %s not logged to run %s: %s", path, self.run_id, exc)
+        send(self.run_id, str(path), artifact_path)
 
     @property
     def pending(self) -> int:
@@ -114,7 +105,7 @@ class MlflowLogger:
             self._deadline = time.monotonic() + (self.close_timeout_s if timeout_s is None else timeout_s)
             self._cond.notify_all()
         self._thread.join(max(0.0, self._deadline - time.monotonic()) + 5.0)
-        atexit.unregister(self._close_at_exit)
+        atexit.unregister(self._at_exit)
         if self._points:
             log.warning("MLflow at %s unreachable: %d metrics of run %s could not be delivered before "
                         "close; they are lost", self.uri, len(self._points), self.run_id)
@@ -122,18 +113,8 @@ class MlflowLogger:
     def __enter__(self) -> MlflowLogger:
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        failed = "KILLED" if exc_type and issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-        self.close("FINISHED" if exc_type is None else failed)
-
-    def _close_at_exit(self) -> None:  # exit without close(): a preemption or a crash
-        self.close("KILLED", timeout_s=min(self.close_timeout_s, 10.0))
-
-    def _send_later(self, **entities: list[Any]) -> None:
-        if self._closing:
-            raise RuntimeError(f"MlflowLogger for run {self.run_id} is closed")
-        if not self._broken and any(entities.values()):
-            self._ops.append(self._client.log_batch(self.run_id, **entities, synchronous=False))
+    def __exit__(self, exc_type: Any, *_: Any) -> None:  # an error: FAILED, KeyboardInterrupt: KILLED
+        self.close("FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
     def _reject(self, key: str, why: str) -> None:
         self._bad_keys.add(key)
@@ -148,10 +129,14 @@ class MlflowLogger:
         with self._cond:
             for key, step in steps.items():
                 self._last_step[key] = max(self._last_step.get(key, step), step)
-            self._points = deque(p for p in self._points if p.step > steps.get(p.key, _NEVER))
+            self._points = deque(p for p in self._points if p.step > steps.get(p.key, -1))
         self._opened = self._synced = True
 
-    def _send(self, batch: list[Any]) -> None:
+    def _deliver(self) -> None:
+        if not self._synced:
+            self._sync()
+        with self._cond:
+            batch, dropped = list(self._points), self.dropped
         try:
             self._client.log_batch(self.run_id, metrics=batch)  # MLflow cuts it into 1000s
         except Exception as exc:
@@ -165,14 +150,6 @@ class MlflowLogger:
                         raise
                     with self._cond:
                         self._reject(key, str(key_exc).splitlines()[0])
-
-    def _deliver(self) -> None:
-        if not self._synced:
-            self._sync()
-        with self._cond:
-            batch, dropped = list(self._points), self.dropped
-        if batch:
-            self._send(batch)
         with self._cond:  # the batch is still at the front, less what a full buffer dropped since
             for _ in range(len(batch) - (self.dropped - dropped)):
                 self._points.popleft()
@@ -186,11 +163,23 @@ class MlflowLogger:
                     self._cond.wait(wait)
                 closing = self._closing
             try:
-                if not self._broken:
-                    self._deliver()
+                self._deliver()
             except Exception as exc:
-                backoff = self._on_failure(exc, backoff)
-                if closing and not self._broken:  # an outage at close: keep trying until the deadline
+                if store.is_permanent(exc) and not self._opened:  # no such run, or unusable
+                    log.warning("MLflow run %s at %s cannot be logged to: %s; metrics are discarded",
+                                self.run_id, self.uri, str(exc).splitlines()[0])
+                    with self._cond:
+                        self._broken = True
+                        self._points.clear()
+                        self._cond.notify_all()
+                    return
+                self._synced = False  # a batch may have landed before the failure: check first
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                    log.warning("MLflow at %s unreachable; buffering %d metrics; will retry (%s)",
+                                self.uri, len(self._points), str(exc).splitlines()[0][:200])
+                backoff = min(max(0.5, backoff * 2), self.max_backoff_s)
+                if closing:  # an outage at close: keep trying until the deadline
                     time.sleep(min(backoff, max(0.0, self._deadline - time.monotonic())))
             else:
                 if self._outage_since is not None:
@@ -198,9 +187,9 @@ class MlflowLogger:
                                 self.uri, time.monotonic() - self._outage_since)
                 backoff, self._outage_since = 0.0, None
             wait = backoff or self.flush_every_s
-            if closing and (self._broken or not self._points or time.monotonic() >= self._deadline):
+            if closing and (not self._points or time.monotonic() >= self._deadline):
                 break
-        for operation in [] if self._broken else self._ops:  # params and tags before the end
+        for operation in filter(None, self._ops):  # params and tags (None: none) before the end
             with contextlib.suppress(Exception):  # MLflow has logged what failed
                 operation.wait()
         try:
@@ -208,19 +197,3 @@ class MlflowLogger:
         except Exception as exc:
             log.warning("MLflow run %s not marked %s at %s: %s", self.run_id, self._status, self.uri,
                         str(exc).splitlines()[0][:200])
-
-    def _on_failure(self, exc: Exception, backoff: float) -> float:
-        if store.is_permanent(exc) and not self._opened:  # no such run, or unusable
-            log.warning("MLflow run %s at %s cannot be logged to: %s; metrics are discarded",
-                        self.run_id, self.uri, str(exc).splitlines()[0])
-            with self._cond:
-                self._broken = True
-                self._points.clear()
-                self._cond.notify_all()
-            return self.max_backoff_s
-        self._synced = False  # a batch may have landed before the failure: check before resending
-        if self._outage_since is None:
-            self._outage_since = time.monotonic()
-            log.warning("MLflow at %s unreachable; buffering %d metrics; will retry (%s)",
-                        self.uri, len(self._points), str(exc).splitlines()[0][:200])
-        return min(max(0.5, backoff * 2), self.max_backoff_s)

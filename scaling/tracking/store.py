@@ -1,6 +1,5 @@
-"""Experiments, runs, params, tags and queries on an MLflow store, through ``MlflowClient`` and
-explicit run ids (never MLflow's "active run"): a run made by the ladder in one process is
-continued by a stage in another (another machine, a requeue)."""
+"""Experiments, runs, params, tags and queries on an MLflow store, by explicit run id (never an
+"active run"): a run made by the ladder is continued by a stage in another process or machine."""
 
 from __future__ import annotations
 
@@ -12,21 +11,19 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Run
 
-# Before mlflow is imported through us: no telemetry, and short HTTP retries so that a dead server
-# costs seconds a call, not minutes (the logger retries on its own schedule); exported values win.
+# No telemetry, and short HTTP retries: a dead server costs seconds a call, not minutes (unless set).
 for _key, _value in (("MLFLOW_DISABLE_TELEMETRY", "true"), ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"),
                      ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"), ("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")):
     os.environ.setdefault(_key, _value)
-__all__ = ["PARENT_TAG", "artifact_root", "client", "end_run", "find_runs",
-           "find_stage_run", "get_metric_history", "get_or_create_experiment", "get_run", "git_sha",
-           "log_params", "resolve_uri", "run_status", "search_runs", "set_tags", "standard_tags", "start_run"]
-T = TypeVar("T")
+__all__ = ["PARENT_TAG", "artifact_root", "client", "end_run", "find_runs", "find_stage_run", "get_metric_history",
+           "get_or_create_experiment", "get_run", "log_params", "resolve_uri", "run_status", "search_runs",
+           "set_tags", "standard_tags", "start_run"]
 PARENT_TAG = "mlflow.parentRunId"
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}  # MLflow 3's training-runs view
 # MLflow's own limits (mlflow.utils.validation); the tests check they still agree.
@@ -35,13 +32,11 @@ TRUNCATION_MARKER = "...[truncated]"
 RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 # Errors another attempt cannot fix; anything else (server down, database busy) is transient.
 PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-                                   "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
-                                   "ENDPOINT_NOT_FOUND"})
+                                   "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND"})
 
 
 def resolve_uri(uri: str | os.PathLike | None = None) -> str:
-    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``<cwd>/mlflow.db``; SQLite paths made absolute,
-    so that a job started elsewhere (a SLURM node, a requeue) uses the same database."""
+    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``<cwd>/mlflow.db``; SQLite paths made absolute."""
     text = str(uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip() or str(Path.cwd() / "mlflow.db")
     if "://" not in text and Path(text).suffix in (".db", ".sqlite"):
         text = f"sqlite:///{text}"
@@ -50,7 +45,6 @@ def resolve_uri(uri: str | os.PathLike | None = None) -> str:
 
 
 def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI (``None`` for servers and in-memory stores)."""
     path = uri[len("sqlite:///"):].split("?", 1)[0] if uri.startswith("sqlite:///") else ""
     return Path(path) if path and path != ":memory:" else None
 
@@ -65,7 +59,7 @@ def is_permanent(exc: BaseException) -> bool:
     return getattr(exc, "error_code", None) in PERMANENT_ERROR_CODES
 
 
-def with_retries(fn: Callable[[], T], attempts: int = 6, first_delay_s: float = 0.2) -> T:
+def with_retries(fn: Callable[[], Any], attempts: int = 6, first_delay_s: float = 0.2) -> Any:
     """Call ``fn``, retrying transient store errors (busy SQLite, two processes migrating it)."""
     for attempt in range(attempts - 1):
         try:
@@ -187,8 +181,7 @@ def run_status(uri: str | None, run_id: str) -> str:
 
 def get_metric_history(uri: str | None, run_id: str, key: str) -> list[Metric]:
     """Every logged value of ``key`` (``Metric``: ``.step``, ``.value``, ``.timestamp``), by step."""
-    history = client(uri).get_metric_history(run_id, key)
-    return sorted(history, key=lambda m: (m.step, m.timestamp))
+    return sorted(client(uri).get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
 
 
 def search_runs(mlc: MlflowClient, experiment_ids: list[str], filter_string: str = "",
@@ -215,8 +208,8 @@ def find_runs(uri: str | None, experiment: str, tags: Mapping[str, str] | None =
     found = client(uri).get_experiment_by_name(experiment)
     if found is None:
         return []
-    wanted = {**(tags or {}), PARENT_TAG: parent_run_id}
-    clauses = [f"tags.`{k}` = {_quote(v)}" for k, v in wanted.items() if v is not None]
+    wanted = {**(tags or {}), PARENT_TAG: parent_run_id}.items()
+    clauses = [f"tags.`{k}` = {_quote(v)}" for k, v in wanted if v is not None]
     if status:
         clauses.append(f"attributes.status = '{check_status(status)}'")
     return search_runs(client(uri), [found.experiment_id], " and ".join(clauses))
