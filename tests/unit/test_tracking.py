@@ -123,6 +123,21 @@ def test_params_are_batched_and_truncated(uri: str) -> None:
         tracking.log_params(uri, run, {"group0.key1": "changed"})
 
 
+def test_report_on_an_unknown_experiment_creates_nothing(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from scaling.analysis.__main__ import main
+
+    tracking.start_run(uri, "ladder-eva", "ladder E14 -> 18B")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    before = set(tmp_path.rglob("*"))
+    assert main(["report", "--experiment", "nope", "--tracking-uri", uri]) == 2
+    assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
+    assert set(tmp_path.rglob("*")) == before
+    assert sorted(e.name for e in tracking.client(uri).search_experiments()) == ["Default", "ladder-eva"]
+
+
 def test_standard_tags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
