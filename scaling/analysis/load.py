@@ -6,7 +6,8 @@ Columns follow ``mlflow.search_runs``: ``params.<dotted.key>``, ``metrics.<key>`
 ``is_parent``, ``label`` (e.g. ``clip@18B``), the lineage tags (``rung``, ``stage``, ``kind``, ``proxy``, ``fingerprint``,
 ``teacher_run_id``, ``init_run_id``), the sweep tags (``optuna_study``, ``optuna_trial_number``,
 ``optuna_state``) and the cost columns ``n_params``, ``flops`` and ``flops_source``.
-mlflow is imported only when a function here is called.
+Reads through ``scaling.tracking.store`` (mlflow is imported only when a function here is
+called) and never creates a store: a SQLite file that does not exist is an ``AnalysisError``.
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from __future__ import annotations
 import functools
 import math
 import os
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from scaling.tracking import store
+from scaling.tracking.store import PARENT_TAG
+
 LINEAGE_TAGS = ("rung", "stage", "kind", "proxy", "fingerprint", "teacher_run_id", "init_run_id")
 SWEEP_TAGS = ("optuna_study", "optuna_trial_number", "optuna_state")
-PARENT_TAG = "mlflow.parentRunId"
 # Filter keyword -> the column it matches.
 FILTERS = {
     "ladder": "tags.ladder",
@@ -38,36 +40,17 @@ class AnalysisError(ValueError):
     """Bad input to the analysis (unknown experiment, no runs, ...): one message, no traceback."""
 
 
-def _mlflow():
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    import mlflow
-
-    return mlflow
-
-
 def resolve_uri(uri: str | os.PathLike | None = None) -> str:
-    """A tracking URI: the argument, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``.
-
-    A path to an existing ``.db`` file becomes a ``sqlite:///`` URI.
-    """
-    if uri is None or str(uri) == "":
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if uri is None:
-        try:
-            from scaling import tracking
-
-            return str(tracking.resolve_uri(None))
-        except Exception:  # the tracking module is optional for reading
-            uri = f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-    text = str(uri)
-    if "://" not in text and (text.endswith(".db") or Path(text).suffix in {".db", ".sqlite"}):
-        return f"sqlite:///{Path(text).resolve()}"
-    return text
+    """The argument, else ``$MLFLOW_TRACKING_URI``, else ``./mlflow.db``; a ``.db`` path is SQLite."""
+    return store.resolve_uri(uri)
 
 
-def client(uri: str | None = None):
-    """An ``MlflowClient`` for ``uri`` (see :func:`resolve_uri`)."""
-    return _mlflow().tracking.MlflowClient(tracking_uri=resolve_uri(uri))
+def client(uri: str | os.PathLike | None = None):
+    """An ``MlflowClient`` for an existing store (see :func:`resolve_uri`)."""
+    try:
+        return store.client(resolve_uri(uri), create=False)
+    except FileNotFoundError as exc:
+        raise AnalysisError(str(exc)) from None
 
 
 def experiment_ids(mlc, experiment: str | None) -> dict[str, str]:
@@ -85,16 +68,6 @@ def experiment_ids(mlc, experiment: str | None) -> dict[str, str]:
         known = ", ".join(names) if names else "none"
         raise AnalysisError(f"no MLflow experiment named {experiment!r} (known: {known})")
     return {exp.experiment_id: exp.name}
-
-
-def _search(mlc, ids: list[str]) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = mlc.search_runs(ids, max_results=1000, page_token=token, order_by=["attributes.start_time ASC"])
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _row(run, exp_name: str) -> dict[str, Any]:
@@ -212,7 +185,7 @@ def runs_frame(
         raise AnalysisError(f"unknown filter(s) {', '.join(unknown)}; use {', '.join(FILTERS)}")
     mlc = client(uri)
     exps = experiment_ids(mlc, experiment)
-    runs = _search(mlc, list(exps)) if exps else []
+    runs = store.search_runs(mlc, list(exps), newest_first=False) if exps else []
     df = pd.DataFrame([_row(r, exps[r.info.experiment_id]) for r in runs])
     if df.empty:
         df = pd.DataFrame(columns=["run_id", "experiment", "run_name", "status", "parent_run_id", "label",

@@ -324,9 +324,9 @@ def build_report(
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise load.AnalysisError(f"unknown report section(s) {', '.join(unknown)}; use {', '.join(SECTIONS)}")
+    runs = load.runs_frame(uri, experiment)  # first: a store that is not there leaves no folder
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = load.runs_frame(uri, experiment)
     w = _Writer(out, tuple(formats))
     record = log_artifacts if record_predictions is None else record_predictions
     finished = runs[runs["status"] == "FINISHED"] if not runs.empty else runs

@@ -7,11 +7,16 @@
   same; doing it here covers clusters without it).
 
 A stage keeps its MLflow run across invocations: the run id lives in the stage's state file (and
-the run carries the stage fingerprint as a tag), so a resumed stage logs into the same run.
+the run carries the stage fingerprint as a tag), so a resumed stage logs into the same run. The
+ladder's parent run does too when an invocation was killed outright (``kill -9``, a lost node):
+its run is still RUNNING, and the next invocation of the same plan continues it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -92,10 +97,11 @@ class Dispatcher:
         first_uri = self.tracking_uri or plan.stages[0].cfg.tracking.uri
         uri = self.outcome.uri = tracking.resolve_uri(first_uri)
         path = " -> ".join(plan.path)
-        parent = tracking.start_run(
+        key = plan_key(plan)
+        parent = self._orphaned_parent(uri, key) or tracking.start_run(
             uri, plan.experiment, f"ladder {path}",
             tags=tracking.standard_tags(ladder=plan.ladder.name, path=path, proxy=plan.proxy,
-                                        executor=self.executor, role="ladder"),
+                                        executor=self.executor, role="ladder", plan=key, pid=os.getpid()),
             params={"ladder.file": str(plan.ladder.path), "ladder.path": path, "ladder.proxy": plan.proxy,
                     "ladder.executor": self.executor, "ladder.argv": " ".join(self.argv)[:5000],
                     "ladder.teacher_source": plan.teacher_source,
@@ -125,6 +131,26 @@ class Dispatcher:
             stage.cfg.tracking.parent_run_id = parent
             write_state(stage.out_dir, "planned", stage=stage.name, run_id=run_id, fingerprint=stage.fingerprint,
                         proxy=plan.proxy, parent_run_id=parent, error=None)
+
+    def _orphaned_parent(self, uri: str, key: str) -> str | None:
+        """A parent run left RUNNING by an invocation that was killed outright: the same plan's is
+        continued (its id returned); another plan's, whose process is gone from this host, is ended."""
+        from scaling import tracking
+
+        adopted = None
+        for run in tracking.find_runs(uri, self.plan.experiment, tags={"role": "ladder"}, status="RUNNING"):
+            tags, run_id = run.data.tags, run.info.run_id
+            here = tags.get("host") == socket.gethostname()
+            if here and _alive(tags.get("pid")):  # another invocation is running right now
+                continue
+            if tags.get("plan") == key and adopted is None:
+                adopted = run_id
+                tracking.set_tags(uri, run_id, {"pid": os.getpid(), "host": socket.gethostname()})
+                self.say(f"continuing the ladder's MLflow run {run_id}: its invocation was cut off")
+            elif here:
+                tracking.end_run(uri, run_id, "KILLED")
+                self.say(f"ended the ladder's MLflow run {run_id} (KILLED): its invocation was cut off")
+        return adopted
 
     def _reuse_run(self, uri: str, stage: PlannedStage) -> str | None:
         """The stage's earlier MLflow run (same fingerprint), to resume in it."""
@@ -334,3 +360,22 @@ class Dispatcher:
 
 def plan_names(plan: Plan) -> set[str]:
     return {s.name for s in plan.stages}
+
+
+def plan_key(plan: Plan) -> str:
+    """One invocation's identity: the experiment and its stages' fingerprints, in order."""
+    text = " ".join([plan.experiment, *(s.fingerprint for s in plan.stages)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _alive(pid: str | None) -> bool:
+    """Whether process ``pid`` exists on this host (signal 0 asks without signalling)."""
+    if not str(pid or "").isdigit() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

@@ -131,6 +131,13 @@ def open_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
 
 
 def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna.Study:
+    url = spec.storage_url()
+    missing = SweepError(f"no study '{spec.name}' in {url} yet: start it with "
+                         f"'python -m scaling.sweep {spec.path}' (same overrides)")
+    # Reading (status, a worker) must not make the journal file or SQLite database it looks for.
+    local = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") or "://" not in url else None
+    if not create and local is not None and not Path(local).exists():
+        raise missing
     storage = open_storage(spec)
     sampler, pruner = make_sampler(spec, worker), make_pruner(spec)
     if create:
@@ -146,8 +153,7 @@ def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna
     try:
         return optuna.load_study(study_name=spec.name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
-        raise SweepError(f"no study '{spec.name}' in {spec.storage_url()} yet: start it with "
-                         f"'python -m scaling.sweep {spec.path}' (same overrides)") from None
+        raise missing from None
 
 
 @dataclass

@@ -5,6 +5,10 @@ resume an unfinished stage in the same MLflow run."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -117,3 +121,56 @@ def test_unfinished_stage_resumes_in_the_same_run(env):
     steps = [m.step for m in tracking.get_metric_history(env["uri"], run_id, "train/loss")]
     assert steps == [1, 2, 3]  # every step once across the two jobs
     assert tracking.run_status(env["uri"], run_id) == "FINISHED"
+
+
+def _parents(env):
+    return [r for r in _runs(env) if r.data.tags.get("role") == "ladder"]
+
+
+def test_a_ladder_killed_outright_is_continued_in_its_parent_run(env):
+    """kill -9 leaves the parent run RUNNING; the rerun of the same plan continues it."""
+    ready = env["runs"].parent / "stage-started"
+    code = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from scaling.ladder import plan_ladder
+        from scaling.ladder.dispatch import Dispatcher
+
+        def hang(cfg, logger=None, stop_requested=None):
+            Path({str(ready)!r}).touch()
+            time.sleep(600)
+
+        plan = plan_ladder("E14", "18B", proxy=True, runs_dir={str(env["runs"])!r},
+                           tracking_uri={env["uri"]!r}, experiment={env["experiment"]!r})
+        Dispatcher(plan, "debug", tracking_uri={env["uri"]!r}, jobs_dir={str(env["jobs"])!r},
+                   stage_fn=hang, poll_s=0.01).run()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=env["runs"].parent)
+    deadline = time.monotonic() + 300
+    while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), "the first stage never started"
+    proc.kill()  # SIGKILL: no handler, no finally, no atexit
+    proc.wait()
+    [orphan] = _parents(env)
+    assert orphan.info.status == "RUNNING"
+
+    _, outcome = _run(env)
+    assert outcome.ok and outcome.parent_run_id == orphan.info.run_id
+    [parent] = _parents(env)
+    assert parent.info.run_id == orphan.info.run_id and parent.info.status == "FINISHED"
+    children = [r for r in _runs(env) if r.data.tags.get("role") != "ladder"]
+    assert sorted(r.info.run_name for r in children) == ["clip@18B", "clip@E14", "mim@18B"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+
+
+def test_a_killed_invocation_of_another_plan_has_its_parent_run_ended(env):
+    from scaling import tracking
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid no process holds any more
+    orphan = tracking.start_run(env["uri"], env["experiment"], "ladder E14 -> 18B", tags=tracking.standard_tags(
+        role="ladder", plan="an-older-plan", pid=gone.pid))
+    _, outcome = _run(env)
+    assert outcome.ok and outcome.parent_run_id != orphan
+    assert tracking.run_status(env["uri"], orphan) == "KILLED"

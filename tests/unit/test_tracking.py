@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from scaling import tracking
-from scaling.metrics import MetricLogger, NullLogger
+from scaling.metrics import MetricLogger
 from scaling.tracking import store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -63,11 +61,21 @@ def test_resolve_uri_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def test_limits_match_mlflow() -> None:
     from mlflow.utils import validation
 
-    assert store.MAX_PARAMS_TAGS_PER_BATCH == validation.MAX_PARAMS_TAGS_PER_BATCH
-    assert store.MAX_METRICS_PER_BATCH == validation.MAX_METRICS_PER_BATCH
     assert store.MAX_PARAM_VAL_LENGTH == validation.MAX_PARAM_VAL_LENGTH
     assert store.MAX_TAG_VAL_LENGTH == validation.MAX_TAG_VAL_LENGTH
-    assert store.MAX_KEY_LENGTH == validation.MAX_ENTITY_KEY_LENGTH
+
+
+def test_a_new_experiment_opens_in_the_training_runs_view(uri: str) -> None:
+    experiment_id = tracking.get_or_create_experiment("kind", uri)
+    tags = tracking.client(uri).get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_reading_a_missing_store_does_not_create_it(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'no' / 'such' / 'x.db'}"
+    with pytest.raises(FileNotFoundError, match="no MLflow store at"):
+        tracking.client(uri, create=False)
+    assert not (tmp_path / "no").exists()
 
 
 def test_run_tree_is_queryable(uri: str) -> None:
@@ -113,6 +121,21 @@ def test_params_are_batched_and_truncated(uri: str) -> None:
     tracking.log_params(uri, run, params)  # same values again: accepted, nothing new
     with pytest.raises(ValueError, match="write-once"):
         tracking.log_params(uri, run, {"group0.key1": "changed"})
+
+
+def test_report_on_an_unknown_experiment_creates_nothing(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from scaling.analysis.__main__ import main
+
+    tracking.start_run(uri, "ladder-eva", "ladder E14 -> 18B")
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    before = set(tmp_path.rglob("*"))
+    assert main(["report", "--experiment", "nope", "--tracking-uri", uri]) == 2
+    assert "no MLflow experiment named 'nope'" in capsys.readouterr().err
+    assert set(tmp_path.rglob("*")) == before
+    assert sorted(e.name for e in tracking.client(uri).search_experiments()) == ["Default", "ladder-eva"]
 
 
 def test_standard_tags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,22 +189,21 @@ def test_duplicates_within_a_session_are_dropped(uri: str) -> None:
 def test_artifacts_params_and_tags_through_the_logger(uri: str, tmp_path: Path) -> None:
     run = tracking.start_run(uri, "artifacts", "stage", params={"optim.lr": "0.1"})
     (tmp_path / "config.yaml").write_text("optim:\n  lr: 0.1\n")
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "results.json").write_text('{"top1": 0.5}')
     with tracking.MlflowLogger(uri, run) as logger:
         logger.log_artifact(tmp_path / "config.yaml")
-        logger.log_dict({"imagenet": {"top1": 0.5}}, "eval/results.json")
-        logger.log_text("hello", "notes/readme.txt")
+        logger.log_artifact(tmp_path / "eval", "eval")
         logger.log_params({"optim.lr": "0.1", "optim.wd": "0.05"})
         logger.set_tags({"rung": "B16"})
-        logger.log_checkpoint(tmp_path / "config.yaml")
         with pytest.raises(FileNotFoundError):
             logger.log_artifact(tmp_path / "missing.pt")
     client = tracking.client(uri)
-    assert {f.path for f in client.list_artifacts(run)} >= {"config.yaml", "eval", "notes"}
+    assert {f.path for f in client.list_artifacts(run)} >= {"config.yaml", "eval"}
     data = tracking.get_run(uri, run).data
     assert data.params == {"optim.lr": "0.1", "optim.wd": "0.05"}
     assert data.tags["rung"] == "B16"
-    assert data.tags["checkpoint_path"] == str(tmp_path / "config.yaml")
-    local = client.download_artifacts(run, "eval/results.json", str(tmp_path))
+    local = client.download_artifacts(run, "eval/results.json", str(tmp_path / "down"))
     assert '"top1": 0.5' in Path(local).read_text()
 
 
@@ -199,12 +221,16 @@ def test_a_missing_run_warns_once_and_does_not_stop_training(
     assert logger.pending == 0
 
 
-def test_only_rank_zero_logs(uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_only_global_rank_zero_logs(uri: str, tmp_path: Path) -> None:
+    from scaling.launch.job import StageJob
+
     run = tracking.start_run(uri, "ranks", "stage")
-    monkeypatch.setenv("RANK", "1")
-    assert isinstance(tracking.rank_zero_logger(uri, run), NullLogger)
-    logger = tracking.rank_zero_logger(uri, run, rank=0)
-    assert isinstance(logger, tracking.MlflowLogger)
+    cfg = OmegaConf.create({"out_dir": str(tmp_path), "tracking": {"uri": uri, "run_id": run}})
+    job = StageJob(cfg)
+    assert job._logger(cfg, rank=1) is None
+    logger = job._logger(cfg, rank=0)
+    assert [type(sub) for sub in logger.loggers if isinstance(sub, tracking.MlflowLogger)] == [
+        tracking.MlflowLogger]
     logger.close()
 
 
@@ -235,7 +261,7 @@ def test_lost_reply_is_not_resent(uri: str, monkeypatch: pytest.MonkeyPatch,
     run = tracking.start_run(uri, "flaky", "stage")
     flaky = FlakyClient(tracking.client(uri))
     monkeypatch.setattr(store, "client", lambda u=None: flaky)
-    logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05, delivery="thread")
+    logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
     with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
         for step in range(30):
             logger.log_metrics({"train/loss": float(step)}, step)
@@ -249,10 +275,16 @@ def test_lost_reply_is_not_resent(uri: str, monkeypatch: pytest.MonkeyPatch,
 
 
 class DownClient:
-    """A store that is down: every call fails as a dead server's would."""
+    """A store that is down until ``up`` is set: every call fails as a dead server's would."""
+
+    def __init__(self, real: object) -> None:
+        self.real, self.up = real, False
 
     def __getattr__(self, name: str) -> object:
         from mlflow.exceptions import MlflowException
+
+        if self.up:
+            return getattr(self.real, name)
 
         def fail(*args: object, **kwargs: object) -> None:
             raise MlflowException("Connection refused")
@@ -260,27 +292,26 @@ class DownClient:
         return fail
 
 
-def test_undelivered_metrics_survive_into_the_next_attempt(
-    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_metrics_logged_during_an_outage_arrive_when_the_store_is_back(
+    uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run = tracking.start_run(uri, "spill", "stage")
-    real_client = store.client
-    monkeypatch.setattr(store, "client", lambda u=None: DownClient())
-    first = tracking.MlflowLogger(uri, run, flush_every_s=0.05, delivery="thread", spill_dir=tmp_path / "out")
-    for step in range(10):
-        first.log_metrics({"train/loss": float(step)}, step)
-    first.close("KILLED", timeout_s=0.5)  # the server is still down when the job ends
-    assert first.spill_path is not None and first.spill_path.exists()
-
-    monkeypatch.setattr(store, "client", real_client)
-    second = tracking.MlflowLogger(uri, run, flush_every_s=0.05, spill_dir=tmp_path / "out")
-    for step in range(5, 15):  # resumed from the checkpoint at step 5
-        second.log_metrics({"train/loss": -1.0}, step)
-    second.close()
-    history = tracking.get_metric_history(uri, run, "train/loss")
-    assert [m.step for m in history] == list(range(15))
-    assert [m.value for m in history[:10]] == [float(s) for s in range(10)]
-    assert not second.spill_path.exists()
+    run = tracking.start_run(uri, "outage", "stage")
+    down = DownClient(tracking.client(uri))
+    monkeypatch.setattr(store, "client", lambda u=None, **kw: down)
+    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
+        logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05, max_backoff_s=0.2)
+        for step in range(10):
+            logger.log_metrics({"train/loss": float(step)}, step)
+        assert logger.flush(timeout_s=0.5) is False and logger.pending == 10
+        down.up = True
+        for step in range(10, 15):
+            logger.log_metrics({"train/loss": float(step)}, step)
+        assert logger.flush(timeout_s=10)
+        logger.close()
+    assert steps_of(uri, run, "train/loss") == list(range(15))
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("unreachable; buffering" in m for m in messages) == 1
+    assert any("reachable again" in m for m in messages)
 
 
 def test_unreachable_server_keeps_training_with_a_bounded_buffer(
@@ -342,65 +373,3 @@ def test_experiment_created_by_someone_else_meanwhile(uri: str,
     real.delete_experiment(created)
     assert tracking.get_or_create_experiment("shared", uri) == created  # restored from the bin
     assert real.get_experiment(created).lifecycle_stage == "active"
-
-
-def test_client_calls_run_in_the_helper_process(uri: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    from scaling.tracking import remote
-
-    run = tracking.start_run(uri, "helper", "stage")
-    logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
-    assert isinstance(logger._remote, remote.RemoteClient)
-    helper = logger._remote.via
-    for step in range(10):
-        logger.log_metrics({"train/loss": float(step)}, step)
-    assert logger.flush(timeout_s=30)
-    first_pid = helper._proc.pid
-    assert first_pid != os.getpid()
-
-    # the job's signals are the training process's business: the helper keeps serving
-    os.kill(first_pid, signal.SIGTERM)
-    time.sleep(0.3)
-    assert helper._proc.poll() is None
-    # errors keep their MLflow error code, so a missing run still reads as permanent
-    with pytest.raises(MlflowException) as missing:
-        remote.RemoteClient(uri, helper).get_run("0" * 32)
-    assert store.is_permanent(missing.value)
-
-    # a helper that died is started again by the next call; nothing is lost or sent twice
-    helper._proc.kill()
-    helper._proc.wait()
-    for step in range(10, 20):
-        logger.log_metrics({"train/loss": float(step)}, step)
-    logger.close()
-    assert helper._proc.pid != first_pid
-    assert steps_of(uri, run, "train/loss") == list(range(20))
-    assert tracking.run_status(uri, run) == "FINISHED"
-
-
-def test_unknown_delivery_mode_is_named(uri: str) -> None:
-    run = tracking.start_run(uri, "delivery", "stage")
-    with pytest.raises(ValueError, match="SCALING_MLFLOW_DELIVERY"):
-        tracking.MlflowLogger(uri, run, delivery="carrier-pigeon")
-
-
-def test_a_helper_that_cannot_start_falls_back_to_the_thread(
-    uri: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    from scaling.tracking import remote
-
-    broken = remote.Helper(start_timeout_s=5)
-    # an interpreter that exits at once: the helper never says it is ready
-    monkeypatch.setattr(broken, "_spawn", lambda: setattr(broken, "_proc", subprocess.Popen(
-        [sys.executable, "-c", "pass"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)))
-    monkeypatch.setattr(remote, "helper", lambda: broken)
-    run = tracking.start_run(uri, "no-helper", "stage")
-    with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
-        logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
-        for step in range(5):
-            logger.log_metrics({"train/loss": float(step)}, step)
-        logger.close()
-    assert any("helper process unavailable" in r.getMessage() for r in caplog.records)
-    assert logger._remote is None
-    assert steps_of(uri, run, "train/loss") == list(range(5))
