@@ -143,7 +143,8 @@ class StageJob(submitit.helpers.Checkpointable):
         run_id = cfg.tracking.run_id
         if rank == 0:
             write_state(cfg.out_dir, "running", job_id=env.get("JOB_ID"), run_id=run_id,
-                        resume_from=self.resume_from, started=time.time())
+                        resume_from=self.resume_from, started=time.time(), world_size=int(env["WORLD_SIZE"]),
+                        nodes=os.environ.get("SLURM_JOB_NODELIST"), master=f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
         if self.stage_fn is None:
             from scaling.train import run_stage
         else:
