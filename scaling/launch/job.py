@@ -145,6 +145,12 @@ class StageJob(submitit.helpers.Checkpointable):
             write_state(cfg.out_dir, "running", job_id=env.get("JOB_ID"), run_id=run_id,
                         resume_from=self.resume_from, started=time.time(), world_size=int(env["WORLD_SIZE"]),
                         nodes=os.environ.get("SLURM_JOB_NODELIST"), master=f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
+        from scaling.train.checkpoint import latest_checkpoint
+
+        # Every rank says where it stands: a requeued multi-node job must resume all its ranks
+        # from the same checkpoint (each task's own log shows it).
+        log.info("rank %d of %s on %s: %s starts from %s", rank, env["WORLD_SIZE"], env.get("NODE") or "-",
+                 cfg.stage.name, latest_checkpoint(cfg.out_dir) or "step 0")
         if self.stage_fn is None:
             from scaling.train import run_stage
         else:

@@ -225,7 +225,9 @@ class SlurmCluster:
         assert self.network is not None
         pids = _netns_pids(node.netns)
         ps.kill_all(pids, grace=0)
-        self._spawned.pop(f"slurmd-{name}", None)
+        proc = self._spawned.pop(f"slurmd-{name}", None)
+        if proc is not None:
+            proc.wait(timeout=10)  # reap it
         return pids
 
     def restart_node(self, name: str, timeout: float = 90) -> None:
