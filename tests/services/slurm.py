@@ -40,6 +40,7 @@ PACKAGES = {
     "slurm-client": "sbatch",
     "slurmdbd": "slurmdbd",
     "mariadb-server": "mariadbd",
+    "iproute2": "ip",  # network namespaces of the multi-node cluster
 }
 CLUSTER_NAME = "scaling"
 PARTITION = "debug"
@@ -287,7 +288,7 @@ class SlurmCluster:
         return owner == 0 or ps.alive(owner)  # 0: started by hand, lives until `down`
 
     def _write_files(self) -> None:
-        for sub in ("etc", "munge", "mysql", "run", "log", "spool/ctld", "spool/d"):
+        for sub in ("etc", "munge", "mysql", "run", "log", "spool/ctld", *(f"spool/d/{n}" for n in self.nodes)):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root.chmod(0o755)  # munged insists on a socket dir reachable by everyone
         (self.root / "munge").chmod(0o755)
