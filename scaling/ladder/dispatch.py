@@ -241,7 +241,8 @@ class Dispatcher:
                 error = job.exception()
                 if error is not None:
                     raise error
-            result = job.result()
+            # A multi-task job (several nodes or processes) returns one result per task: rank 0's.
+            result = job.results()[0] if getattr(job, "num_tasks", 1) > 1 else job.result()
         except Exception as exc:
             message = str(exc).strip().splitlines()
             why = next((line for line in reversed(message) if line.strip()), type(exc).__name__)

@@ -73,9 +73,11 @@ def status_table(rows: Sequence[dict[str, Any]]) -> str:
     for r in rows:
         done, total = r.get("samples_seen"), r.get("samples")
         progress = f"{human(done)}/{human(total)} ({100 * done / total:.0f}%)" if done is not None and total else "-"
-        body.append([r["stage"], r["state"], r.get("run_id") or "-", r.get("job_id") or "-", progress,
+        body.append([r["stage"], _state(r), r.get("run_id") or "-", r.get("job_id") or "-", progress,
                      zero_shot(r.get("metrics")), r["out_dir"]])
-    return table(headers, body)
+    notes = [f"{r['stage']}: job {r.get('job_id') or '-'} on {r.get('nodes') or '-'}: {r['error']}"
+             for r in rows if r.get("error") and r.get("state") == "failed"]
+    return "\n".join([table(headers, body), *notes])
 
 
 def phase_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -88,3 +90,14 @@ def phase_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
                      for p in r["phases"]]
             lines.append(f"{r['stage']} phases: " + " -> ".join(parts))
     return lines
+
+
+def _state(row: dict[str, Any]) -> str:
+    """The stage's own state, with what SLURM adds: a job that ended otherwise, lost nodes."""
+    text = str(row["state"])
+    slurm = str(row.get("slurm_state") or "")
+    if slurm and row["state"] in ("running", "submitted") and slurm not in ("RUNNING", "PENDING", "REQUEUED"):
+        text += f" (job {slurm})"
+    if row.get("lost_nodes"):
+        text += f" (node {', '.join(row['lost_nodes'])} lost)"
+    return text

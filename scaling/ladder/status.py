@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from scaling.ladder.plan import Plan
+from scaling.launch.slurm_info import job_report
 from scaling.launch.state import read_progress
+
+# Stages whose job may have died without saying so (a lost node): ask SLURM too.
+_ASK_SLURM = ("submitted", "running", "preempted", "failed")
 
 
 def stage_rows(plan: Plan) -> list[dict[str, Any]]:
@@ -30,5 +34,7 @@ def stage_rows(plan: Plan) -> list[dict[str, Any]]:
             "fingerprint": stage.fingerprint,
             "out_dir": stage.out_dir.as_posix(),
             "error": state.get("error"),
+            "nodes": state.get("nodes"),
+            **(job_report(state.get("job_id")) if state.get("state") in _ASK_SLURM else {}),
         })
     return rows

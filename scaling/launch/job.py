@@ -143,11 +143,18 @@ class StageJob(submitit.helpers.Checkpointable):
         run_id = cfg.tracking.run_id
         if rank == 0:
             write_state(cfg.out_dir, "running", job_id=env.get("JOB_ID"), run_id=run_id,
-                        resume_from=self.resume_from, started=time.time())
+                        resume_from=self.resume_from, started=time.time(), world_size=int(env["WORLD_SIZE"]),
+                        nodes=os.environ.get("SLURM_JOB_NODELIST"), master=f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
             if logger is not None and self.resume_from is None:
                 # The ladder opens a stage's MLflow run when it plans, long before an upstream
                 # stage lets it start: this tag is when the stage's own time begins.
                 logger.set_tags({"stage_started_at": f"{time.time():.3f}"})
+        from scaling.train.checkpoint import latest_checkpoint
+
+        # Every rank says where it stands: a requeued multi-node job must resume all its ranks
+        # from the same checkpoint (each task's own log shows it).
+        log.info("rank %d of %s on %s: %s starts from %s", rank, env["WORLD_SIZE"], env.get("NODE") or "-",
+                 cfg.stage.name, latest_checkpoint(cfg.out_dir) or "step 0")
         if self.stage_fn is None:
             from scaling.train import run_stage
         else:

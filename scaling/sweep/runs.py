@@ -22,7 +22,7 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 def study_tags(spec: SweepSpec) -> dict[str, str]:
     return {
         "optuna_study": spec.name,
-        "optuna_storage": spec.storage_url(),
+        "optuna_storage": spec.storage_label(),
         "sampler": json.dumps(spec.sampler, sort_keys=True),
         "pruner": json.dumps(spec.pruner, sort_keys=True),
         "objectives": ", ".join(f"{o.key} ({o.direction})" for o in spec.objectives),

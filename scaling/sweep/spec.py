@@ -140,6 +140,10 @@ class SweepSpec:
     def work_dir(self) -> Path:
         return Path(self.workdir) if self.workdir else Path("runs") / "sweeps" / self.name
 
+    def storage_label(self) -> str:
+        """``storage_url()`` without a password: what logs, tags and messages show."""
+        return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1:***@", self.storage_url())
+
     def storage_url(self) -> str:
         """The Optuna storage: an RDB URL, or a journal file (``*.journal``, the default)."""
         if self.storage:
@@ -384,6 +388,8 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     _need(not (storage.startswith("sqlite") and spec.workers > 1), where,
           f"storage '{storage}' is SQLite, which breaks under {spec.workers} parallel workers; "
           "leave 'storage' unset (journal file, safe on NFS) or use a server database URL")
+    _need(not storage.startswith("postgres://"), where,
+          f"storage '{spec.storage_label()}': the scheme is spelled 'postgresql://' (user@host:port/database)")
     if base.function is None:
         from scaling.sweep.pipeline import check_param_keys
 

@@ -1,7 +1,7 @@
 """The Optuna study of a sweep: storage, sampler, pruner, trial accounting and stale trials.
 
 Storage is a journal file by default (``JournalFileBackend`` with an ``open(O_EXCL)`` lock, safe
-on NFS) or an RDB URL. Journal storage has no heartbeats of its own, so a running trial's worker
+on NFS) or an RDB URL (``storage=postgresql://user@host:port/db`` for many workers on many nodes). Journal storage has no heartbeats of its own, so a running trial's worker
 touches ``heartbeats/<trial_id>`` in the sweep folder; a trial whose file went quiet for
 ``stale_after_s`` is failed and re-queued (``RetryHeartbeatStaleTrialCallback``) by whichever
 worker sees it first. Asking for a trial happens under a lock file, after counting finished and
@@ -111,14 +111,26 @@ def make_pruner(spec: SweepSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def rdb_url(url: str) -> str:
+    """The SQLAlchemy URL for a storage URL: a bare ``postgresql://`` takes the psycopg2 driver
+    (the project's dependency) when psycopg 3, SQLAlchemy 2.1's default for it, is not installed."""
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
+        return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
 def open_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
     """The study's storage; a URL that cannot be opened is a ``SweepError``."""
     url = spec.storage_url()
     if "://" in url:
         try:
-            return optuna.storages.RDBStorage(url)
+            # pre-ping: a worker idle through a database restart must not fail on a dead connection
+            return optuna.storages.RDBStorage(rdb_url(url), engine_kwargs={"pool_pre_ping": True})
         except Exception as exc:  # sqlalchemy/driver errors: name the URL, not the stack
-            raise SweepError(f"{spec.path}: cannot open storage '{url}': {exc}") from None
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise SweepError(f"{spec.path}: cannot open storage '{spec.storage_label()}': {first}. Check that the "
+                             "database server runs and the URL's host, port, user and database are right; "
+                             "or leave 'storage' unset for the journal file") from None
     from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, JournalStorage
 
     path = Path(url)
@@ -132,7 +144,7 @@ def open_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:
 
 def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna.Study:
     url = spec.storage_url()
-    missing = SweepError(f"no study '{spec.name}' in {url} yet: start it with "
+    missing = SweepError(f"no study '{spec.name}' in {spec.storage_label()} yet: start it with "
                          f"'python -m scaling.sweep {spec.path}' (same overrides)")
     # Reading (status, a worker) must not make the journal file or SQLite database it looks for.
     local = url.removeprefix("sqlite:///") if url.startswith("sqlite:///") or "://" not in url else None
@@ -145,7 +157,7 @@ def open_study(spec: SweepSpec, create: bool = False, worker: int = 0) -> optuna
                                     pruner=pruner, directions=spec.directions, load_if_exists=True)
         if [d.name.lower() for d in study.directions] != spec.directions:
             raise SweepError(
-                f"{spec.path}: study '{spec.name}' already exists in {spec.storage_url()} with directions "
+                f"{spec.path}: study '{spec.name}' already exists in {spec.storage_label()} with directions "
                 f"{[d.name.lower() for d in study.directions]}; the file now says {spec.directions}. "
                 "Give the sweep a new name (name=...) or another storage."
             )

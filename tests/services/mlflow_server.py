@@ -1,10 +1,15 @@
 """A real ``mlflow server`` on 127.0.0.1 for tests: SQLite backend and artifacts under one
-folder. ``with MlflowServer(tmp_path) as server:`` then log to ``server.uri``."""
+folder. ``with MlflowServer(tmp_path) as server:`` then log to ``server.uri``.
+
+``host`` puts it on another local address (a multi-node test cluster's bridge, so that jobs in the
+node namespaces reach it); ``backend_store_uri`` gives it another store (PostgreSQL). Its log
+keeps uvicorn's access lines, so a test can count the requests each client address made."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -17,25 +22,28 @@ from pathlib import Path
 from .processes import ServiceError, tail
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
 class MlflowServer:
     """Start/stop/restart ``mlflow server``; the store survives restarts on the same port."""
 
-    def __init__(self, root: Path, port: int | None = None, workers: int = 1) -> None:
+    def __init__(self, root: Path, port: int | None = None, workers: int = 1, host: str = "127.0.0.1",
+                 backend_store_uri: str | None = None) -> None:
         self.root = Path(root).resolve()
-        self.port = port or free_port()
+        self.host = host
+        self.port = port or free_port(host)
         self.workers = workers
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{self.root / 'mlflow.db'}"
         self.log = self.root / "server.log"
         self._proc: subprocess.Popen | None = None
 
     @property
     def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def __enter__(self) -> MlflowServer:
         self.start()
@@ -51,8 +59,8 @@ class MlflowServer:
         (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "mlflow", "server",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
-            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--host", self.host, "--port", str(self.port), "--workers", str(self.workers),
+            "--backend-store-uri", self.backend_store_uri,
             "--artifacts-destination", str(self.root / "artifacts"),
         ]  # fmt: skip
         # The job-execution feature (huey consumers, 7 more processes) is not used by the project.
@@ -106,6 +114,14 @@ class MlflowServer:
         """Stop and start again on the same port and store (a server outage during a stage)."""
         self.stop()
         self.start()
+
+    def requests_from(self) -> dict[str, int]:
+        """``{client address: number of requests}`` from the server's access log."""
+        counts: dict[str, int] = {}
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        for match in re.finditer(r"INFO:\s+(\d+\.\d+\.\d+\.\d+):\d+ - \"(GET|POST|PATCH|DELETE) ", text):
+            counts[match.group(1)] = counts.get(match.group(1), 0) + 1
+        return counts
 
     def _logtail(self) -> str:
         return tail(self.log.read_text(errors="replace") if self.log.exists() else "", 25)

@@ -1,11 +1,13 @@
-"""A real single-node SLURM cluster for tests and for trying ``--executor slurm`` by hand.
+"""A real SLURM cluster (one node, or several) for tests and for trying ``--executor slurm`` by hand.
 
 Runs as root with no systemd: MariaDB, munge, slurmdbd, slurmctld and slurmd are started by hand,
 each with its files under one folder, listening on fixed, unusual ports on 127.0.0.1. Clients
 (sbatch, sacct, submitit) find the cluster through ``SLURM_CONF`` (see ``SlurmCluster.env``);
-nothing is written to /etc/slurm.
+nothing is written to /etc/slurm. With ``nodes > 1`` every slurmd runs "on its own host": a
+network namespace with its own address and hostname on a bridge made for the cluster
+(``netns.py``); slurmctld is then reached at the bridge's address instead of 127.0.0.1.
 
-    python tests/services/slurm.py up --root DIR     # prints the `export SLURM_CONF=...` line
+    python tests/services/slurm.py up --root DIR [--nodes 2]  # prints `export SLURM_CONF=...`
     python tests/services/slurm.py status --root DIR
     python tests/services/slurm.py down --root DIR
 """
@@ -13,6 +15,7 @@ nothing is written to /etc/slurm.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import socket
@@ -24,8 +27,10 @@ from pathlib import Path
 
 if __package__:
     from . import processes as ps
+    from .netns import Network, Node, remove_recorded
 else:  # run as a script: python tests/services/slurm.py
     import processes as ps
+    from netns import Network, Node, remove_recorded
 
 # Debian package -> a program it provides (checked before anything starts).
 PACKAGES = {
@@ -35,6 +40,7 @@ PACKAGES = {
     "slurm-client": "sbatch",
     "slurmdbd": "slurmdbd",
     "mariadb-server": "mariadbd",
+    "iproute2": "ip",  # network namespaces of the multi-node cluster
 }
 CLUSTER_NAME = "scaling"
 PARTITION = "debug"
@@ -68,16 +74,23 @@ def ensure_packages() -> None:
 
 
 class SlurmCluster:
-    """Start/stop a single-node cluster (partition ``debug``) whose files live under ``root``.
+    """Start/stop a cluster (partition ``debug``) whose files live under ``root``.
 
-    ``port_base`` picks four consecutive ports: slurmctld, slurmd, slurmdbd, MariaDB.
+    ``port_base`` picks four consecutive ports: slurmctld, slurmd, slurmdbd, MariaDB. ``nodes=1``
+    runs slurmd on this host (node named after it); ``nodes=N`` runs N slurmd, nodes ``sn1..snN``,
+    each in its own network namespace (``self.network``).
     """
 
-    def __init__(self, root: Path, port_base: int = 16817, cpus: int | None = None) -> None:
+    def __init__(self, root: Path, port_base: int = 16817, cpus: int | None = None,
+                 nodes: int = 1) -> None:
         self.root = Path(root).resolve()
         self.node = socket.gethostname().split(".")[0]
         self.cpus = cpus or os.cpu_count() or 1
+        self.num_nodes = nodes
+        self.network: Network | None = None
         self._set_ports(port_base)
+        if nodes > 1:
+            self.network = self._network()
         self.conf = self.root / "etc" / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket.2"
         self.db_socket = self.root / "mysql" / "mysqld.sock"
@@ -92,6 +105,20 @@ class SlurmCluster:
         self.ctld_port, self.slurmd_port, self.dbd_port, self.db_port = self.ports = tuple(
             base + i for i in range(4)
         )
+
+    def _network(self) -> Network:
+        # One subnet per port block: two live clusters never share a bridge or an address.
+        return Network(self.root, (self.ctld_port - 16817) // 10, self.num_nodes)
+
+    @property
+    def nodes(self) -> list[str]:
+        """SLURM node names, in nodelist order."""
+        return [n.name for n in self.network.nodes] if self.network else [self.node]
+
+    @property
+    def ctld_addr(self) -> str:
+        """Where slurmctld is reached from the nodes (and from this host)."""
+        return self.network.host_addr if self.network else "127.0.0.1"
 
     @property
     def env(self) -> dict[str, str]:
@@ -140,19 +167,31 @@ class SlurmCluster:
                     ["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME], env=self._client_env()
                 )
             self._spawn("slurmctld", [ps.which("slurmctld"), "-D", "-f", str(self.conf)])
-            self._spawn("slurmd", [ps.which("slurmd"), "-D", "-f", str(self.conf)])
-            self._wait("an idle node in `sinfo`", self._node_idle, deadline)
+            if self.network is None:
+                self._spawn("slurmd", [ps.which("slurmd"), "-D", "-f", str(self.conf)])
+            for node in self.network.nodes if self.network else []:
+                self._start_slurmd(node)
+            self._wait(f"{self.num_nodes} idle node(s) in `sinfo`", self._node_idle, deadline)
             self._wait("slurmctld registered in slurmdbd", self._registered, deadline)
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
-        """Cancel jobs, then stop every daemon of this root and everything they started."""
+        """Cancel jobs, then stop every daemon of this root and everything they started; remove
+        the namespaces and bridge of a multi-node cluster (also when started by another process)."""
         started = [p.pid for p in getattr(self, "_spawned", {}).values() if p.poll() is None]
         pids = sorted({*ps.marked_pids(MARKER, str(self.root)), *started})
-        if not pids:
-            return
+        if pids:
+            self._stop_daemons(pids, started)
+        for proc in getattr(self, "_spawned", {}).values():
+            proc.poll()  # reap what this object started
+        record = self.root / "run" / "network"
+        for netns in _recorded_netns(record):  # whatever a job left running "on" a node
+            ps.kill_all(_netns_pids(netns), grace=2)
+        remove_recorded(record)
+
+    def _stop_daemons(self, pids: list[int], started: list[int]) -> None:
         ctld_up = any(ps.proc_name(p) == "slurmctld" for p in pids)
         if ctld_up and self._ok(["squeue", "-h"]):  # without it squeue retries for a minute
             subprocess.run(["scancel", "--user", "root", "--full"], env=self._client_env(),
@@ -166,8 +205,41 @@ class SlurmCluster:
         for name in ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "munged"):
             ps.kill_all([p for p in pids if ps.proc_name(p) == name], grace=10)
         ps.kill_all(sorted({*ps.marked_pids(MARKER, str(self.root)), *started}), grace=1)
-        for proc in getattr(self, "_spawned", {}).values():
-            proc.poll()  # reap what this object started
+
+    # -- nodes (multi-node clusters) ---------------------------------------------------------
+
+    def _node(self, name: str) -> Node:
+        for node in self.network.nodes if self.network else []:
+            if node.name == name:
+                return node
+        raise ps.ServiceError(f"no node {name!r} in this cluster (nodes: {', '.join(self.nodes)})")
+
+    def _start_slurmd(self, node: Node) -> None:
+        (self.root / "spool" / "d" / node.name).mkdir(parents=True, exist_ok=True)
+        assert self.network is not None
+        self._spawn(f"slurmd-{node.name}", [*self.network.exec_prefix(node), ps.which("slurmd"), "-D",
+                                            "-N", node.name, "-f", str(self.conf)])  # fmt: skip
+
+    def kill_node(self, name: str) -> list[int]:
+        """A node "crashes": SIGKILL its slurmd and every process on it (job steps included)."""
+        node = self._node(name)
+        assert self.network is not None
+        pids = _netns_pids(node.netns)
+        ps.kill_all(pids, grace=0)
+        proc = self._spawned.pop(f"slurmd-{name}", None)
+        if proc is not None:
+            proc.wait(timeout=10)  # reap it
+        return pids
+
+    def restart_node(self, name: str, timeout: float = 90) -> None:
+        """Start a killed node's slurmd again and wait until every node is idle."""
+        self._start_slurmd(self._node(name))
+        self._wait(f"node {name} back in service", self._node_idle, time.monotonic() + timeout)
+
+    def node_states(self) -> dict[str, str]:
+        """``{node: state}`` as slurmctld sees them (``idle``, ``allocated``, ``down*``, ...)."""
+        out = self._out(["sinfo", "-h", "-N", "-o", "%N %T"])
+        return dict(line.split(None, 1) for line in out.strip().splitlines() if " " in line)
 
     def status(self) -> str:
         """Human-readable state: daemons alive and `sinfo` output."""
@@ -182,9 +254,12 @@ class SlurmCluster:
     def _stop_leftovers(self) -> None:
         """Stop this root's old daemons and those of dead sessions; skip ports still in use."""
         stale = [p for p in ps.marked_pids(MARKER) if not self._owned_by_live_session(p)]
+        stale_roots = {ps.marker_value(p, MARKER) for p in stale}
         if stale:
             print(f"stopping leftover SLURM test daemons: {stale}", file=sys.stderr)
             ps.kill_all(ps.descendants(stale) + stale)
+        for root in {*stale_roots, str(self.root)} - {None}:
+            remove_recorded(Path(root) / "run" / "network")  # namespaces of a crashed cluster
         for pidfile in (self.root / "run").glob("*.pid"):
             pidfile.unlink()
         self.munge_socket.unlink(missing_ok=True)  # left by a killed munged; start-up waits for it
@@ -192,6 +267,9 @@ class SlurmCluster:
         first = self.ctld_port
         for _ in range(10):
             if all(ps.port_free(p) for p in self.ports):
+                if self.network is not None:
+                    self.network = self._network()
+                    self.network.create()
                 return
             self._set_ports(self.ctld_port + 10)
         raise ps.ServiceError(
@@ -210,7 +288,7 @@ class SlurmCluster:
         return owner == 0 or ps.alive(owner)  # 0: started by hand, lives until `down`
 
     def _write_files(self) -> None:
-        for sub in ("etc", "munge", "mysql", "run", "log", "spool/ctld", "spool/d"):
+        for sub in ("etc", "munge", "mysql", "run", "log", "spool/ctld", *(f"spool/d/{n}" for n in self.nodes)):
             (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
         self.root.chmod(0o755)  # munged insists on a socket dir reachable by everyone
         (self.root / "munge").chmod(0o755)
@@ -228,11 +306,10 @@ class SlurmCluster:
         r = self.root
         return f"""\
 ClusterName={CLUSTER_NAME}
-SlurmctldHost={self.node}(127.0.0.1)
+SlurmctldHost={self.node}({self.ctld_addr})
 SlurmctldPort={self.ctld_port}
 SlurmdPort={self.slurmd_port}
-# slurmd binds to NodeAddr only (slurmctld and slurmdbd of 22.05 still listen on any address).
-CommunicationParameters=NoInAddrAny
+{self._bind_line()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
@@ -240,11 +317,11 @@ CredType=cred/munge
 # A requeued job otherwise waits for the default 120 s credential lifetime before restarting.
 AuthInfo=socket={self.munge_socket},cred_expire=10
 StateSaveLocation={r}/spool/ctld
-SlurmdSpoolDir={r}/spool/d
+SlurmdSpoolDir={r}/spool/d/%n
 SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd.pid
+SlurmdPidFile={r}/run/slurmd-%n.pid
 SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd.log
+SlurmdLogFile={r}/log/slurmd-%n.log
 PlugStackConfig={r}/etc/plugstack.conf
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -266,7 +343,8 @@ KillWait=2
 Waittime=0
 InactiveLimit=0
 SlurmctldTimeout=10
-SlurmdTimeout=30
+# A lost node is marked down after this long (a node-failure test waits for it).
+SlurmdTimeout=20
 MessageTimeout=10
 # submitit reads job states from sacct: without accounting a cancelled job never reads as done.
 AccountingStorageType=accounting_storage/slurmdbd
@@ -275,9 +353,23 @@ AccountingStoragePort={self.dbd_port}
 # The munge socket for talking to slurmdbd (AuthInfo's socket covers the other connections).
 AccountingStoragePass={self.munge_socket}
 JobCompType=jobcomp/none
-NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={_memory_mb()} State=UNKNOWN
-PartitionName={PARTITION} Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+{self._node_lines()}
+PartitionName={PARTITION} Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """
+
+    def _bind_line(self) -> str:
+        if self.network is None:
+            return ("# slurmd binds to NodeAddr only (slurmctld and slurmdbd of 22.05 still listen on any address).\n"
+                    "CommunicationParameters=NoInAddrAny")
+        # Nodes have namespaces of their own; an srun on this host must listen where they reach it.
+        return "# every slurmd is alone in its network namespace: binding any address is fine there"
+
+    def _node_lines(self) -> str:
+        memory = _memory_mb() // self.num_nodes
+        if self.network is None:
+            return f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory} State=UNKNOWN"
+        return "\n".join(f"NodeName={n.name} NodeAddr={n.addr} CPUs={self.cpus} RealMemory={memory} State=UNKNOWN"
+                         for n in self.network.nodes)  # fmt: skip
 
     def _slurmdbd_conf(self) -> str:
         r = self.root
@@ -380,11 +472,23 @@ StorageLoc=slurm_acct_db
         return proc.stdout
 
     def _node_idle(self) -> bool:
-        return self._out(["sinfo", "-h", "-N", "-o", "%T"]).strip() == "idle"
+        return self._out(["sinfo", "-h", "-N", "-o", "%T"]).split() == ["idle"] * self.num_nodes
 
     def _registered(self) -> bool:
         out = self._out(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster,controlport"])
         return f"{CLUSTER_NAME}|{self.ctld_port}" in out
+
+
+def _recorded_netns(record: Path) -> list[str]:
+    try:
+        return list(json.loads(record.read_text()).get("netns", []))
+    except (OSError, ValueError):
+        return []
+
+
+def _netns_pids(netns: str) -> list[int]:
+    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
 
 
 def _memory_mb() -> int:
@@ -409,8 +513,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port-base", type=int, default=16817, help="first of four ports (default 16817)"
     )
+    parser.add_argument("--nodes", type=int, default=1,
+                        help="1: slurmd on this host; N > 1: N nodes sn1..snN, each in its own network "
+                        "namespace on a bridge 10.213.x.0/24 made for the cluster (default 1)")  # fmt: skip
     args = parser.parse_args(argv)
-    cluster = SlurmCluster(args.root, port_base=args.port_base)
+    cluster = SlurmCluster(args.root, port_base=args.port_base, nodes=args.nodes)
     try:
         if args.action == "up":
             started = time.monotonic()
