@@ -10,6 +10,13 @@ recipe: LAMB, layer decay, 50 % patch dropout) with ``model.attn=flash`` and
 (``scaling.costs.GPU_PEAK_FLOPS``, picked from the device name, or ``--peak-tflops``).
 Without CUDA it prints why and exits 0 (nothing to measure); ``--cpu-smoke`` runs the same code
 on the CPU proxy (sdpa vs math) to check the program itself.
+
+``--memory`` instead measures each memory part of real-size steps on the GPU
+(``torch.cuda.max_memory_allocated`` above what was allocated before the forward) beside
+``scaling.costs``' prediction: ``benchmarks/bench_memory.py``'s cases and flags, on CUDA.
+
+    python benchmarks/bench_gpu.py --memory                 # B16 CLIP + L14 MIM, micro-batch 2/4/8, ckpt on/off, fp32/bf16
+    python benchmarks/bench_gpu.py --memory --micro 32 64 --precision bf16
 """
 
 from __future__ import annotations
@@ -43,7 +50,24 @@ def gpu_peak(name: str) -> tuple[float | None, str]:
     return None, "unknown"
 
 
+def memory_main(argv: list[str]) -> int:
+    """``--memory``: bench_memory's cases on the GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        print("no CUDA device: the GPU memory benchmark needs one (benchmarks/bench_memory.py measures "
+              "on the CPU); skipped")
+        return 0
+    import bench_memory
+
+    return bench_memory.main(argv, device="cuda")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--memory" in argv:
+        argv.remove("--memory")
+        return memory_main(argv)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -53,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="extra stage config override (repeatable), e.g. model.grad_checkpointing=true")
     parser.add_argument("--cpu-smoke", action="store_true", help="no GPU: run the proxy on CPU (sdpa vs math)")
+    parser.add_argument("--memory", action="store_true",
+                        help="measure memory per part instead (bench_memory.py's flags follow)")
     add_common_args(parser, repeats=10, warmup=3)
     args = parser.parse_args(argv)
     check_common_args(parser, args)

@@ -122,6 +122,7 @@ class ResourcesSection:
     tasks_per_node: int = 1  # processes per node (one per GPU on GPU nodes)
     gpu: str = "a100-40gb"  # cost table entry for planning
     mfu: float = 0.4  # assumed for GPU-hour estimates
+    micro_batch: Optional[str] = None  # "auto": the planner sets train.micro_batch to the largest that fits the gpu
     cpus_per_task: int = 2
     mem_gb: int = 0  # 0: scheduler default
     timeout_min: int = 60
@@ -187,6 +188,7 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "train.precision": ("fp32", "bf16", "fp16"),
     "distributed.zero_stage": (0, 1, 2, 3),
     "distributed.backend": ("auto", "gloo", "nccl"),
+    "resources.micro_batch": (None, "auto"),
 }
 
 # (low, high, inclusive_high) ranges.

@@ -209,16 +209,57 @@ def train_flops(
     return total * samples
 
 
-def _activation_elements(
-    width: int, hidden: int, depth: int, mlp: str, sub: bool, tokens: float, ckpt: bool
-) -> float:
-    """Saved activation elements per sample (fused attention: no T x T matrix kept)."""
-    per_block = 7 * width + (3 if mlp == "swiglu" else 2) * hidden
+# Bytes per saved activation element and per residual-stream element, by how a step runs.
+# Measured on real-size B16 CLIP / L14 MIM steps (benchmarks/bench_memory.py): torch autocast
+# keeps the residual stream, norms and softmax in fp32 and the matmul inputs in bf16, which
+# averages 2.5 bytes per saved element; DeepSpeed's bf16 runs the whole module in bf16.
+_ACT_BYTES = {"fp32": (4.0, 4.0), "autocast": (2.5, 4.0), "half": (2.0, 2.0)}
+
+
+def _block_elements(width: int, hidden: int, mlp: str, sub: bool) -> int:
+    """Saved activation elements per token of one block (fused attention: no T x T matrix).
+
+    Attention: norm input and output, q/k/v, RoPE'd q/k, the attention output, the residual;
+    SwiGLU: both projections, the gated product and its SiLU; sub-LN: the norm in front of the
+    attention projection and of the MLP output projection.
+    """
+    if mlp == "swiglu":
+        per = 9 * width + 4 * hidden
+    else:  # fc1 output and its GELU
+        per = 8 * width + 2 * hidden
     if sub:
-        per_block += width + hidden
-    if ckpt:  # block inputs kept, one block recomputed at a time
-        return tokens * (depth * width + per_block)
-    return tokens * depth * per_block
+        per += 2 * width + hidden
+    return per
+
+
+def _activation_bytes(
+    towers: list[tuple[int, int, int, str, bool, float]],
+    micro_batch: int,
+    ckpt: bool,
+    mode: str,
+    weight_cache: float,
+    grad_temp: float,
+) -> float:
+    """Peak activation bytes of one forward + backward over ``towers``
+    (width, hidden, depth, mlp, sub-LN, tokens per sample).
+
+    Without checkpointing every block's activations are saved. With it, the block inputs are
+    kept and one block is recomputed at a time during the backward. ``weight_cache``: autocast's
+    bf16 copies of the weights, alive to the end of the forward (and saved for the backward
+    without checkpointing). ``grad_temp``: the largest parameter gradient, allocated before it is
+    added into the one in place (the text token embedding for a CLIP), at the end of the last
+    tower's backward, while the towers before it (the vision tower) still hold theirs.
+    """
+    act, resid = _ACT_BYTES[mode]
+    saved = [t * d * _block_elements(w, h, m, sub) * act for w, h, d, m, sub, t in towers]
+    if not ckpt:
+        # the last tower's backward ends in its largest gradient while the towers before it
+        # still hold their activations
+        return weight_cache + max(micro_batch * sum(saved), grad_temp + micro_batch * sum(saved[:-1]))
+    inputs = [t * d * w * resid for w, _, d, _, _, t in towers]
+    block = max(t * _block_elements(w, h, m, sub) for w, h, _, m, sub, t in towers) * act
+    return max(weight_cache + micro_batch * sum(inputs), micro_batch * (sum(inputs) + block),
+               grad_temp + micro_batch * sum(inputs[:-1]))
 
 
 def memory_per_gpu(
@@ -233,14 +274,17 @@ def memory_per_gpu(
     *,
     patch_dropout: float = 0.0,
     teacher: RungSpec | None = None,
+    deepspeed: bool = True,
 ) -> dict[str, float]:
     """Bytes per GPU: ``weights``, ``grads``, ``optimizer``, ``activations``, ``total``.
 
     Mixed precision keeps bf16/fp16 weights and grads plus fp32 master weights and optimizer
     moments (the ZeRO paper's 2 + 2 + 12 bytes per parameter for Adam/LAMB); ZeRO-1 shards the
     optimizer, ZeRO-2 also the grads, ZeRO-3 also the weights (plus two gathered blocks in
-    flight). A MIM teacher is frozen and replicated in the training precision. Activations
-    assume a fused attention kernel and gradient checkpointing per block when asked.
+    flight). ``deepspeed=False`` is the plain torch engine: fp32 weights and grads, bf16 by
+    autocast. A MIM teacher is frozen and replicated in the weights' precision. Activations
+    (``_activation_bytes``) assume a fused attention kernel and gradient checkpointing per block
+    when asked; the model is checked against measured steps by ``benchmarks/bench_memory.py``.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
@@ -256,8 +300,13 @@ def memory_per_gpu(
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3; got {zero_stage}")
     if gpus < 1 or micro_batch < 1:
         raise ValueError(f"gpus and micro_batch must be >= 1; got {gpus}, {micro_batch}")
+    if zero_stage > 0 and not deepspeed:
+        raise ValueError(f"zero_stage {zero_stage} needs deepspeed (ZeRO is DeepSpeed's)")
     act_bytes = PRECISION_BYTES[precision]
     mixed = precision != "fp32"
+    # DeepSpeed's bf16/fp16 keeps half-precision weights and grads and an fp32 master copy in
+    # the optimizer; the plain engine's autocast keeps fp32 weights and grads (no master copy).
+    param_bytes = act_bytes if deepspeed else 4
     if kind == "clip":
         if rung.text is None:
             raise ValueError(f"{rung.name} has no text tower; a clip stage needs a CLIP rung")
@@ -268,9 +317,9 @@ def memory_per_gpu(
         teacher_width = mim_target_dim(teacher, vision)  # the MIM target's width
         n_params = params(vision) + mim_head_params(vision, teacher_width)
         v_tokens = vision.num_tokens
-    weight_bytes = n_params * act_bytes
-    grad_bytes = n_params * act_bytes
-    optim_bytes = n_params * (OPTIMIZER_STATES[optimizer] * 4 + (4 if mixed else 0))
+    weight_bytes = n_params * param_bytes
+    grad_bytes = n_params * param_bytes
+    optim_bytes = n_params * (OPTIMIZER_STATES[optimizer] * 4 + (4 if mixed and deepspeed else 0))
     if zero_stage >= 1:
         optim_bytes /= gpus
     if zero_stage >= 2:
@@ -279,27 +328,25 @@ def memory_per_gpu(
         # the gathered current block and the prefetched next one
         in_flight = 2 * vision_block_params(vision) * act_bytes
         weight_bytes = weight_bytes / gpus + in_flight
-    elements = _activation_elements(
-        vision.width,
-        vision.mlp_hidden,
-        vision.depth,
-        vision.mlp,
-        vision.ln_mode == "sub",
-        v_tokens,
-        grad_checkpointing,
-    )
-    extra = 0.0
+    towers = [(vision.width, vision.mlp_hidden, vision.depth, vision.mlp, vision.ln_mode == "sub", v_tokens)]
+    largest = max(vision.width * vision.mlp_hidden, vision.width * (vision.embed_dim or 0))
     if kind == "clip":
         t = rung.text
-        elements += _activation_elements(
-            t.width, t.mlp_hidden, t.depth, "gelu", False, t.context_length, grad_checkpointing
-        )
+        towers.append((t.width, t.mlp_hidden, t.depth, "gelu", False, t.context_length))
+        largest = max(largest, t.vocab_size * t.width, t.width * t.mlp_hidden)
         # fp32 logits against the global batch, and their gradient
         extra = 2 * 4.0 * micro_batch * micro_batch * gpus
     else:
+        largest = max(largest, vision.width * teacher_width)
         # teacher targets and student predictions, fp32
         extra = 4.0 * micro_batch * vision.num_patches * teacher_width * 2
-    activation_bytes = elements * act_bytes * micro_batch + extra
+    mode = "fp32" if not mixed else ("half" if deepspeed else "autocast")
+    # autocast casts the matmul weights, not the embedding tables
+    embeddings = rung.text.vocab_size * rung.text.width if kind == "clip" else 0
+    weight_cache = 2.0 * (n_params - embeddings) if mode == "autocast" else 0.0
+    activation_bytes = _activation_bytes(
+        towers, micro_batch, grad_checkpointing, mode, weight_cache, largest * param_bytes
+    ) + extra
     out = {
         "weights": float(weight_bytes),
         "grads": float(grad_bytes),
@@ -307,9 +354,23 @@ def memory_per_gpu(
         "activations": float(activation_bytes),
     }
     if kind == "mim" and teacher is not None:
-        out["teacher"] = float(params(teacher.vision) * act_bytes)
+        out["teacher"] = float(params(teacher.vision) * param_bytes)
     out["total"] = float(sum(out.values()))
     return out
+
+
+def config_memory(cfg, rung: RungSpec, teacher: RungSpec | None, gpus: int, micro_batch: int) -> dict[str, float]:
+    """``memory_per_gpu`` with the precision, checkpointing, ZeRO stage, optimizer, engine and
+    patch dropout a resolved stage config (``scaling.config``) sets: the one place where the
+    ladder's plan and ``python -m scaling.models`` read those defaults."""
+    kind = str(cfg.stage.kind)
+    deepspeed = bool(cfg.distributed.deepspeed)
+    return memory_per_gpu(
+        rung, kind, gpus, micro_batch, int(cfg.distributed.zero_stage) if deepspeed else 0,
+        precision=str(cfg.train.precision), grad_checkpointing=bool(cfg.model.grad_checkpointing),
+        optimizer=str(cfg.optim.name), patch_dropout=float(cfg.model.patch_dropout) if kind == "clip" else 0.0,
+        teacher=teacher if kind == "mim" else None, deepspeed=deepspeed,
+    )
 
 
 def fits(memory: dict[str, float], gpu: str, headroom: float = 0.9) -> bool:

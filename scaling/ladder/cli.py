@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--no-proxy", dest="proxy", action="store_false", help="real sizes (GPUs)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its costs; submit nothing")
     parser.add_argument("--json", action="store_true", help="machine-readable output (plan, status or results)")
+    parser.add_argument("--force", action="store_true",
+                        help="submit even when a stage does not fit its GPUs or divide its batch (warns)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the ladder file's)")
     parser.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
     parser.add_argument("--runs-dir", default="runs", help="where stage folders go: RUNS/<experiment>/<stage>-<fingerprint>")
@@ -132,11 +134,13 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
         rows = stage_rows(plan)
         print(json.dumps(rows, indent=1) if args.json else status_table(rows))
         return 0
+    from scaling.ladder.estimate import plan_problems, plan_rows
+
+    rows = plan_rows(plan)
+    problems = plan_problems(rows)
     if args.dry_run:
-        from scaling.ladder.estimate import plan_rows
         from scaling.ladder.render import phase_lines, plan_table
 
-        rows = plan_rows(plan)
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
@@ -145,6 +149,16 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
             print(plan_table(rows))
             for line in phase_lines(rows):
                 print(line)
+    if problems:
+        for problem in problems:
+            print(f"scaling.ladder: {'warning' if args.force else 'error'}: {problem}", file=sys.stderr)
+        if not args.force:
+            print("scaling.ladder: nothing submitted; change the settings above, or pass --force to submit "
+                  "anyway", file=sys.stderr)
+            return 2
+        print(f"scaling.ladder: warning: --force: {'planning' if args.dry_run else 'submitting'} "
+              f"{len(problems)} stage problem(s) anyway", file=sys.stderr)
+    if args.dry_run:
         return 0
 
     if args.proxy is None and args.executor == "auto":

@@ -1,15 +1,20 @@
-"""What each planned stage costs: params, FLOPs, memory per GPU, GPU-hours, wall time (no torch)."""
+"""What each planned stage costs and whether it fits: params, FLOPs, batch layout, memory per
+GPU, GPU-hours, wall time, and what to change when a stage does not fit (no torch)."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
+
+from omegaconf import DictConfig
 
 from scaling import costs
 from scaling.config import stage_phases
 from scaling.data import throughput
 from scaling.ladder.plan import Plan, PlannedStage
-from scaling.models.registry import get_rung
+from scaling.models.registry import RungSpec, get_rung
+
+GIB = 2**30
+HEADROOM = 0.9  # of a GPU's memory usable by the tensors (the rest: CUDA context, fragmentation)
 
 
 def _world(res: Any) -> tuple[int, int, int]:
@@ -20,11 +25,113 @@ def _world(res: Any) -> tuple[int, int, int]:
     return nodes, gpus, max(1, procs)
 
 
+def batch_layout(batch: int, procs: int, micro: int | None) -> tuple[int, int, bool]:
+    """(micro-batch, accumulation, divides) as the training loop derives them: no micro-batch
+    means batch / processes and no accumulation."""
+    micro = int(micro or batch // procs)
+    divides = micro > 0 and batch % (micro * procs) == 0
+    return micro, (batch // (micro * procs) if divides else 0), divides
+
+
+def _divisors(n: int) -> list[int]:
+    """Divisors of ``n``, largest first."""
+    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
+    return sorted({*small, *(n // d for d in small)}, reverse=True)
+
+
+def _rungs(cfg: DictConfig, teacher_rung: str | None) -> tuple[RungSpec, RungSpec | None]:
+    proxy = bool(cfg.stage.proxy)
+    teacher = teacher_rung or cfg.stage.teacher_rung
+    return get_rung(str(cfg.stage.rung), proxy=proxy), (get_rung(teacher, proxy=proxy) if teacher else None)
+
+
+def _memory(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: int, micro: int,
+            **changes: Any) -> dict[str, float]:
+    """``costs.config_memory`` with some settings changed (``zero_stage``, ``grad_checkpointing``)."""
+    if changes:
+        cfg = cfg.copy()
+        if "grad_checkpointing" in changes:
+            cfg.model.grad_checkpointing = changes["grad_checkpointing"]
+        if "zero_stage" in changes:
+            cfg.distributed.deepspeed, cfg.distributed.zero_stage = True, changes["zero_stage"]
+    return costs.config_memory(cfg, spec, teacher, procs, micro)
+
+
+def _fits(memory: dict[str, float], gpu: str) -> bool:
+    return costs.fits(memory, gpu, HEADROOM)
+
+
+def largest_micro_batch(cfg: DictConfig, procs: int, spec: RungSpec, teacher: RungSpec | None,
+                        **changes: Any) -> int | None:
+    """The largest micro-batch that divides ``batch / procs`` and fits the GPU, or None."""
+    batch = int(cfg.train.batch_size)
+    if batch % procs:
+        return None
+    for micro in _divisors(batch // procs):
+        if _fits(_memory(cfg, spec, teacher, procs, micro, **changes), str(cfg.resources.gpu)):
+            return micro
+    return None
+
+
+def auto_micro_batch(cfg: DictConfig, teacher_rung: str | None = None) -> int | None:
+    """What ``resources.micro_batch=auto`` sets ``train.micro_batch`` to (GPU stages only)."""
+    _, gpus, procs = _world(cfg.resources)
+    if gpus <= 0:
+        return None
+    spec, teacher = _rungs(cfg, teacher_rung)
+    return largest_micro_batch(cfg, procs, spec, teacher)
+
+
+def _advice(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: int, micro: int) -> list[str]:
+    """Changes that would make the stage fit, each alone (with the micro-batch it then needs)."""
+    gpu, batch, out = str(cfg.resources.gpu), int(cfg.train.batch_size), []
+    best = largest_micro_batch(cfg, procs, spec, teacher)
+    if best:
+        out.append(f"train.micro_batch={best} (accumulation {batch // (best * procs)}) or resources.micro_batch=auto")
+    ckpt = bool(cfg.model.grad_checkpointing)
+    if not ckpt:
+        if _fits(_memory(cfg, spec, teacher, procs, micro, grad_checkpointing=True), gpu):
+            out.append("model.grad_checkpointing=true")
+        elif not best and (m := largest_micro_batch(cfg, procs, spec, teacher, grad_checkpointing=True)):
+            out.append(f"model.grad_checkpointing=true with train.micro_batch={m}")
+    zero = int(cfg.distributed.zero_stage) if cfg.distributed.deepspeed else 0
+    for stage in range(zero + 1, 4):
+        ds = "" if cfg.distributed.deepspeed else "distributed.deepspeed=true "
+        if _fits(_memory(cfg, spec, teacher, procs, micro, zero_stage=stage), gpu):
+            out.append(f"{ds}distributed.zero_stage={stage}")
+            break
+        if not best and (m := largest_micro_batch(cfg, procs, spec, teacher, zero_stage=stage)):
+            out.append(f"{ds}distributed.zero_stage={stage} with train.micro_batch={m}")
+            break
+    nodes, per_node = int(cfg.resources.nodes), int(cfg.resources.gpus_per_node)
+    for more in range(nodes + 1, 8 * nodes + 1):
+        p = more * per_node
+        if batch % p == 0 and _fits(_memory(cfg, spec, teacher, p, batch // p), gpu):
+            out.append(f"resources.nodes={more} ({p} GPUs, micro-batch {batch // p}, no accumulation)")
+            break
+    return out or ["a larger GPU (resources.gpu) or a smaller train.batch_size"]
+
+
+def _divide_advice(batch: int, procs: int, micro: int | None, per_node: int) -> list[str]:
+    unit = procs * (micro or 1)  # no micro-batch set: any multiple of the processes
+    lower, upper = batch // unit * unit, (batch // unit + 1) * unit
+    what = f"{procs} processes" + (f" x micro-batch {micro}" if micro else "")
+    out = [f"train.batch_size={lower or upper} or {upper} (multiples of {what})"]
+    micro = micro or batch // procs
+    if batch % procs == 0:
+        fit = next(m for m in _divisors(batch // procs) if m <= max(micro, 1))
+        out.append(f"train.micro_batch={fit} (accumulation {batch // (fit * procs)})")
+    if per_node > 0:
+        nodes = [n for n in range(1, 4 * procs // per_node + 1) if batch % (n * per_node) == 0]
+        near = min(nodes, key=lambda n: abs(n * per_node - procs), default=None)
+        if near:
+            out.append(f"resources.nodes={near} ({near * per_node} GPUs)")
+    return out
+
+
 def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     cfg = stage.cfg
-    proxy = bool(cfg.stage.proxy)
-    spec = get_rung(stage.rung, proxy=proxy)
-    teacher = get_rung(stage.teacher_rung, proxy=proxy) if stage.teacher_rung else None
+    spec, teacher = _rungs(cfg, stage.teacher_rung)
     samples = int(cfg.train.samples)
     patch_dropout = float(cfg.model.patch_dropout) if stage.kind == "clip" else 0.0
     mask_ratio = float(cfg.loss.mask_ratio)
@@ -38,14 +145,17 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     # phases: FLOPs summed over each phase's samples at its patch dropout; memory at the phase
     # that keeps the most patches
     phases = stage_phases(cfg)
-    if stage.kind == "clip":
+    if stage.kind == "clip" and len(phases) > 1:
         patch_dropout = min(p.patch_dropout for p in phases)
+        cfg = cfg.copy()
+        cfg.model.patch_dropout = patch_dropout
     total = sum(costs.train_flops(spec, stage.kind, 1, p.patch_dropout if stage.kind == "clip" else 0.0,
                                   mask_ratio, teacher) * p.samples for p in phases)
     per_sample = total / samples
     res = cfg.resources
     nodes, gpus_per_node, procs = _world(res)
-    micro = int(cfg.train.micro_batch or max(1, math.ceil(cfg.train.batch_size / procs)))
+    batch = int(cfg.train.batch_size)
+    micro, accum, divides = batch_layout(batch, procs, cfg.train.micro_batch)
     out: dict[str, Any] = {
         "params": int(n_params),
         "gflops_per_sample": per_sample / 1e9,  # training: forward + backward (+ frozen teacher)
@@ -55,27 +165,47 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         "nodes": nodes,
         "gpus_per_node": gpus_per_node,
         "processes": procs,
+        "global_batch": batch,
         "micro_batch": micro,
+        "accumulation": accum,
+        "divides": divides,
         "zero_stage": int(cfg.distributed.zero_stage),
+        "precision": str(cfg.train.precision),
+        "grad_checkpointing": bool(cfg.model.grad_checkpointing),
         "gpu": str(res.gpu) if gpus_per_node else "cpu",
         "mfu": float(res.mfu),
         "memory_per_gpu_gb": None,
+        "memory_gb": None,
+        "gpu_memory_gb": None,
+        "fits": None,
         "gpu_hours": None,
         "wall_hours": None,
+        "problems": [],
     }
+    problems: list[str] = out["problems"]
+    if not divides:
+        problems.append(
+            f"{stage.name}: global batch {batch} is not {procs} processes x micro-batch {micro} x an "
+            f"accumulation count; would divide: {'; '.join(_divide_advice(batch, procs, cfg.train.micro_batch, gpus_per_node))}")
     if gpus_per_node > 0:
-        memory = costs.memory_per_gpu(
-            spec, stage.kind, procs, micro, int(cfg.distributed.zero_stage),
-            precision=str(cfg.train.precision), grad_checkpointing=bool(cfg.model.grad_checkpointing),
-            optimizer=str(cfg.optim.name), patch_dropout=patch_dropout, teacher=teacher,
-        )
+        memory = _memory(cfg, spec, teacher, procs, max(micro, 1))
         hours = costs.gpu_hours(total, str(res.gpu), float(res.mfu))
-        out.update(memory_per_gpu_gb=memory["total"] / 2**30, gpu_hours=hours, wall_hours=hours / procs,
-                   fits=costs.fits(memory, str(res.gpu)))
+        usable = HEADROOM * costs.GPU_MEMORY_BYTES[str(res.gpu)]
+        fits = _fits(memory, str(res.gpu))
+        out.update(memory_per_gpu_gb=memory["total"] / GIB, gpu_hours=hours, wall_hours=hours / procs,
+                   fits=fits, gpu_memory_gb=costs.GPU_MEMORY_BYTES[str(res.gpu)] / GIB,
+                   memory_gb={k: v / GIB for k, v in memory.items()})
         # loader cores a GPU needs: its planned samples/s over one core's, at the stage's image size
         per_gpu = 1.0 / (3600.0 * costs.gpu_hours(per_sample, str(res.gpu), float(res.mfu)))
         size = (spec.vision if stage.kind == "clip" else spec.mim).image_size
         out.update(throughput.loader_cores(per_gpu, size, int(res.cpus_per_task)))
+        if not fits and divides:
+            parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in memory.items() if k != "total")
+            problems.append(
+                f"{stage.name}: {memory['total'] / GIB:.1f} GiB per GPU ({parts}) > {usable / GIB:.1f} GiB usable "
+                f"of {res.gpu} ({HEADROOM:.0%}) at micro-batch {micro}, ZeRO-{out['zero_stage']}, "
+                f"{out['precision']}, checkpointing {'on' if out['grad_checkpointing'] else 'off'}; "
+                f"would fit: {'; '.join(_advice(cfg, spec, teacher, procs, micro))}")
     return out
 
 
@@ -102,3 +232,8 @@ def plan_rows(plan: Plan) -> list[dict[str, Any]]:
                          for p in stage_phases(stage.cfg)] if stage.cfg.phases else None
         rows.append(row)
     return rows
+
+
+def plan_problems(rows: list[dict[str, Any]]) -> list[str]:
+    """Why stages that are still to run would not fit their GPUs or divide their batch."""
+    return [p for row in rows if row.get("state") != "finished" for p in row["problems"]]

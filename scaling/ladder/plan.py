@@ -191,6 +191,19 @@ def _text_init(spec: LadderSpec, entry, teacher_rung: str, clip_of: dict[str, st
     return clip_of[source], ""
 
 
+def _auto_micro_batch(cfg: DictConfig, name: str, teacher_rung: str | None, notes: list[str]) -> None:
+    """``resources.micro_batch=auto``: the largest ``train.micro_batch`` that fits the GPU."""
+    from scaling.ladder.estimate import auto_micro_batch
+
+    if int(cfg.resources.gpus_per_node) <= 0:
+        return  # CPU processes: no memory model; batch / processes, no accumulation
+    micro = auto_micro_batch(cfg, teacher_rung)
+    if micro is None:
+        notes.append(f"{name}: resources.micro_batch=auto found no micro-batch that fits {cfg.resources.gpu}")
+        return
+    cfg.train.micro_batch = micro
+
+
 def plan_ladder(
     start: str | None = None,
     end: str | None = None,
@@ -275,9 +288,11 @@ def plan_ladder(
         if info.get("teacher_rung"):
             extra["stage"] = {"teacher_rung": info["teacher_rung"]}
         cfg = _stage_config(spec, split, kind, rung, proxy, extra, text_from_scratch=scratch)
+        name = f"{kind}@{rung}"
+        if cfg.resources.micro_batch == "auto":
+            _auto_micro_batch(cfg, name, info.get("teacher_rung"), notes)
         upstream = [by_name[s].fingerprint for s in dict.fromkeys(internal.values())]
         fp = fingerprint(_identity(cfg, internal), upstream)
-        name = f"{kind}@{rung}"
         out_dir = runs / experiment / f"{name}-{fp}"
         cfg.out_dir = out_dir.as_posix()
         stage = PlannedStage(name, kind, rung, cfg, fp, out_dir, depends_on=list(dict.fromkeys(internal.values())), **info)

@@ -35,14 +35,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def plan_table(rows: Sequence[dict[str, Any]]) -> str:
     headers = ["stage", "teacher", "init", "params", "GFLOP/sample", "samples", "train FLOPs",
-               "nodes x GPUs", "micro-batch", "mem/GPU (ZeRO)", "loader cores/GPU", "GPU-hours", "wall",
+               "nodes x GPUs", "micro x accum", "mem/GPU (ZeRO)", "loader cores/GPU", "GPU-hours", "wall",
                "state"]
     body = []
     for r in rows:
         init = ", ".join(f"{k}={v}" for k, v in (r.get("init") or {}).items()) or "-"
         if r["gpus_per_node"]:
             world = f"{r['nodes']} x {r['gpus_per_node']}"
-            mem = f"{r['memory_per_gpu_gb']:.1f} GiB (Z{r['zero_stage']})"
+            mem = f"{r['memory_per_gpu_gb']:.1f}/{r['gpu_memory_gb']:.0f} GiB (Z{r['zero_stage']})"
             if r.get("fits") is False:
                 mem += " !"
         else:
@@ -52,7 +52,8 @@ def plan_table(rows: Sequence[dict[str, Any]]) -> str:
         body.append([
             r["stage"] + (" (bootstrap)" if r.get("bootstrap") else ""), r.get("teacher") or "-", init,
             human(r["params"]), f"{r['gflops_per_sample']:.4g}", human(r["samples"]), f"{r['train_flops']:.3g}",
-            world, r["micro_batch"], mem, cores, human(r["gpu_hours"]), duration(r["wall_hours"]), r.get("state", "new"),
+            world, f"{r['micro_batch']} x {r['accumulation']}" if r.get("divides", True) else f"{r['micro_batch']} x ? !",
+            mem, cores, human(r["gpu_hours"]), duration(r["wall_hours"]), r.get("state", "new"),
         ])
     warned = [f"warning: {r['stage']} {r['loader_warning']}" for r in rows if r.get("loader_warning")]
     return "\n".join([table(headers, body), *warned])

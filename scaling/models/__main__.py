@@ -12,9 +12,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
-from scaling import costs, paths
+from scaling import costs
+from scaling.config import ConfigError
 from scaling.models.registry import (
     LADDER_ORDER,
     RungSpec,
@@ -89,25 +88,6 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("mim rows count the encoder only (the [MASK] token and head depend on the teacher).")
 
 
-def _recipe(kind: str, rung: RungSpec) -> dict[str, Any]:
-    """Stage defaults from ``experiments/recipes`` (base, then the rung's file), if present."""
-    merged: dict[str, Any] = {}
-    base = paths.EXPERIMENTS_DIR / "recipes"
-    for path in (
-        base / f"{kind}.yaml",
-        base / kind / f"{rung.alias}.yaml",
-        base / kind / f"{rung.name}.yaml",
-    ):
-        try:
-            data = yaml.safe_load(path.read_text()) if path.is_file() else None
-        except yaml.YAMLError:
-            data = None
-        for section, values in (data or {}).items():
-            if isinstance(values, dict):
-                merged.setdefault(section, {}).update(values)
-    return merged
-
-
 def _default_teacher(rung: RungSpec) -> RungSpec | None:
     if rung.alias in ("8B", "18B"):
         return get_rung("E14", rung.proxy)  # seed 001: EVA-8B/18B learn from EVA-02-CLIP-E/14+
@@ -116,51 +96,46 @@ def _default_teacher(rung: RungSpec) -> RungSpec | None:
     return None
 
 
+def _stage_config(kind: str, rung: RungSpec):
+    """The stage config the ladder would run (recipes and schema defaults, ``scaling.config``)."""
+    from scaling.config import load_stage_config
+
+    # the ladder's key (the alias) names the recipe files, as in a ladder plan
+    key = rung.alias if rung.alias in LADDER_ORDER else rung.name
+    return load_stage_config(kind, key, proxy=rung.proxy)
+
+
 def cost_report(args: argparse.Namespace) -> dict[str, Any]:
     rung = get_rung(args.rung, proxy=args.proxy)
     kind = args.kind or ("clip" if rung.is_clip else "mim")
     if kind == "clip" and not rung.is_clip:
         raise ValueError(f"{rung.name} is MIM-only: use --kind mim")
-    recipe = _recipe(kind, rung)
-    train, model, dist = (
-        recipe.get("train", {}),
-        recipe.get("model", {}),
-        recipe.get("distributed", {}),
-    )
-    batch = args.batch or train.get("batch_size")
-    micro = args.micro_batch or (max(1, round(batch / args.gpus)) if batch else 32)
-    samples = args.samples or float(train.get("samples") or 1e9)
-    patch_dropout = (
-        args.patch_dropout
-        if args.patch_dropout is not None
-        else float(model.get("patch_dropout", 0.0))
-    )
-    if kind == "mim":
-        patch_dropout = 0.0
-    zero = (
-        args.zero
-        if args.zero is not None
-        else int(dist.get("zero_stage", 0) if dist.get("deepspeed") else 0)
-    )
-    precision = args.precision or train.get("precision", "bf16")
-    ckpt = not args.no_grad_checkpointing
+    cfg = _stage_config(kind, rung)
+    res = cfg.resources
+    recipe_gpus = int(res.nodes) * int(res.gpus_per_node)
+    gpus = args.gpus or recipe_gpus or 8
+    gpu = args.gpu or str(res.gpu)
+    batch = args.batch or int(cfg.train.batch_size)
+    micro = args.micro_batch or (None if args.batch else cfg.train.micro_batch) or max(1, batch // gpus)
+    accumulation = max(1, batch // (micro * gpus))
+    samples = args.samples or float(cfg.train.samples)
+    if args.patch_dropout is not None:
+        cfg.model.patch_dropout = args.patch_dropout
+    if args.zero is not None:
+        cfg.distributed.zero_stage, cfg.distributed.deepspeed = args.zero, args.zero > 0 or cfg.distributed.deepspeed
+    if args.precision:
+        cfg.train.precision = args.precision
+    if args.grad_checkpointing is not None:
+        cfg.model.grad_checkpointing = args.grad_checkpointing
+    if args.optimizer:
+        cfg.optim.name = args.optimizer
+    patch_dropout = float(cfg.model.patch_dropout) if kind == "clip" else 0.0
     teacher = (
         get_rung(args.teacher, rung.proxy)
         if args.teacher
         else (_default_teacher(rung) if kind == "mim" else None)
     )
-    mem = costs.memory_per_gpu(
-        rung,
-        kind,
-        args.gpus,
-        micro,
-        zero,
-        precision,
-        ckpt,
-        args.optimizer,
-        patch_dropout=patch_dropout,
-        teacher=teacher,
-    )
+    mem = costs.config_memory(cfg, rung, teacher, gpus, micro)
     flops = costs.train_flops(
         rung,
         kind,
@@ -169,30 +144,34 @@ def cost_report(args: argparse.Namespace) -> dict[str, Any]:
         mask_ratio=args.mask_ratio,
         teacher=teacher,
     )
-    hours = costs.gpu_hours(flops, args.gpu, args.mfu)
+    hours = costs.gpu_hours(flops, gpu, args.mfu)
     return {
         "name": rung.name,
         "alias": rung.alias,
         "kind": kind,
         "teacher": teacher.name if teacher else None,
-        "gpus": args.gpus,
-        "gpu": args.gpu,
+        "gpus": gpus,
+        "gpu": gpu,
         "micro_batch": micro,
-        "global_batch": micro * args.gpus,
-        "zero_stage": zero,
-        "precision": precision,
-        "grad_checkpointing": ckpt,
+        "accumulation": accumulation,
+        "global_batch": micro * gpus * accumulation,
+        "divides": batch % (micro * gpus) == 0,
+        "zero_stage": int(cfg.distributed.zero_stage) if cfg.distributed.deepspeed else 0,
+        "deepspeed": bool(cfg.distributed.deepspeed),
+        "precision": str(cfg.train.precision),
+        "grad_checkpointing": bool(cfg.model.grad_checkpointing),
+        "optimizer": str(cfg.optim.name),
         "patch_dropout": patch_dropout,
         "samples": samples,
         "memory_bytes": mem,
-        "fits": costs.fits(mem, args.gpu),
-        "gpu_memory_bytes": costs.GPU_MEMORY_BYTES[args.gpu],
+        "fits": costs.fits(mem, gpu),
+        "gpu_memory_bytes": costs.GPU_MEMORY_BYTES[gpu],
         "train_flops": flops,
         "mfu": args.mfu,
         "gpu_hours": hours,
-        "wall_days": hours / args.gpus / 24,
+        "wall_days": hours / gpus / 24,
         "implied_mfu": (
-            costs.implied_mfu(flops, args.gpus, args.wall_days * 24, args.gpu)
+            costs.implied_mfu(flops, gpus, args.wall_days * 24, gpu)
             if args.wall_days
             else None
         ),
@@ -206,7 +185,8 @@ def print_report(r: dict[str, Any]) -> None:
         + (f", teacher {r['teacher']}" if r["teacher"] else "")
     )
     print(
-        f"  {r['gpus']} x {r['gpu']}, micro-batch {r['micro_batch']} (global {r['global_batch']}), ZeRO-{r['zero_stage']}, "
+        f"  {r['gpus']} x {r['gpu']}, micro-batch {r['micro_batch']} x accumulation {r['accumulation']} "
+        f"(global {r['global_batch']}{'' if r['divides'] else ', does NOT divide the batch'}), ZeRO-{r['zero_stage']}, "
         f"{r['precision']}, grad checkpointing {'on' if r['grad_checkpointing'] else 'off'}, patch dropout {r['patch_dropout']}"
     )
     print("  memory per GPU:")
@@ -237,12 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--rung",
         help=f"estimate memory and cost of one rung (name or alias: {', '.join(LADDER_ORDER)}, ...)",
     )
-    g = p.add_argument_group("cost estimate (with --rung); defaults come from experiments/recipes")
-    g.add_argument("--kind", choices=costs.KINDS, help="stage kind (default: clip for CLIP rungs)")
-    g.add_argument("--gpus", type=int, default=8, help="number of GPUs (default 8)")
-    g.add_argument(
-        "--gpu", choices=sorted(costs.GPU_PEAK_FLOPS), default="a100-40gb", help="GPU type"
+    g = p.add_argument_group(
+        "cost estimate (with --rung); defaults: the stage config the ladder runs (experiments/recipes)"
     )
+    g.add_argument("--kind", choices=costs.KINDS, help="stage kind (default: clip for CLIP rungs)")
+    g.add_argument("--gpus", type=int, help="number of GPUs (default: the recipe's nodes x GPUs)")
+    g.add_argument("--gpu", choices=sorted(costs.GPU_PEAK_FLOPS), help="GPU type (default: the recipe's)")
     g.add_argument(
         "--batch", type=int, help="global batch (default: the recipe's); micro-batch = batch / gpus"
     )
@@ -251,9 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--zero", type=int, choices=(0, 1, 2, 3), help="ZeRO stage (default: the recipe's)"
     )
     g.add_argument("--precision", choices=sorted(costs.PRECISION_BYTES), help="training precision")
-    g.add_argument("--optimizer", choices=sorted(costs.OPTIMIZER_STATES), default="lamb")
+    g.add_argument("--optimizer", choices=sorted(costs.OPTIMIZER_STATES), help="default: the recipe's")
     g.add_argument(
-        "--no-grad-checkpointing", action="store_true", help="assume no activation checkpointing"
+        "--grad-checkpointing",
+        action=argparse.BooleanOptionalAction,
+        help="activation checkpointing per block (default: the recipe's model.grad_checkpointing)",
     )
     g.add_argument("--patch-dropout", type=float, help="CLIP patch dropout (default: the recipe's)")
     g.add_argument("--mask-ratio", type=float, default=0.4, help="MIM mask ratio (default 0.4)")
@@ -275,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.rung:
-            if args.gpus < 1:
+            if args.gpus is not None and args.gpus < 1:
                 raise ValueError("--gpus must be >= 1")
             report = cost_report(args)
             if args.json:
@@ -284,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print_report(report)
             return 0
         rows = [row for rung in list_rungs(proxy=args.proxy) for row in tower_rows(rung)]
-    except (UnknownRungError, SpecError, ValueError) as exc:
+    except (UnknownRungError, SpecError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -148,6 +148,17 @@ def _vision_keys(state_dict: StateDict, tower: EvaVisionTower, fmt: str) -> dict
     else:  # BAAI layouts: timm renames (and resamples embeddings to this grid)
         filtered = checkpoint_filter_fn(dict(state_dict), tower.trunk)
         sub = {f"trunk.{k}": v for k, v in filtered.items()}
+    return _final_norm(sub, tower)
+
+
+def _final_norm(sub: dict[str, torch.Tensor], tower: EvaVisionTower) -> dict[str, torch.Tensor]:
+    """timm's EVA-02 models built with their default ``global_pool='avg'`` (the ``mim_in22k``
+    ones) keep the final norm as ``fc_norm`` (applied after pooling) and an empty ``norm``; the
+    tower applies the same LayerNorm per token as ``norm``: the same weights, renamed."""
+    own = tower.state_dict()
+    if "trunk.norm.weight" in own and "trunk.norm.weight" not in sub and "trunk.fc_norm.weight" in sub:
+        sub = {("trunk.norm." + k[len("trunk.fc_norm."):] if k.startswith("trunk.fc_norm.") else k): v
+               for k, v in sub.items()}
     return sub
 
 

@@ -153,3 +153,24 @@ def test_gpu_hours_and_implied_mfu():
         costs.gpu_hours(1.0, "tpu-v4")
     with pytest.raises(ValueError, match="mfu"):
         costs.gpu_hours(1.0, mfu=0)
+
+
+def test_memory_model_engines_checkpointing_and_autocast():
+    rung = get_rung("B16")
+    n = costs.clip_params(rung)
+    plain = costs.memory_per_gpu(rung, "clip", 1, 8, 0, "bf16", False, "lamb", deepspeed=False)
+    ds = costs.memory_per_gpu(rung, "clip", 1, 8, 0, "bf16", False, "lamb", deepspeed=True)
+    # autocast keeps fp32 weights and grads, no master copy; DeepSpeed bf16 weights + fp32 master
+    assert plain["weights"] == plain["grads"] == 4 * n and plain["optimizer"] == 8 * n
+    assert ds["weights"] == ds["grads"] == 2 * n and ds["optimizer"] == 12 * n
+    # autocast's bf16 weight copies count in the activations even when checkpointing
+    ckpt_plain = costs.memory_per_gpu(rung, "clip", 1, 8, 0, "bf16", True, "lamb", deepspeed=False)
+    ckpt_fp32 = costs.memory_per_gpu(rung, "clip", 1, 8, 0, "fp32", True, "lamb", deepspeed=False)
+    matmul_weights = n - rung.text.vocab_size * rung.text.width
+    assert ckpt_plain["activations"] > max(ckpt_fp32["activations"], 2 * matmul_weights)
+    # checkpointing: the largest gradient (the token embedding) bounds the peak from below
+    embedding = rung.text.vocab_size * rung.text.width * 4
+    one = costs.memory_per_gpu(rung, "clip", 1, 1, 0, "fp32", True, "lamb", deepspeed=False)
+    assert embedding <= one["activations"] < embedding * 1.2
+    with pytest.raises(ValueError, match="needs deepspeed"):
+        costs.memory_per_gpu(rung, "clip", 8, 8, 1, deepspeed=False)

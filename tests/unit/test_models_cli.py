@@ -85,3 +85,25 @@ def test_module_entry_point_runs_without_torch():
         check=True,
     )
     assert json.loads(out.stdout)[0]["name"] == "EVA02-CLIP-B-16"
+
+
+def test_models_cli_and_ladder_share_the_stage_defaults(capsys, tmp_path):
+    """Checkpointing, precision, ZeRO stage and GPUs come from the same stage config in both."""
+    from scaling.ladder import plan_ladder
+    from scaling.ladder.estimate import plan_rows
+
+    plan = plan_ladder("L14", "E14", proxy=False, runs_dir=tmp_path, allow_missing_teacher=True)
+    rows = {r["stage"]: r for r in plan_rows(plan)}
+    for stage, rung, kind in (("clip@E14", "E14", "clip"), ("mim@E14", "E14", "mim")):
+        row = rows[stage]
+        assert main(["--rung", rung, "--kind", kind, "--teacher", "L14", "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        for key in ("grad_checkpointing", "precision", "zero_stage", "micro_batch"):
+            assert report[key] == row[key], (stage, key)
+        assert report["gpus"] == row["processes"] and report["gpu"] == row["gpu"]
+        assert abs(report["memory_bytes"]["total"] / 2**30 - row["memory_per_gpu_gb"]) < 1e-9
+    # and the flag overrides the recipe's default either way
+    assert main(["--rung", "E14", "--no-grad-checkpointing", "--json"]) == 0
+    off = json.loads(capsys.readouterr().out)
+    assert off["grad_checkpointing"] is False
+    assert off["memory_bytes"]["activations"] > 5 * rows["clip@E14"]["memory_gb"]["activations"] * 2**30

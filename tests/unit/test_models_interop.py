@@ -138,3 +138,88 @@ def test_load_onto_meta_model_materialises_weights():
     target = build_clip(get_rung("L14", proxy=True), device="meta")
     interop.load_clip_state_dict(target, source.state_dict())
     assert not any(p.is_meta for p in target.parameters())
+
+
+# -- what users hold: timm and open_clip EVA-02 models built with their default arguments --------
+
+TIMM_MIM = {  # timm's EVA-02 MIM towers (the ``.mim_in22k`` weights): default global_pool='avg'
+    "eva02_tiny_patch14_224.mim_in22k": "EVA02-Ti",
+    "eva02_small_patch14_224.mim_in22k": "EVA02-S",
+    "eva02_base_patch14_224.mim_in22k": "EVA02-B",
+    "eva02_large_patch14_224.mim_in22k": "EVA02-L",
+}
+TIMM_CLIP = {  # timm's EVA-02-CLIP vision towers (global_pool='token', head = the projection)
+    "eva02_base_patch16_clip_224": "B16",
+    "eva02_large_patch14_clip_224": "L14",
+}
+TIMM_CLIP_META = {"eva02_enormous_patch14_clip_224": "EVA02-CLIP-E-14"}
+OPEN_CLIP = {"EVA02-B-16": "B16", "EVA02-L-14": "L14"}
+OPEN_CLIP_META = {"EVA02-L-14-336": "EVA02-CLIP-L-14-336", "EVA02-E-14": "EVA02-CLIP-E-14",
+                  "EVA02-E-14-plus": "E14"}
+
+
+def _timm_meta(name: str):
+    with torch.device("meta"), mock.patch("timm.models.eva.trunc_normal_", lambda t, *a, **k: t):
+        return timm.create_model(name, pretrained=False)
+
+
+def test_every_open_clip_eva02_model_is_covered():
+    listed = {m for m in open_clip.list_models() if m.startswith("EVA02-")}
+    assert listed == set(OPEN_CLIP) | set(OPEN_CLIP_META)
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_MIM))
+def test_timm_default_mim_tower_loads_as_is_with_equal_features(name):
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()  # default args: fc_norm, no head
+    assert "fc_norm.weight" in reference.state_dict() and "norm.weight" not in reference.state_dict()
+    tower = build_vision(get_rung(TIMM_MIM[name]).mim, device="meta")
+    interop.load_vision_state_dict(tower, reference.state_dict())
+    tower.eval()
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected = reference.fc_norm(reference.forward_features(images))  # the same LayerNorm per token
+        assert torch.allclose(tower.forward_tokens(images), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_CLIP))
+def test_timm_default_clip_tower_loads_as_is_with_equal_embeddings(name):
+    torch.manual_seed(0)
+    reference = timm.create_model(name, pretrained=False).eval()
+    tower = build_vision(get_rung(TIMM_CLIP[name]).vision, device="meta")
+    interop.load_vision_state_dict(tower, reference.state_dict())
+    tower.eval()
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(tower(images), reference(images), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(TIMM_CLIP_META))
+def test_timm_default_large_clip_tower_loads_on_meta(name):
+    tower = build_vision(get_rung(TIMM_CLIP_META[name]).vision, device="meta")
+    interop.load_vision_state_dict(tower, _timm_meta(name).state_dict())  # keys and shapes checked
+    assert not any(p.is_meta for p in tower.parameters()) or all(p.is_meta for p in tower.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(OPEN_CLIP))
+def test_open_clip_eva02_model_loads_as_is_with_equal_embeddings(name):
+    torch.manual_seed(0)
+    reference = open_clip.create_model(name, pretrained=None).eval()
+    ours = build_clip(get_rung(OPEN_CLIP[name]), device="meta")
+    interop.load_clip_state_dict(ours, reference.state_dict())
+    ours.eval()
+    size = get_rung(OPEN_CLIP[name]).vision.image_size
+    images = torch.randn(1, 3, size, size)
+    tokens = open_clip.get_tokenizer(name)(["a photo of a dog"])
+    with torch.no_grad():
+        assert torch.allclose(reference.encode_image(images, normalize=True), ours.encode_image(images), atol=1e-5)
+        assert torch.allclose(reference.encode_text(tokens, normalize=True), ours.encode_text(tokens), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(OPEN_CLIP_META))
+def test_open_clip_large_eva02_model_loads_on_meta(name):
+    with mock.patch("timm.models.eva.trunc_normal_", lambda t, *a, **k: t):
+        reference = open_clip.create_model(name, pretrained=None, device="meta")
+    ours = build_clip(get_rung(OPEN_CLIP_META[name]), device="meta")
+    interop.load_clip_state_dict(ours, reference.state_dict())  # every key and shape checked
+    assert set(interop.clip_state_dict(ours)) == set(reference.state_dict())
