@@ -174,7 +174,7 @@ class Stage:
                       TowerGroups("head", self.module, cfg.optim.lr, cfg.optim.weight_decay, 1.0)]
             extra = None
         groups = param_groups(towers, extra=extra)
-        optimizer = build_optimizer(cfg.optim.name, groups, cfg.optim.betas, cfg.optim.eps)
+        optimizer = build_optimizer(cfg.optim.name, groups, cfg.optim.betas, cfg.optim.eps, cfg.optim)
         warmup = math.ceil(cfg.optim.warmup_samples / self.phases[0].batch_size)
         schedule = CosineSchedule(optimizer, self.total_steps, warmup, cfg.optim.min_lr)
         if cfg.distributed.deepspeed:
