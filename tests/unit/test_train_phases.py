@@ -145,3 +145,11 @@ def test_kill_9_at_the_phase_boundary_then_resume_is_bitwise_equal(whole, synth,
     a = torch.load(whole[0] / "final" / ckpt.MODEL_FILE, weights_only=True)
     b = torch.load(out / "final" / ckpt.MODEL_FILE, weights_only=True)
     assert not [k for k in a if not torch.equal(a[k], b[k])], f"resumed from {resumed_from.name}"
+
+
+def test_a_phase_that_changes_the_image_size_is_refused_naming_it(synth, tmp_path):
+    from scaling.train.errors import StageConfigError
+
+    cfg = stage_cfg(tmp_path, synth, "phases=[{samples: 96}, {image_size: 48}]")
+    with pytest.raises(StageConfigError, match=r"phases\[1\]\.image_size=48.*its own clip stage"):
+        run_stage(cfg)
