@@ -62,6 +62,8 @@ def test_run_tree_with_lineage_is_queryable_over_rest(server: MlflowServer) -> N
 
     experiment = rest(uri, "experiments/get-by-name?" + urllib.parse.urlencode(
         {"experiment_name": "eva-ladder"}))["experiment"]
+    # made by the toolkit: MLflow 3's UI opens it in the training-runs view
+    assert {t["key"]: t["value"] for t in experiment["tags"]}["mlflow.experimentKind"] == "custom_model_development"
     found = rest(uri, "runs/search", {
         "experiment_ids": [experiment["experiment_id"]],
         "filter": f"tags.`mlflow.parentRunId` = '{parent}'",
