@@ -260,6 +260,21 @@ def _resample_weights(groups: np.ndarray, n: int, rng: np.random.Generator) -> n
     return counts[:, inverse].astype(float)
 
 
+def refit(fit: PowerLawFit, x: ArrayLike, y: ArrayLike, delta: float = HUBER_DELTA) -> np.ndarray | None:
+    """``fit``'s parameters ``(log_a, b, c)`` refitted to other points (a resample), started from
+    ``fit``: one start, no interval; None when the points cannot carry the law."""
+    x, y, _ = _clean(x, y)
+    offset = fit.c is not None
+    if len(np.unique(x)) < _need(offset):
+        return None
+    lx, ly = np.log(x) - math.log(fit.x_ref), np.log(y)
+    start = fit.params if offset else fit.params[:2]
+    theta = _refit(lx, ly, np.ones((1, len(x))), offset, delta, start, np.array([y.min()]))[0]
+    if not np.all(np.isfinite(theta)):
+        return None
+    return theta if offset else np.append(theta, np.nan)
+
+
 def fit_power_law(
     x: ArrayLike,
     y: ArrayLike,

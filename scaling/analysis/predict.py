@@ -201,7 +201,7 @@ def _accuracy(spec: MetricSpec, values) -> np.ndarray:
     return np.asarray(values, dtype=float) / (100.0 if spec.percent else 1.0)
 
 
-def fit_two_step_points(points: pd.DataFrame, spec: MetricSpec, bootstrap: int = 200) -> TwoStepFit:
+def fit_two_step_points(points: pd.DataFrame, spec: MetricSpec, bootstrap: int = 100) -> TwoStepFit:
     """OLMo's two-step law on :func:`with_loss` points: stage compute -> stage loss (final, seed
     mean) by a power law, then loss -> accuracy by a sigmoid fitted on every evaluation."""
     if not spec.higher_is_better:
@@ -226,7 +226,7 @@ def two_step_rollout(points: pd.DataFrame, spec: MetricSpec, bootstrap: int = 10
         pred = low = high = rel = np.nan
         try:
             two = fit_two_step_points(prior, spec, bootstrap=bootstrap)
-            pred = float(two.predict(row["flops"])[0]) * scale
+            pred = float(np.ravel(two.predict(row["flops"]))[0]) * scale
             lo, hi = two.band(row["flops"])
             low, high = float(lo[0]) * scale, float(hi[0]) * scale
             rel = (pred - row["value"]) / row["value"] if row["value"] else np.nan

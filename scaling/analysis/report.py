@@ -231,7 +231,7 @@ def _two_step_lines(w: _Writer, uri, points: pd.DataFrame, spec: MetricSpec, nxt
     scale = 100.0 if spec.percent else 1.0
     if nxt is not None:
         lo, hi = two.band(nxt[1])
-        lines += [f"Next rung {nxt[0]}: predicted `{spec.key}` = {float(two.predict(nxt[1])[0]) * scale:.4g} "
+        lines += [f"Next rung {nxt[0]}: predicted `{spec.key}` = {float(np.ravel(two.predict(nxt[1]))[0]) * scale:.4g} "
                   f"(90 % band {lo[0] * scale:.4g} – {hi[0] * scale:.4g}).", ""]  # fmt: skip
     lines += _rollout_lines(two_step_rollout(pts, spec), "Held-out stages (two-step)", "as predicted by the two-step law")
     return lines

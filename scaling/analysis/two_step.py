@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scaling.analysis.fits import ArrayLike, FitError, PowerLawFit, fit_power_law
+from scaling.analysis.fits import ArrayLike, FitError, PowerLawFit, fit_power_law, refit
 
 
 def sigmoid(loss: np.ndarray, a: float, l0: float, k: float, b: float) -> np.ndarray:
@@ -17,8 +17,15 @@ def sigmoid(loss: np.ndarray, a: float, l0: float, k: float, b: float) -> np.nda
     return a / (1.0 + np.exp(np.clip(-k * (np.asarray(loss, dtype=float) - l0), -700, 700))) + b
 
 
-def fit_sigmoid(loss: ArrayLike, acc: ArrayLike) -> np.ndarray:
-    """Least-squares sigmoid ``(a, L0, k, b)`` of accuracy (fraction in [0, 1]) against loss."""
+def _jacobian(loss: np.ndarray, a: float, l0: float, k: float, b: float) -> np.ndarray:
+    s = 1.0 / (1.0 + np.exp(np.clip(-k * (loss - l0), -700, 700)))
+    ds = s * (1 - s)
+    return np.stack([s, -a * k * ds, a * (loss - l0) * ds, np.ones_like(loss)], axis=1)
+
+
+def fit_sigmoid(loss: ArrayLike, acc: ArrayLike, start: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares sigmoid ``(a, L0, k, b)`` of accuracy (fraction in [0, 1]) against loss, from
+    a grid of initial points (or from ``start`` alone: a bootstrap refit)."""
     from scipy.optimize import curve_fit
 
     loss, acc = np.asarray(loss, dtype=float), np.asarray(acc, dtype=float)
@@ -31,16 +38,17 @@ def fit_sigmoid(loss: ArrayLike, acc: ArrayLike) -> np.ndarray:
     lo = [0.0, loss.min() - 3 * span, -100.0 / span, 0.0]
     hi = [1.0, loss.max() + 3 * span, 100.0 / span, 1.0]
     best, best_sse = None, math.inf
-    for k0 in (-1.0 / span, -4.0 / span, -10.0 / span):
-        for l0 in np.quantile(loss, [0.25, 0.5, 0.75]):
-            p0 = [min(1.0, max(0.05, 1.2 * (acc.max() - acc.min()))), l0, k0, max(0.0, acc.min() * 0.9)]
-            try:
-                p, _ = curve_fit(sigmoid, loss, acc, p0=p0, bounds=(lo, hi), maxfev=20000)
-            except (RuntimeError, ValueError):
-                continue
-            sse = float(np.sum((sigmoid(loss, *p) - acc) ** 2))
-            if sse < best_sse:
-                best, best_sse = p, sse
+    height, floor = min(1.0, max(0.05, 1.2 * (acc.max() - acc.min()))), max(0.0, acc.min() * 0.9)
+    grid = [[height, l0, k0, floor] for k0 in (-1.0 / span, -4.0 / span, -10.0 / span)
+            for l0 in np.quantile(loss, [0.25, 0.5, 0.75])]  # fmt: skip
+    for p0 in [np.clip(start, lo, hi)] if start is not None else grid:
+        try:
+            p, _ = curve_fit(sigmoid, loss, acc, p0=p0, bounds=(lo, hi), jac=_jacobian, maxfev=20000)
+        except (RuntimeError, ValueError):
+            continue
+        sse = float(np.sum((sigmoid(loss, *p) - acc) ** 2))
+        if sse < best_sse:
+            best, best_sse = p, sse
     if best is None:
         raise FitError("the loss -> accuracy sigmoid did not converge from any initial point")
     return best
@@ -91,9 +99,11 @@ def fit_two_step(compute: ArrayLike, loss: ArrayLike, acc: ArrayLike, *, groups:
         drawn = rng.choice(keys, size=len(keys), replace=True)
         i1 = np.concatenate([np.flatnonzero(gs == k) for k in drawn])
         i2 = np.concatenate([np.flatnonzero(g2s == k) for k in drawn])
+        step1 = refit(loss_fit, c[i1], lo[i1])
+        if step1 is None or len(np.unique(l2[i2])) < 5:
+            continue
         try:
-            step1 = fit_power_law(c[i1], lo[i1], offset=offset, bootstrap=0)
-            boot.append((step1.params, fit_sigmoid(l2[i2], a2[i2])))
+            boot.append((step1, fit_sigmoid(l2[i2], a2[i2], start=link)))
         except FitError:
             continue
     return TwoStepFit(loss_fit, link, boot)

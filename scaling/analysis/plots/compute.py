@@ -37,11 +37,16 @@ def compute_scaling(
         points = points[points["arm"].fillna("").isin(LAW_ARMS)]
     y_all = spec.to_fit(points["value"])
     ok = y_all > 0
-    for i, (_run_id, group) in enumerate(points[ok].groupby("run_id", sort=False)):
-        color = CYCLE[i % len(CYCLE)]
+    stage_of = points["stage"] if "stage" in points else points["label"]
+    colors = {st: CYCLE[i % len(CYCLE)] for i, st in enumerate(dict.fromkeys(stage_of[ok]))}
+    shown: set[str] = set()
+    for _run_id, group in points[ok].groupby("run_id", sort=False):  # a stage's seeds share its colour
+        stage = stage_of[group.index[0]]
         gy = spec.to_fit(group["value"])
-        ax.plot(group["flops"], gy, "-", color=color, alpha=0.35, lw=1)
-        ax.scatter(group["flops"], gy, s=14, color=color, alpha=0.5, label=f"{group['label'].iloc[0]} (evals)")
+        ax.plot(group["flops"], gy, "-", color=colors[stage], alpha=0.35, lw=1)
+        ax.scatter(group["flops"], gy, s=14, color=colors[stage], alpha=0.5,
+                   label=None if stage in shown else f"{stage} (evals)")
+        shown.add(stage)
     ax.set_xscale("log")
     ax.set_yscale("log")
     x_hi = float(points["flops"].max())
@@ -57,7 +62,7 @@ def compute_scaling(
         b_lo, b_hi = fit.exponent_interval()
         formula = fit.formula("err" if spec.higher_is_better else "y", "C", "FLOPs")
         ax.plot(xs, fit.predict(xs), color=COLORS["fit"], lw=2,
-                label=f"fit: {formula}\n     exponent 90% CI [{b_lo:.3g}, {b_hi:.3g}], n={fit.n}")  # fmt: skip
+                label=f"fit: {formula}\n     exponent 90% CI [{b_lo:.3g}, {b_hi:.3g}], {fit.n} stages")  # fmt: skip
         if len(fit.boot) >= 2:
             ax.fill_between(xs, lo, hi, color=COLORS["fit"], alpha=0.15, lw=0, label="90% bootstrap band")
         if next_point is not None:
@@ -75,7 +80,7 @@ def compute_scaling(
         if not done.empty:
             ax.scatter(done["flops"], spec.to_fit(done["predicted"]), marker="D", s=46, facecolor="white",
                        edgecolor=COLORS["pred"], lw=1.6, zorder=5, label="held out: predicted from smaller stages")  # fmt: skip
-    finals = points[points["final"] & ok]
+    finals = points[points["final"] & ok & (points["label"] == stage_of)]  # one label per stage
     label_x += list(finals["flops"])
     label_y += list(spec.to_fit(finals["value"]))
     label_t += list(finals["label"])

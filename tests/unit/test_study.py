@@ -1,0 +1,132 @@
+"""``python -m scaling.study``: the plan of arms and seeds (fast), and the command end to end on a
+tiny budget (slow: real subprocess stages, a real SQLite MLflow store)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scaling.config import ConfigError
+from scaling.ladder.plan import plan_ladder
+from scaling.study.arms import plan_study
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _plan(tmp_path: Path, *overrides: str):
+    return plan_ladder("E14", "18B", runs_dir=tmp_path / "runs", overrides=list(overrides))
+
+
+def test_study_adds_seeds_and_controls_to_each_mim_initialised_clip_stage(tmp_path: Path) -> None:
+    ladder = _plan(tmp_path)
+    study = plan_study(ladder, seeds=3)
+    names = [s.name for s in study.plan.stages]
+    assert names[:3] == ["clip@E14", "mim@18B", "clip@18B"]  # the ladder first, in its order
+    assert study.compared == ["clip@18B"]
+    by = {s.name: s for s in study.plan.stages}
+    base = by["clip@18B"]
+    assert base.tags == {"arm": "mim_init", "seed": "0", "base_stage": "clip@18B"}
+    assert "arm" not in by["clip@E14"].tags and "arm" not in by["mim@18B"].tags  # no arms to compare there
+    has_text = bool(base.init.get("text"))
+    expected = {f"clip@18B.mim_init.s{k}" for k in (1, 2)} | {f"clip@18B.random_init.s{k}" for k in range(3)}
+    if has_text:
+        expected |= {f"clip@18B.scratch.s{k}" for k in range(3)}
+    assert set(names[3:]) == expected
+    for name in expected:
+        stage = by[name]
+        arm, seed = stage.tags["arm"], int(stage.tags["seed"])
+        assert stage.tags["base_stage"] == "clip@18B" and stage.name == name
+        assert stage.cfg.train.samples == base.cfg.train.samples  # equal CLIP samples
+        assert stage.cfg.train.seed == base.cfg.train.seed + seed
+        if arm == "mim_init":
+            assert stage.cfg.inputs.init_vision == base.cfg.inputs.init_vision and "mim@18B" in stage.depends_on
+        else:
+            assert stage.cfg.inputs.init_vision is None and "mim@18B" not in stage.depends_on
+        if arm == "scratch":
+            assert stage.cfg.inputs.init_text is None and stage.depends_on == []
+        else:
+            assert stage.cfg.inputs.init_text == base.cfg.inputs.init_text
+        assert stage.out_dir.name == f"{name}-{stage.fingerprint}" and stage.cfg.out_dir == stage.out_dir.as_posix()
+        # every dependency comes earlier in the plan (the local executor runs them in order)
+        assert all(names.index(d) < names.index(name) for d in stage.depends_on)
+    fps = [s.fingerprint for s in study.plan.stages]
+    assert len(set(fps)) == len(fps)
+    again = plan_study(_plan(tmp_path), seeds=3)
+    assert [s.fingerprint for s in again.plan.stages] == fps  # a rerun finds what finished
+    # the ladder's own stages keep the ladder's fingerprints: a ladder run earlier is reused
+    assert fps[:3] == [s.fingerprint for s in _plan(tmp_path).stages]
+    changed = plan_study(_plan(tmp_path, "clip@18B.train.samples=999"), seeds=3)
+    assert all(s.cfg.train.samples == 999 for s in changed.plan.stages if s.name.startswith("clip@18B"))
+
+
+def test_study_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--arms"):
+        plan_study(_plan(tmp_path), arms=["random_init", "scratch"])
+    with pytest.raises(ConfigError, match="--arms"):
+        plan_study(_plan(tmp_path), arms=["mim_init", "typo"])
+    with pytest.raises(ConfigError, match="--seeds 0"):
+        plan_study(_plan(tmp_path), seeds=0)
+
+
+def _study(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_CONF", "MLFLOW_TRACKING_URI")}
+    return subprocess.run([sys.executable, "-m", "scaling.study", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_and_dry_run_explain_the_arms(tmp_path: Path) -> None:
+    out = _study(tmp_path, "--help", timeout=60)
+    assert out.returncode == 0 and "random_init" in out.stdout and "--seeds" in out.stdout
+    dry = _study(tmp_path, "--from", "E14", "--to", "18B", "--seeds", "2", "--dry-run", timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    assert "clip@18B.random_init.s1" in dry.stdout and "CLIP samples in all" in dry.stdout
+    bad = _study(tmp_path, "--from", "E14", "--to", "18B", "--arms", "random_init", "--dry-run", timeout=60)
+    assert bad.returncode == 2 and "--arms" in bad.stderr and "Traceback" not in bad.stderr
+
+
+TINY = ["train.samples=192", "train.batch_size=32", "eval.every_samples=0", "eval.max_samples=64",
+        "data.synth_samples=512"]
+
+
+@pytest.mark.slow
+def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
+    from scaling.analysis.load import runs_frame
+    from scaling.analysis.report import running_seconds
+
+    args = ["--from", "E14", "--to", "18B", "--seeds", "2", "--arms", "mim_init,random_init",
+            "--executor", "local", *TINY]
+    first = _study(tmp_path, *args)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout
+    assert "weak-to-strong gain (mim_init - random_init" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("clip@18B:"))
+    assert "seeds 2/2/0" in line and "points" in line
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = runs_frame(uri, "ladder-eva")
+    parent = runs[runs["is_parent"]]
+    stages = runs[~runs["is_parent"]].set_index("label")
+    assert len(parent) == 1 and parent["tags.role"].iloc[0] == "study"
+    assert set(stages["parent_run_id"]) == {parent["run_id"].iloc[0]}  # siblings under one invocation
+    assert set(stages.index) == {"clip@E14", "mim@18B", "clip@18B", "clip@18B.mim_init.s1",
+                                 "clip@18B.random_init.s0", "clip@18B.random_init.s1"}
+    clip = stages[stages.index.str.startswith("clip@18B")]
+    assert sorted(clip["tags.arm"]) == ["mim_init", "mim_init", "random_init", "random_init"]
+    assert set(clip["tags.base_stage"]) == {"clip@18B"} and set(clip["tags.seed"]) == {"0", "1"}
+    assert (stages["status"] == "FINISHED").all()
+    # a stage's time is its own: the wait for its upstream stages is not in it
+    own, fallback = running_seconds(stages)
+    assert not fallback and (own > 0).all()
+    assert own["clip@18B.random_init.s1"] < 0.8 * stages.loc["clip@18B.random_init.s1", "duration_s"]
+
+    report = (tmp_path / "reports" / "ladder-eva" / "report.md").read_text()
+    assert "## Weak-to-strong: MIM initialisation against its controls" in report
+    assert "| clip@18B |" in report
+    assert "no law drawn" in report or "exponent 90 % interval" in report
+
+    again = _study(tmp_path, *args)
+    assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout[-2000:]
