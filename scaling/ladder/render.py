@@ -99,6 +99,8 @@ def _state(row: dict[str, Any]) -> str:
     slurm = str(row.get("slurm_state") or "")
     if slurm and row["state"] in ("running", "submitted") and slurm not in ("RUNNING", "PENDING", "REQUEUED"):
         text += f" (job {slurm})"
+    if slurm in ("PENDING", "REQUEUED") and row["state"] in ("failed", "preempted"):
+        text += " (requeued by SLURM)"
     if row.get("lost_nodes"):
         text += f" (node {', '.join(row['lost_nodes'])} lost)"
     return text

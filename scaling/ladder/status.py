@@ -35,6 +35,6 @@ def stage_rows(plan: Plan) -> list[dict[str, Any]]:
             "out_dir": stage.out_dir.as_posix(),
             "error": state.get("error"),
             "nodes": state.get("nodes"),
-            **(job_report(state.get("job_id")) if state.get("state") in _ASK_SLURM else {}),
+            **(job_report(state.get("job_id"), state.get("nodes")) if state.get("state") in _ASK_SLURM else {}),
         })
     return rows

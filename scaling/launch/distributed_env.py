@@ -36,6 +36,8 @@ def run_distributed_env(environ: dict[str, str] | None = None) -> dict[str, str]
                       LOCAL_RANK=str(dist_env.local_rank), LOCAL_WORLD_SIZE=str(dist_env.local_world_size),
                       MASTER_ADDR=str(dist_env.master_addr), MASTER_PORT=str(dist_env.master_port),
                       JOB_ID=str(job.job_id), NODE=str(job.hostname))  # fmt: skip
+        if env["SUBMITIT_EXECUTOR"] == "local":  # one machine: loopback, whether its hostname resolves or not
+            values["MASTER_ADDR"] = "127.0.0.1"
     for key in KEYS:
         if key in env and env[key]:
             values[key] = env[key]

@@ -22,8 +22,12 @@ def _out(cmd: list[str]) -> str:
     return proc.stdout if proc.returncode == 0 else ""
 
 
-def job_report(job_id: str | None) -> dict[str, object]:
-    """``{"slurm_state", "nodes", "lost_nodes"}`` for a SLURM job id (``{}`` without SLURM)."""
+def job_report(job_id: str | None, nodes: str | None = None) -> dict[str, object]:
+    """``{"slurm_state", "lost_nodes"}`` for a SLURM job id (``{}`` without SLURM or job).
+
+    ``nodes``: the nodelist the job ran on, as the stage recorded it; used when sacct has none
+    (a job requeued after a node failure shows "None assigned" while it waits).
+    """
     if not job_id or not str(job_id).split("_")[0].isdigit() or shutil.which("sacct") is None:
         return {}
     rows = [line.split("|") for line in _out(["sacct", "-X", "-n", "-P", "-j", str(job_id),
@@ -32,8 +36,10 @@ def job_report(job_id: str | None) -> dict[str, object]:
     if not rows:
         return {}
     _, state, nodelist = rows[-1]
-    report: dict[str, object] = {"slurm_state": state.split()[0], "nodes": nodelist}
-    if nodelist and nodelist != "None assigned":
+    report: dict[str, object] = {"slurm_state": state.split()[0]}
+    if not nodelist or nodelist == "None assigned":
+        nodelist = nodes or ""
+    if nodelist:
         lost = []
         for line in _out(["sinfo", "-h", "-N", "-n", nodelist, "-o", "%N|%T"]).splitlines():
             name, _, node_state = line.partition("|")

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import MlflowServer, ServiceError, SlurmCluster
-from tests.services.postgres import PostgresServer
+from tests.services import MlflowServer, PostgresServer, ServiceError, SlurmCluster
 
 
 def _started(what: str, start) -> None:

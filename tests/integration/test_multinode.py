@@ -180,42 +180,50 @@ def test_preempted_two_node_stage_resumes_both_nodes_from_one_checkpoint(two_nod
 def test_lost_node_ends_the_stage_and_status_names_it(two_node_cluster, node_mlflow_server, teacher, tmp_path,
                                                       cpu_deepspeed):
     from scaling.launch.state import read_state
-    from scaling.train.checkpoint import list_checkpoints, read_manifest
+    from scaling.train.checkpoint import latest_checkpoint, read_manifest
 
     # the ladder in its own process (as a user runs it), checkpointing every step
     argv = ladder_argv(tmp_path, node_mlflow_server.uri, teacher, 480, "train.ckpt_every=1")
     ladder = subprocess.Popen([sys.executable, "-m", "scaling.ladder", *argv], cwd=tmp_path, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    job_id = None
     try:
         out_dir = wait_for(lambda: next((tmp_path / "runs").rglob("clip@18B-*"), None), 120, "the stage folder")
         wait_for(lambda: _samples_seen(out_dir) >= 3 * BATCH, 400, "the stage to train a few steps")
         job_id = read_state(out_dir)["job_id"]
         assert two_node_cluster.kill_node("sn2")  # slurmd, its job step and the rank on it
-        output, _ = ladder.communicate(timeout=300)
+        # rank 0 on sn1 fails at its next collective and says so
+        wait_for(lambda: read_state(out_dir).get("state") == "failed", 180, "rank 0 to record the failure")
+        # the job ends: failed, or requeued by SLURM (JobRequeue=1) and pending while its node is gone
+        sacct = wait_for(lambda: _sacct_state(job_id), 180, f"job {job_id} to leave RUNNING")
+        wait_for(lambda: _lost(two_node_cluster.node_states().get("sn2", "")), 120, "SLURM to mark sn2 down")
+        # the ladder's status names the stage, the job and the node
+        status = subprocess.run([sys.executable, "-m", "scaling.ladder", "status", *argv], cwd=tmp_path,
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        row = next(line for line in status.stdout.splitlines() if line.startswith("clip@18B"))
+        assert "failed" in row and "node sn2 lost" in row and f" {job_id} " in row, status.stdout
+        assert f"clip@18B: job {job_id} on sn[1-2]: " in status.stdout, status.stdout
+        if sacct.startswith(("PENDING", "REQUEUED")):
+            subprocess.run(["scancel", job_id], check=True)  # it would resume once sn2 is back
+        output, _ = ladder.communicate(timeout=180)
     finally:
         if ladder.poll() is None:
             ladder.kill()
             ladder.wait()
-    assert ladder.returncode == 1, output
-    assert "[clip@18B] FAILED" in output or "[clip@18B] cancelled" in output, output
-    state = read_state(out_dir)
-    assert state["state"] in ("failed", "cancelled"), state
-    # the job ended (failed, or requeued and pending while its node is gone: then cancel it)
-    sacct = wait_for(lambda: _sacct_state(job_id), 120, f"job {job_id} to leave RUNNING")
-    if sacct.startswith(("PENDING", "REQUEUED")):
-        subprocess.run(["scancel", job_id], check=True)
-    # no half-written checkpoint: every checkpoint folder the stage can see is complete
-    checkpoints = list_checkpoints(out_dir)
-    assert checkpoints and all(read_manifest(c) is not None for c in checkpoints), checkpoints
-    # SLURM marks the node lost; the ladder's status names the stage, the job and the node
-    wait_for(lambda: two_node_cluster.node_states().get("sn2", "").endswith("*")
-             or "down" in two_node_cluster.node_states().get("sn2", ""), 90, "sn2 marked down")
-    status = subprocess.run([sys.executable, "-m", "scaling.ladder", "status", *argv], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert status.returncode == 0, status.stderr
-    row = next(line for line in status.stdout.splitlines() if line.startswith("clip@18B"))
-    assert "node sn2 lost" in row and f" {job_id} " in row, status.stdout
-    assert f"clip@18B: job {job_id} on sn[1-2]" in status.stdout, status.stdout
+        if job_id:
+            subprocess.run(["scancel", job_id], capture_output=True)
+    assert ladder.returncode == 1 and "[clip@18B] FAILED" in output, output
+    # no half-written checkpoint: a save cut short stays a ``.tmp-*`` folder; every ``step_*`` is
+    # complete, and a resume would take the newest of them
+    folders = [d for d in (out_dir / "checkpoints").iterdir() if d.name.startswith("step_")]
+    assert folders and all(read_manifest(d) is not None for d in folders), folders
+    assert not (out_dir / "final").exists()
+    assert latest_checkpoint(out_dir) == max(folders, key=lambda d: int(d.name.split("_")[1]))
+
+
+def _lost(node_state: str) -> bool:
+    return node_state.endswith("*") or node_state.startswith(("down", "fail"))
 
 
 def _sacct_state(job_id: str) -> str:

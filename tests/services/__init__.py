@@ -1,8 +1,9 @@
-"""Real services the integration tests start themselves: a single-node SLURM cluster and an
-``mlflow server``. See README.md in this folder."""
+"""Real services the integration tests start themselves: SLURM clusters (one node, or two in
+network namespaces), an ``mlflow server`` and PostgreSQL. See README.md in this folder."""
 
 from .mlflow_server import MlflowServer
+from .postgres import PostgresServer
 from .processes import ServiceError
 from .slurm import SlurmCluster
 
-__all__ = ["MlflowServer", "ServiceError", "SlurmCluster"]
+__all__ = ["MlflowServer", "PostgresServer", "ServiceError", "SlurmCluster"]
