@@ -138,13 +138,13 @@ class MlflowLogger:
         with self._cond:
             batch, dropped = list(self._points), self.dropped
         try:
-            self._client.log_batch(self.run_id, metrics=batch)  # MLflow cuts it into 1000s
+            self._client.log_batch(self.run_id, metrics=batch, synchronous=True)  # in requests of 1000
         except Exception as exc:
             if not store.is_permanent(exc):
                 raise
             for key in {p.key for p in batch}:  # a bad key must not sink the others
                 try:
-                    self._client.log_batch(self.run_id, metrics=[p for p in batch if p.key == key])
+                    self._client.log_batch(self.run_id, metrics=[p for p in batch if p.key == key], synchronous=True)
                 except Exception as key_exc:
                     if not store.is_permanent(key_exc):
                         raise

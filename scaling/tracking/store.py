@@ -140,12 +140,12 @@ def log_params(uri: str | None, run_id: str, params: Mapping[str, Any]) -> None:
     if changed := [p.key for p in todo if p.key in existing]:
         raise ValueError(f"run {run_id} already has different values for params {changed[:5]}: MLflow "
                          "params are write-once; start a new run for a changed config")
-    with_retries(lambda: client(uri).log_batch(run_id, params=todo))
+    with_retries(lambda: client(uri).log_batch(run_id, params=todo, synchronous=True))  # whatever the env says
 
 
 def set_tags(uri: str | None, run_id: str, tags: Mapping[str, Any]) -> None:
     """Set (or overwrite) tags on a run; ``None`` values are skipped, long ones truncated."""
-    with_retries(lambda: client(uri).log_batch(run_id, tags=tag_entities(tags)))
+    with_retries(lambda: client(uri).log_batch(run_id, tags=tag_entities(tags), synchronous=True))
 
 
 def start_run(uri: str | None, experiment: str, name: str, *, parent_run_id: str | None = None,
