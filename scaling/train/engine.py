@@ -157,6 +157,9 @@ class DeepSpeedEngine(Engine):
         # steps), then the global batch (it changes them)
         self.model.set_train_micro_batch_size(micro)
         self.model.set_train_batch_size(batch)
+        # DeepSpeed finds its accumulation boundary from a micro-step count modulo the steps; a
+        # phase starts at an optimiser step, so the count restarts (as after a resume)
+        self.model.micro_steps = 0
 
     def micro_context(self, last: bool) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()  # DeepSpeed syncs at its own accumulation boundary
