@@ -13,11 +13,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from scaling.analysis.fits import FitError, bootstrap_mean_difference
+from scaling.analysis.fits import ArrayLike, FitError, quantile_interval
 from scaling.analysis.predict import base_stage
 
 ARMS = ("mim_init", "random_init", "scratch")
 COMPARISONS = (("mim_init", "random_init"), ("mim_init", "scratch"))
+
+
+def bootstrap_mean_difference(a: ArrayLike, b: ArrayLike, *, n: int = 2000, level: float = 0.9,
+                              seed: int = 0) -> tuple[float, float, float]:
+    """``mean(a) - mean(b)`` and its ``level`` percentile interval, resampling each arm's seeds."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        raise FitError(f"an interval of a difference needs at least 2 seeds per arm; got {len(a)} and {len(b)}")
+    rng = np.random.default_rng(seed)
+    diffs = (rng.choice(a, (n, len(a))).mean(1) - rng.choice(b, (n, len(b))).mean(1))
+    lo, hi = quantile_interval(diffs, level)
+    return float(a.mean() - b.mean()), lo, hi
 
 
 def arm_results(runs: pd.DataFrame, metric: str) -> pd.DataFrame:

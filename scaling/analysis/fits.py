@@ -37,7 +37,7 @@ def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
     return np.where(a <= delta, 0.5 * r**2, delta * (a - 0.5 * delta))
 
 
-def _quantiles(values: np.ndarray, level: float) -> tuple[float, float]:
+def quantile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
     lo, hi = np.nanquantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -94,7 +94,7 @@ class PowerLawFit:
     def exponent_interval(self, level: float = 0.9) -> tuple[float, float]:
         if len(self.boot) < 2:
             return self.b, self.b
-        return _quantiles(self.boot[:, 1], level)
+        return quantile_interval(self.boot[:, 1], level)
 
     def intervals(self, level: float = 0.9) -> dict[str, tuple[float, float]]:
         """Bootstrap intervals of ``a`` (original units), ``b`` and (with an offset) ``c``."""
@@ -102,8 +102,8 @@ class PowerLawFit:
             out = {"a": (self.a, self.a), "b": (self.b, self.b)}
             return out | ({"c": (self.c, self.c)} if self.c is not None else {})
         a = np.exp(self.boot[:, 0] - self.boot[:, 1] * math.log(self.x_ref))
-        out = {"a": _quantiles(a, level), "b": _quantiles(self.boot[:, 1], level)}
-        return out | ({"c": _quantiles(self.boot[:, 2], level)} if self.c is not None else {})
+        out = {"a": quantile_interval(a, level), "b": quantile_interval(self.boot[:, 1], level)}
+        return out | ({"c": quantile_interval(self.boot[:, 2], level)} if self.c is not None else {})
 
     def formula(self, y: str = "y", x: str = "C", x_unit: str = "") -> str:
         """E.g. ``err = 0.31 · (C / 1e15 FLOPs)^-0.052`` (reference scale kept for readability)."""
@@ -410,17 +410,3 @@ def binned_frontier(
             best[b] = i
     chosen = np.array(sorted(best.values()), dtype=int)
     return chosen[pareto_frontier(x[chosen], y[chosen], minimize)]
-
-
-def bootstrap_mean_difference(a: ArrayLike, b: ArrayLike, *, n: int = 2000, level: float = 0.9,
-                              seed: int = 0) -> tuple[float, float, float]:
-    """``mean(a) - mean(b)`` and its ``level`` percentile interval, resampling each arm's seeds."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or len(b) < 2:
-        raise FitError(f"an interval of a difference needs at least 2 seeds per arm; got {len(a)} and {len(b)}")
-    rng = np.random.default_rng(seed)
-    diffs = (rng.choice(a, (n, len(a))).mean(1) - rng.choice(b, (n, len(b))).mean(1))
-    lo, hi = _quantiles(diffs, level)
-    return float(a.mean() - b.mean()), lo, hi
-
-

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scaling.analysis.arms import bootstrap_mean_difference
 from scaling.analysis.fits import (
     FitError,
     binned_frontier,
-    bootstrap_mean_difference,
     fit_power_law,
     pareto_frontier,
     rollout,
