@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from .mlflow_server import free_port
-from .processes import ServiceError, run_checked, tail
+from .processes import ServiceError, alive, kill_all, marked_pids, marker_value, run_checked, tail
 
 PACKAGE = "postgresql"
 SUPERUSER = "scaling"
@@ -92,6 +92,7 @@ class PostgresServer:
         if self._proc is not None and self._proc.poll() is None:
             return
         bindir = ensure_package()
+        _stop_orphans()
         self.root.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             entry = pwd.getpwnam(self.user)
@@ -100,6 +101,7 @@ class PostgresServer:
         if not (self.data / "PG_VERSION").exists():
             self._run_as_user([str(bindir / "initdb"), "-D", str(self.data), "-U", SUPERUSER,
                                "--auth=trust", "-E", "UTF8", "--no-sync"])  # fmt: skip
+        (self.root / "owner").write_text(str(os.getpid()))
         cmd = [str(bindir / "postgres"), "-D", str(self.data), "-h", "127.0.0.1", "-p", str(self.port),
                "-k", str(self.root), "-c", "fsync=off", "-c", "max_connections=200",
                "-c", "shared_buffers=32MB"]  # fmt: skip
@@ -162,3 +164,16 @@ class PostgresServer:
 
     def _logtail(self) -> str:
         return tail(self.log.read_text(errors="replace") if self.log.exists() else "", 25)
+
+
+def _stop_orphans() -> None:
+    """Stop the servers of test sessions that died without stopping them."""
+    orphans = []
+    for pid in marked_pids(MARKER):
+        try:
+            owner = int((Path(marker_value(pid, MARKER) or "/nonexistent") / "owner").read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if not owner or not alive(owner):
+            orphans.append(pid)
+    kill_all(orphans)
