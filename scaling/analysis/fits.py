@@ -26,6 +26,7 @@ import numpy as np
 ArrayLike = Sequence[float] | np.ndarray
 HUBER_DELTA = 1e-3  # Chinchilla's and OLMo's choice, on log residuals
 MIN_LAW_POINTS = 3
+MIN_BOOTSTRAP_GROUPS = 6  # below: a resample of runs has too few distinct runs to mean anything
 
 
 class FitError(ValueError):
@@ -62,6 +63,7 @@ class PowerLawFit:
     loss: float = float("nan")  # the Huber objective at the optimum
     boot: np.ndarray = field(default_factory=lambda: np.empty((0, 3)), repr=False, compare=False)
     boot_failed: int = 0
+    interval: str = "none"  # how ``boot`` was drawn: "bootstrap over N runs" | "t over N runs" | "none"
 
     @property
     def a(self) -> float:
@@ -99,10 +101,12 @@ class PowerLawFit:
     def intervals(self, level: float = 0.9) -> dict[str, tuple[float, float]]:
         """Bootstrap intervals of ``a`` (original units), ``b`` and (with an offset) ``c``."""
         if len(self.boot) < 2:
-            out = {"a": (self.a, self.a), "b": (self.b, self.b)}
+            a_ref = math.exp(self.log_a)
+            out = {"a": (self.a, self.a), "b": (self.b, self.b), "a_ref": (a_ref, a_ref)}
             return out | ({"c": (self.c, self.c)} if self.c is not None else {})
         a = np.exp(self.boot[:, 0] - self.boot[:, 1] * math.log(self.x_ref))
-        out = {"a": quantile_interval(a, level), "b": quantile_interval(self.boot[:, 1], level)}
+        out = {"a": quantile_interval(a, level), "b": quantile_interval(self.boot[:, 1], level),
+               "a_ref": quantile_interval(np.exp(self.boot[:, 0]), level)}
         return out | ({"c": quantile_interval(self.boot[:, 2], level)} if self.c is not None else {})
 
     def formula(self, y: str = "y", x: str = "C", x_unit: str = "") -> str:
@@ -275,6 +279,29 @@ def refit(fit: PowerLawFit, x: ArrayLike, y: ArrayLike, delta: float = HUBER_DEL
     return theta if offset else np.append(theta, np.nan)
 
 
+def _t_draws(lx: np.ndarray, ly: np.ndarray, params: np.ndarray, offset: bool, n: int,
+             rng: np.random.Generator) -> np.ndarray:
+    """Parameter draws from the fit's multivariate-t sampling distribution: covariance
+    ``s² (JᵀJ)⁻¹`` from the log residuals (``s²`` on ``n - k`` degrees of freedom), ``J`` the
+    Jacobian of the log curve. Used where too few runs exist for a bootstrap over runs."""
+    k = len(params)
+    core = np.exp(params[0] + params[1] * lx)
+    pred = core + (params[2] if offset else 0.0)
+    share = core / pred
+    cols = [share, share * lx] + ([1.0 / pred] if offset else [])
+    jac = np.stack(cols, axis=1)
+    dof = len(lx) - k
+    s2 = float(np.sum((ly - np.log(pred)) ** 2)) / dof
+    try:
+        cov = s2 * np.linalg.inv(jac.T @ jac)
+        chol = np.linalg.cholesky(cov + 1e-18 * np.eye(k))
+    except np.linalg.LinAlgError:
+        return np.empty((0, k))
+    z = rng.standard_normal((n, k)) @ chol.T
+    scale = np.sqrt(dof / rng.chisquare(dof, (n, 1)))
+    return params + z * scale
+
+
 def fit_power_law(
     x: ArrayLike,
     y: ArrayLike,
@@ -292,7 +319,8 @@ def fit_power_law(
     A pairs bootstrap on few groups gives intervals that are too narrow (the resampled fits see
     fewer distinct points than there are parameters to spare), so the resampled parameters'
     spread around the point fit is widened by ``sqrt(G / (G - k))`` for ``G`` groups and ``k``
-    parameters (the residual-variance correction of Davison & Hinkley 1997, 6.2.3).
+    parameters (the residual-variance correction of Davison & Hinkley 1997, 6.2.3). With fewer
+    than 6 runs, draws come from the fit's t sampling distribution instead (see :func:`_t_draws`).
     Raises :class:`FitError` when fewer than 3 (4 with an offset) distinct x > 0 remain.
     """
     x, y, g = _clean(x, y, groups)
@@ -303,29 +331,37 @@ def fit_power_law(
     lx, ly = np.log(x) - math.log(x_ref), np.log(y)
     pred = np.log(np.maximum(np.exp(full[0] + full[1] * lx) + np.nan_to_num(full[2]), 1e-300))
     ss_res, ss_tot = float(np.sum((ly - pred) ** 2)), float(np.sum((ly - ly.mean()) ** 2))
-    boot, failed = np.empty((0, 3)), 0
-    if bootstrap > 0:
-        w = _resample_weights(g, bootstrap, np.random.default_rng(seed))
+    boot, failed, how = np.empty((0, 3)), 0, "none"
+    n_groups, k = len(np.unique(g)), len(params)
+    rng = np.random.default_rng(seed)
+    if bootstrap > 0 and n_groups < MIN_BOOTSTRAP_GROUPS and len(x) > k:
+        # Resampling 3-5 runs mostly repeats the same runs (the usable resamples of 3 runs are all
+        # the original fit): the interval would have no width. The t-distribution is honest here.
+        theta, how = _t_draws(lx, ly, params, offset, bootstrap, rng), f"t over {n_groups} runs"
+    elif bootstrap > 0:
+        w = _resample_weights(g, bootstrap, rng)
         distinct = np.array([len(np.unique(x[row > 0])) for row in w])
         usable = distinct >= _need(offset)
         failed = int((~usable).sum())
         w = w[usable]
         y_min = np.array([y[row > 0].min() for row in w])
-        theta = _refit(lx, ly, w, offset, delta, params, y_min) if len(w) else np.empty((0, len(params)))
+        theta = _refit(lx, ly, w, offset, delta, params, y_min) if len(w) else np.empty((0, k))
         keep = np.all(np.isfinite(theta), axis=1)
         failed += int((~keep).sum())
         theta = theta[keep]
-        if len(theta):
-            n_groups, k = len(np.unique(g)), len(params)
-            inflate = math.sqrt(n_groups / (n_groups - k)) if n_groups > k else 1.0
-            theta = params + inflate * (theta - params)
-            if offset:  # the floor stays a floor: in [0, min y)
-                theta[:, 2] = np.clip(theta[:, 2], 0.0, y.min() * (1 - 1e-9))
-            boot = theta if offset else np.column_stack([theta, np.full(len(theta), np.nan)])
+        inflate = math.sqrt(n_groups / (n_groups - k)) if n_groups > k else 1.0
+        theta = params + inflate * (theta - params)
+        how = f"bootstrap over {n_groups} runs"
+    else:
+        theta = np.empty((0, k))
+    if len(theta):
+        if offset:  # the floor stays a floor: in [0, min y)
+            theta[:, 2] = np.clip(theta[:, 2], 0.0, y.min() * (1 - 1e-9))
+        boot = theta if offset else np.column_stack([theta, np.full(len(theta), np.nan)])
     return PowerLawFit(
         log_a=float(full[0]), b=float(full[1]), x_ref=x_ref, c=float(full[2]) if offset else None,
         n=len(x), n_x=len(np.unique(x)), r2=1 - ss_res / ss_tot if ss_tot > 0 else float("nan"), loss=loss,
-        boot=boot, boot_failed=failed,
+        boot=boot, boot_failed=failed, interval=how,
     )
 
 

@@ -191,11 +191,12 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
         lines += [f"![metric vs compute]({img})", ""]
     if fit is not None:
         ci = fit.intervals()
+        how = fit.interval.replace("runs", "stages")
         lines += [f"Fit on the binned compute frontier of {fit.n} stages (final evaluations; seeds averaged), "
-                  f"Huber loss on log residuals, {len(fit.boot)} bootstrap resamples over stages: "
-                  f"`{fit.formula('err' if spec.higher_is_better else 'y', 'C', 'FLOPs')}`, exponent "
-                  f"90 % interval [{ci['b'][0]:.3g}, {ci['b'][1]:.3g}], prefactor a 90 % interval "
-                  f"[{ci['a'][0]:.3g}, {ci['a'][1]:.3g}], R² (log) = {fit.r2:.3f}.", ""]  # fmt: skip
+                  f"Huber loss on log residuals: `{fit.formula('err' if spec.higher_is_better else 'y', 'C', 'FLOPs')}`; "
+                  f"90 % intervals ({how}, {len(fit.boot)} draws): exponent [{ci['b'][0]:.3g}, {ci['b'][1]:.3g}], "
+                  f"prefactor at C = {fit.x_ref:.0e} FLOPs [{ci['a_ref'][0]:.3g}, {ci['a_ref'][1]:.3g}]; "
+                  f"R² (log) = {fit.r2:.3f}.", ""]  # fmt: skip
         if nxt is not None:
             y = float(fit.predict(nxt[1]))
             lo, hi = (float(spec.from_fit(v[0])) for v in fit.band(nxt[1]))

@@ -104,7 +104,18 @@ def test_bootstrap_draws_whole_runs() -> None:
     by_point = fit_power_law(x, y, bootstrap=300)
     width = lambda f: np.subtract(*f.exponent_interval()[::-1])  # noqa: E731
     assert width(by_run) > 1.2 * width(by_point)
-    assert set(by_run.intervals()) == {"a", "b"}
+    assert set(by_run.intervals()) == {"a", "a_ref", "b"}
+
+
+def test_three_runs_get_an_interval_with_width_not_a_repeated_fit() -> None:
+    """Resampling 3 runs only ever refits the same 3: the interval comes from the t distribution."""
+    fit = fit_power_law([1e11, 3e11, 7e11], [0.986, 0.982, 0.975], groups=["a", "b", "c"])
+    assert fit.interval == "t over 3 runs"
+    lo, hi = fit.exponent_interval()
+    assert lo < fit.b < hi and hi - lo > 0.005
+    lo, hi = fit.band(1e12)
+    assert hi[0] > lo[0]
+    assert fit_power_law(np.logspace(11, 13, 8), np.logspace(0, -1, 8)).interval == "bootstrap over 8 runs"
 
 
 def test_huber_loss_ignores_one_outlier_run() -> None:

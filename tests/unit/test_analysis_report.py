@@ -96,7 +96,7 @@ def test_ladder_report_writes_figures_tables_and_predictions(store: str, tmp_pat
                     "## Published EVA-CLIP results"):  # fmt: skip
         assert heading in text
     assert "![metric vs compute](compute_scaling.png)" in text
-    assert "exponent 90 % interval" in text and "3 stages" in text
+    assert "exponent [" in text and "3 stages" in text and "t over 3 stages" in text
     # three CLIP stages: a law, but no stage has 3 smaller ones to be predicted from
     assert "No stage has 3 smaller stages" in text
     assert rep.predictions["predicted"].isna().all() and len(rep.predictions) == 3

@@ -126,7 +126,7 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     report = (tmp_path / "reports" / "ladder-eva" / "report.md").read_text()
     assert "## Weak-to-strong: MIM initialisation against its controls" in report
     assert "| clip@18B |" in report
-    assert "no law drawn" in report or "exponent 90 % interval" in report
+    assert "no law drawn" in report or "exponent [" in report
 
     again = _study(tmp_path, *args)
     assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout[-2000:]
