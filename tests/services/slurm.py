@@ -338,6 +338,9 @@ SchedulerParameters=sched_interval=1,bf_interval=1
 # Without this an `afterok` dependant of a failed job stays pending forever.
 DependencyParameters=kill_invalid_depend
 JobRequeue=1
+# Clusters live side by side in one test session, and submitit caches job states by job id in
+# the process: ids must not repeat across them.
+FirstJobId={self._first_job_id()}
 MinJobAge=10
 KillWait=2
 Waittime=0
@@ -356,6 +359,10 @@ JobCompType=jobcomp/none
 {self._node_lines()}
 PartitionName={PARTITION} Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
 """
+
+    def _first_job_id(self) -> int:
+        block = (self.ctld_port - 16817) // 10
+        return 1 + 100_000 * block + (500_000 if self.network else 0)
 
     def _bind_line(self) -> str:
         if self.network is None:
