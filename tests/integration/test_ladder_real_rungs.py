@@ -2,7 +2,7 @@
 
 mim@L14 (EVA-02-L, 224 px, patch 14) regresses a real-size EVA02-B-16 CLIP teacher saved from
 open_clip (random init, nothing downloaded); clip@L14 (EVA02-CLIP-L/14, 77-token text) starts
-from it. Both train a few steps of micro-batch 1 on 224 px JPEG shards in img2dataset layout,
+from it. Both train two steps of micro-batch 1 on 224 px JPEG shards in img2dataset layout,
 log to MLflow and checkpoint; the final CLIP loads into open_clip's ``EVA02-L-14`` with equal
 embeddings. Prints the wall time and the largest resident memory of a job.
 """
@@ -22,17 +22,19 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 CPU_STAGE = [  # the real recipes, on one CPU process, a handful of samples
-    "train.samples=4", "train.batch_size=2", "train.micro_batch=1", "train.precision=fp32",
+    "train.samples=2", "train.batch_size=1", "train.micro_batch=1", "train.precision=fp32",
     "train.log_every=1", "train.ckpt_every=0", "distributed.deepspeed=false", "distributed.zero_stage=0",
     "resources.nodes=1", "resources.gpus_per_node=0", "resources.tasks_per_node=1",
     "resources.cpus_per_task=2", "resources.timeout_min=30", "optim.warmup_samples=0",
-    "eval.every_samples=0", "eval.max_samples=8", "eval.batch_size=8", "data.shuffle_buffer=8",
+    "eval.every_samples=0", "eval.max_samples=4", "eval.batch_size=4", "data.shuffle_buffer=8",
 ]
 
 
 def _env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SLURM_CONF", "MLFLOW_TRACKING_URI")}
-    return env | {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp)}
+    # the jobs use both cores (resources.cpus_per_task=2)
+    return env | {"MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO), "TMPDIR": str(tmp),
+                  "OMP_NUM_THREADS": "2"}
 
 
 def test_b16_to_l14_real_size_on_cpu(tmp_path):
