@@ -26,7 +26,11 @@ examples:
   python -m scaling.ladder --from E14 --to 18B                 # proxy ladder, local executor
   python -m scaling.ladder --from E14 --to 18B --no-proxy --executor slurm \\
       resources.partition=gpu ladder.teacher_checkpoint=/ckpt/eva02_clip_e14plus
+  python -m scaling.ladder --from B16 --to 18B --no-proxy --dry-run resources.micro_batch=auto
   python -m scaling.ladder status --from E14 --to 18B     # same selectors and overrides as the run
+
+A real-size plan whose stage does not fit its GPUs or divide its batch exits 2 before submitting
+anything, with what would fit; --force submits anyway.
 """
 
 
