@@ -70,12 +70,22 @@ def _explain(exc: OmegaConfBaseException, base: DictConfig, source: str) -> Conf
     return ConfigError(f"{source}: bad value for '{key}': {msg}")
 
 
+def _leaf_keys(layer: Any, prefix: str = "") -> list[str]:
+    if not isinstance(layer, (DictConfig, dict)):
+        return [prefix.rstrip(".")] if prefix else []
+    return [k for key, value in layer.items() for k in _leaf_keys(value, f"{prefix}{key}.")] or [prefix]
+
+
 def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
     """Merge one layer onto ``base``; errors name ``source`` and the offending key."""
     try:
         merged = OmegaConf.merge(base, layer)
     except OmegaConfBaseException as exc:
         raise _explain(exc, base, source) from None
+    except TypeError as exc:  # e.g. 'phases.1.x=...': a dotted key into a list
+        keys = ", ".join(_leaf_keys(layer)) or "?"
+        raise ConfigError(f"{source}: cannot merge {keys}: {exc}; a list (such as 'phases') is set whole, "
+                          "e.g. 'phases=[{fraction: 0.9}, {fraction: 0.1, patch_dropout: 0}]'") from None
     OmegaConf.set_struct(merged, True)
     validate(merged, source)
     return merged

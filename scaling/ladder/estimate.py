@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from scaling import costs
-from scaling.config import stage_phases
+from scaling.config import Phase, stage_phases
 from scaling.data import throughput
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.models.registry import RungSpec, get_rung
@@ -79,7 +79,10 @@ def auto_micro_batch(cfg: DictConfig, teacher_rung: str | None = None) -> int | 
     if gpus <= 0:
         return None
     spec, teacher = _rungs(cfg, teacher_rung)
-    return largest_micro_batch(cfg, procs, spec, teacher)
+    # one micro-batch for every phase that does not set its own: the largest that fits them all
+    fits = [largest_micro_batch(_phase_config(cfg, p), procs, spec, teacher)
+            for p in stage_phases(cfg) if p.micro_batch is None or p.micro_batch == cfg.train.micro_batch]
+    return None if not fits or None in fits else min(fits)
 
 
 def _advice(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: int, micro: int) -> list[str]:
@@ -129,33 +132,78 @@ def _divide_advice(batch: int, procs: int, micro: int | None, per_node: int) -> 
     return out
 
 
+def _phase_config(cfg: DictConfig, phase: Phase) -> DictConfig:
+    """The stage config as it trains during ``phase`` (batch layout and patch dropout)."""
+    cfg = cfg.copy()
+    cfg.train.batch_size, cfg.train.micro_batch = phase.batch_size, phase.micro_batch
+    if cfg.stage.kind == "clip":
+        cfg.model.patch_dropout = phase.patch_dropout
+    return cfg
+
+
+def _phase_check(stage: PlannedStage, cfg: DictConfig, label: str, spec: RungSpec,
+                 teacher: RungSpec | None) -> dict[str, Any]:
+    """One phase's batch layout, memory per GPU and what is wrong with them."""
+    res = cfg.resources
+    _, gpus_per_node, procs = _world(res)
+    batch = int(cfg.train.batch_size)
+    micro, accum, divides = batch_layout(batch, procs, cfg.train.micro_batch)
+    out: dict[str, Any] = {"global_batch": batch, "micro_batch": micro, "accumulation": accum,
+                           "divides": divides, "memory": None, "fits": None, "problems": []}
+    if not divides:
+        out["problems"].append(
+            f"{label}: global batch {batch} is not {procs} processes x micro-batch {micro} x an "
+            f"accumulation count; would divide: {'; '.join(_divide_advice(batch, procs, cfg.train.micro_batch, gpus_per_node))}")
+    if gpus_per_node > 0:
+        memory = _memory(cfg, spec, teacher, procs, max(micro, 1))
+        out.update(memory=memory, fits=_fits(memory, str(res.gpu)))
+        if not out["fits"] and divides:
+            usable = HEADROOM * costs.GPU_MEMORY_BYTES[str(res.gpu)]
+            parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in memory.items() if k != "total")
+            ds = int(cfg.distributed.zero_stage) if cfg.distributed.deepspeed else 0
+            out["problems"].append(
+                f"{label}: {memory['total'] / GIB:.1f} GiB per GPU ({parts}) > {usable / GIB:.1f} GiB usable "
+                f"of {res.gpu} ({HEADROOM:.0%}) at micro-batch {micro}, ZeRO-{ds}, {cfg.train.precision}, "
+                f"checkpointing {'on' if cfg.model.grad_checkpointing else 'off'}; "
+                f"would fit: {'; '.join(_advice(cfg, spec, teacher, procs, micro))}")
+    return out
+
+
 def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     cfg = stage.cfg
     spec, teacher = _rungs(cfg, stage.teacher_rung)
     samples = int(cfg.train.samples)
-    patch_dropout = float(cfg.model.patch_dropout) if stage.kind == "clip" else 0.0
     mask_ratio = float(cfg.loss.mask_ratio)
     if stage.kind == "clip":
         n_params = costs.clip_params(spec)
         gflops_fwd = costs.eva02_gflops(spec.vision)
     else:
-        teacher_width = teacher.vision.width if teacher else spec.mim.width
-        n_params = costs.params(spec.mim) + costs.mim_head_params(spec.mim, teacher_width)
+        target_dim = costs.mim_target_dim(teacher, spec.mim)
+        n_params = costs.params(spec.mim) + costs.mim_head_params(spec.mim, target_dim)
         gflops_fwd = costs.eva02_gflops(spec.mim)
-    # phases: FLOPs summed over each phase's samples at its patch dropout; memory at the phase
-    # that keeps the most patches
+    # FLOPs summed over the phases at each one's patch dropout; layout and memory checked per
+    # phase, and the table shows the phase that needs the most memory (or does not divide)
     phases = stage_phases(cfg)
-    if stage.kind == "clip" and len(phases) > 1:
-        patch_dropout = min(p.patch_dropout for p in phases)
-        cfg = cfg.copy()
-        cfg.model.patch_dropout = patch_dropout
     total = sum(costs.train_flops(spec, stage.kind, 1, p.patch_dropout if stage.kind == "clip" else 0.0,
                                   mask_ratio, teacher) * p.samples for p in phases)
     per_sample = total / samples
+    checks = [_phase_check(stage, _phase_config(cfg, p), stage.name, spec, teacher) for p in phases]
+    if len(phases) > 1:
+        # a problem every phase has is the stage's; one that only some have names its phase (and
+        # that phase's own micro-batch key, when it sets one)
+        for i, (p, c) in enumerate(zip(phases, checks, strict=True)):
+            own = [m for m in c["problems"] if not all(m in other["problems"] for other in checks)]
+            for m in own:
+                text = m.replace(f"{stage.name}:", f"{stage.name} phase '{p.name}':", 1)
+                if cfg.phases[i].get("micro_batch") is not None:
+                    text = text.replace("train.micro_batch=", f"phases[{i}].micro_batch=")
+                c["problems"][c["problems"].index(m)] = text
+        shared = checks[0]["problems"]
+        for c in checks[1:]:
+            c["problems"] = [m for m in c["problems"] if m not in shared]
+    worst = max(checks, key=lambda c: (not c["divides"], c["memory"]["total"] if c["memory"] else 0.0))
     res = cfg.resources
     nodes, gpus_per_node, procs = _world(res)
-    batch = int(cfg.train.batch_size)
-    micro, accum, divides = batch_layout(batch, procs, cfg.train.micro_batch)
     out: dict[str, Any] = {
         "params": int(n_params),
         "gflops_per_sample": per_sample / 1e9,  # training: forward + backward (+ frozen teacher)
@@ -165,10 +213,10 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         "nodes": nodes,
         "gpus_per_node": gpus_per_node,
         "processes": procs,
-        "global_batch": batch,
-        "micro_batch": micro,
-        "accumulation": accum,
-        "divides": divides,
+        "global_batch": worst["global_batch"],
+        "micro_batch": worst["micro_batch"],
+        "accumulation": worst["accumulation"],
+        "divides": all(c["divides"] for c in checks),
         "zero_stage": int(cfg.distributed.zero_stage),
         "precision": str(cfg.train.precision),
         "grad_checkpointing": bool(cfg.model.grad_checkpointing),
@@ -180,32 +228,18 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         "fits": None,
         "gpu_hours": None,
         "wall_hours": None,
-        "problems": [],
+        "problems": [p for c in checks for p in c["problems"]],
     }
-    problems: list[str] = out["problems"]
-    if not divides:
-        problems.append(
-            f"{stage.name}: global batch {batch} is not {procs} processes x micro-batch {micro} x an "
-            f"accumulation count; would divide: {'; '.join(_divide_advice(batch, procs, cfg.train.micro_batch, gpus_per_node))}")
     if gpus_per_node > 0:
-        memory = _memory(cfg, spec, teacher, procs, max(micro, 1))
+        memory = worst["memory"]
         hours = costs.gpu_hours(total, str(res.gpu), float(res.mfu))
-        usable = HEADROOM * costs.GPU_MEMORY_BYTES[str(res.gpu)]
-        fits = _fits(memory, str(res.gpu))
         out.update(memory_per_gpu_gb=memory["total"] / GIB, gpu_hours=hours, wall_hours=hours / procs,
-                   fits=fits, gpu_memory_gb=costs.GPU_MEMORY_BYTES[str(res.gpu)] / GIB,
+                   fits=all(c["fits"] for c in checks), gpu_memory_gb=costs.GPU_MEMORY_BYTES[str(res.gpu)] / GIB,
                    memory_gb={k: v / GIB for k, v in memory.items()})
         # loader cores a GPU needs: its planned samples/s over one core's, at the stage's image size
         per_gpu = 1.0 / (3600.0 * costs.gpu_hours(per_sample, str(res.gpu), float(res.mfu)))
         size = (spec.vision if stage.kind == "clip" else spec.mim).image_size
         out.update(throughput.loader_cores(per_gpu, size, int(res.cpus_per_task)))
-        if not fits and divides:
-            parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in memory.items() if k != "total")
-            problems.append(
-                f"{stage.name}: {memory['total'] / GIB:.1f} GiB per GPU ({parts}) > {usable / GIB:.1f} GiB usable "
-                f"of {res.gpu} ({HEADROOM:.0%}) at micro-batch {micro}, ZeRO-{out['zero_stage']}, "
-                f"{out['precision']}, checkpointing {'on' if out['grad_checkpointing'] else 'off'}; "
-                f"would fit: {'; '.join(_advice(cfg, spec, teacher, procs, micro))}")
     return out
 
 
