@@ -1,7 +1,7 @@
 """The EVA papers' published numbers, as data files next to this module.
 
-Every row names the tables its values come from (``table``: seed 000 = EVA-CLIP paper, seed 001 =
-EVA-CLIP-18B paper, seed 002 = EVA-02 paper) and where they were cross-checked (``source``:
+Every row names the tables its values come from (``table``, each paper by its name: EVA-CLIP,
+EVA-CLIP-18B, EVA-02) and where they were cross-checked (``source``:
 BAAI's EVA GitHub READMEs). Where the EVA-CLIP-18B paper evaluates a model (its Tables 1-3: EVA
 models and the peers OpenCLIP-G/14, DFN5B-CLIP-H/14 at 224 and 378 px, InternVL-C), its figures
 are used, so that every model in the bubble chart is evaluated alike; other papers' or the
@@ -23,9 +23,9 @@ import pandas as pd
 
 TABLES: dict[str, str] = {
     "clip_models": "CLIP models and peers: configs, IN-1K zero-shot, COCO R@5, 27-set averages "
-                   "(seed 001 Tabs. 1-3, seed 002 Tabs. 9-12)",
-    "eva02_sizes": "EVA-02 MIM towers: shapes and parameters (seed 002 Tab. 5)",
-    "headlines": "Headline results (seed 000 / seed 001 abstracts)",
+                   "(EVA-CLIP-18B Tabs. 1-3, EVA-02 Tabs. 9-12)",
+    "eva02_sizes": "EVA-02 MIM towers: shapes and parameters (EVA-02 Tab. 5)",
+    "headlines": "Headline results (EVA-CLIP / EVA-CLIP-18B abstracts)",
 }
 
 # Registry names of the rung files (experiments/models/*.yaml) for the published CLIP models, used

@@ -90,7 +90,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def _default_teacher(rung: RungSpec) -> RungSpec | None:
     if rung.alias in ("8B", "18B"):
-        return get_rung("E14", rung.proxy)  # seed 001: EVA-8B/18B learn from EVA-02-CLIP-E/14+
+        return get_rung("E14", rung.proxy)  # EVA-CLIP-18B: EVA-8B/18B learn from EVA-02-CLIP-E/14+
     if rung.alias in LADDER_ORDER and LADDER_ORDER.index(rung.alias) > 0:
         return get_rung(LADDER_ORDER[LADDER_ORDER.index(rung.alias) - 1], rung.proxy)
     return None

@@ -82,7 +82,7 @@ def test_seed001_table1_peers() -> None:
     for model, values in expected.items():
         row = _row(df, model)
         _check(row, dict(zip(keys, values, strict=True)))
-        assert not row["family"].startswith("EVA") and "seed 001 Tab. 1" in row["table"]
+        assert not row["family"].startswith("EVA") and "EVA-CLIP-18B Tab. 1" in row["table"]
 
 
 def test_every_value_cites_the_table_it_comes_from() -> None:
@@ -92,11 +92,11 @@ def test_every_value_cites_the_table_it_comes_from() -> None:
             assert "README" in row["table"] and "README figures only" in row["note"]
             continue
         cited = row["table"]
-        assert ("seed 001 Tab. 1" in cited) or ("seed 002 Tab. 10" in cited), row["model"]
+        assert ("EVA-CLIP-18B Tab. 1" in cited) or ("EVA-02 Tab. 10" in cited), row["model"]
         if not pd.isna(row["coco_t2i_r5"]):
             assert "Tab. 3 (COCO" in cited or "Tab. 12 (COCO" in cited, row["model"]
         if not pd.isna(row["img_cls_avg27"]):
-            assert "seed 001 Tab. 1" in cited or "Tab. 9 (27-set" in cited, row["model"]
+            assert "EVA-CLIP-18B Tab. 1" in cited or "Tab. 9 (27-set" in cited, row["model"]
 
 
 def test_seed002_tables_9_to_12_eva02_clip() -> None:

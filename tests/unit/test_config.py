@@ -16,7 +16,7 @@ from scaling.config import (
 
 def test_recipe_layers_apply_in_order():
     cfg = load_stage_config("clip", "18B", proxy=False)
-    # seed 001 Table 13 values come from the rung recipe on top of the generic CLIP recipe
+    # EVA-CLIP-18B Table 13 values come from the rung recipe on top of the generic CLIP recipe
     assert cfg.optim.name == "lamb"
     assert list(cfg.optim.betas) == [0.9, 0.95]
     assert cfg.loss.temperature == 0.01

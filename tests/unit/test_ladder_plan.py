@@ -148,7 +148,7 @@ def test_dry_run_rows_at_real_sizes(runs, tmp_path):
     assert mim["kind"] == "mim" and "ladder.teacher_checkpoint" in mim["teacher"]
     assert clip["init"]["vision"] == "mim@18B" and clip["depends_on"] == ["mim@18B"]
     assert 17e9 < clip["params"] < 19e9  # EVA-CLIP-18B: 17.5B vision + 0.7B text
-    assert clip["nodes"] * clip["gpus_per_node"] == 360  # seed 001: 360 A100s
+    assert clip["nodes"] * clip["gpus_per_node"] == 360  # EVA-CLIP-18B: 360 A100s
 
 
 def test_text_init_only_between_text_towers_of_one_shape(runs):
