@@ -141,8 +141,7 @@ def _phase_config(cfg: DictConfig, phase: Phase) -> DictConfig:
     return cfg
 
 
-def _phase_check(stage: PlannedStage, cfg: DictConfig, label: str, spec: RungSpec,
-                 teacher: RungSpec | None) -> dict[str, Any]:
+def _phase_check(cfg: DictConfig, label: str, spec: RungSpec, teacher: RungSpec | None) -> dict[str, Any]:
     """One phase's batch layout, memory per GPU and what is wrong with them."""
     res = cfg.resources
     _, gpus_per_node, procs = _world(res)
@@ -169,6 +168,22 @@ def _phase_check(stage: PlannedStage, cfg: DictConfig, label: str, spec: RungSpe
     return out
 
 
+def _stage_problems(name: str, cfg: DictConfig, phases: list[Phase], per_phase: list[list[str]]) -> list[str]:
+    """A problem every phase has is the stage's, said once; one that only some phases have names
+    its phase (and that phase's own micro-batch key, when it sets one)."""
+    shared = [m for m in per_phase[0] if all(m in other for other in per_phase)]
+    out = list(shared)
+    for p, problems in zip(phases, per_phase, strict=True):
+        for m in problems:
+            if m in shared:
+                continue
+            text = m.replace(f"{name}:", f"{name} phase '{p.name}':", 1)
+            if cfg.phases and cfg.phases[p.index].get("micro_batch") is not None:
+                text = text.replace("train.micro_batch=", f"phases[{p.index}].micro_batch=")
+            out.append(text)
+    return out
+
+
 def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     cfg = stage.cfg
     spec, teacher = _rungs(cfg, stage.teacher_rung)
@@ -187,20 +202,7 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     total = sum(costs.train_flops(spec, stage.kind, 1, p.patch_dropout if stage.kind == "clip" else 0.0,
                                   mask_ratio, teacher) * p.samples for p in phases)
     per_sample = total / samples
-    checks = [_phase_check(stage, _phase_config(cfg, p), stage.name, spec, teacher) for p in phases]
-    if len(phases) > 1:
-        # a problem every phase has is the stage's; one that only some have names its phase (and
-        # that phase's own micro-batch key, when it sets one)
-        for i, (p, c) in enumerate(zip(phases, checks, strict=True)):
-            own = [m for m in c["problems"] if not all(m in other["problems"] for other in checks)]
-            for m in own:
-                text = m.replace(f"{stage.name}:", f"{stage.name} phase '{p.name}':", 1)
-                if cfg.phases[i].get("micro_batch") is not None:
-                    text = text.replace("train.micro_batch=", f"phases[{i}].micro_batch=")
-                c["problems"][c["problems"].index(m)] = text
-        shared = checks[0]["problems"]
-        for c in checks[1:]:
-            c["problems"] = [m for m in c["problems"] if m not in shared]
+    checks = [_phase_check(_phase_config(cfg, p), stage.name, spec, teacher) for p in phases]
     worst = max(checks, key=lambda c: (not c["divides"], c["memory"]["total"] if c["memory"] else 0.0))
     res = cfg.resources
     nodes, gpus_per_node, procs = _world(res)
@@ -228,7 +230,7 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         "fits": None,
         "gpu_hours": None,
         "wall_hours": None,
-        "problems": [p for c in checks for p in c["problems"]],
+        "problems": _stage_problems(stage.name, cfg, phases, [c["problems"] for c in checks]),
     }
     if gpus_per_node > 0:
         memory = worst["memory"]
