@@ -107,11 +107,25 @@ def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: b
             print(f"warning: no report written: {exc}", file=out)
 
 
-def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
+def split_command(argv: list[str] | None) -> tuple[str, list[str]]:
+    """(``run`` | ``status``, the rest): the command word is optional and defaults to ``run``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = "run"
     if argv and argv[0] in ("status", "run"):
-        command = argv.pop(0)
+        return argv[0], argv[1:]
+    return "run", argv
+
+
+def print_status(plan: Any, as_json: bool) -> None:
+    """Each stage's state, run, job, progress and metrics (``status``)."""
+    from scaling.ladder.render import status_table
+    from scaling.ladder.status import stage_rows
+
+    rows = stage_rows(plan)
+    print(json.dumps(rows, indent=1) if as_json else status_table(rows))
+
+
+def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
+    command, argv = split_command(argv)
     args = build_parser().parse_args(argv)
 
     from scaling.config import ConfigError
@@ -132,11 +146,7 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
             print(note, file=sys.stderr)
 
     if command == "status":
-        from scaling.ladder.render import status_table
-        from scaling.ladder.status import stage_rows
-
-        rows = stage_rows(plan)
-        print(json.dumps(rows, indent=1) if args.json else status_table(rows))
+        print_status(plan, args.json)
         return 0
     from scaling.ladder.estimate import plan_problems, plan_rows
 

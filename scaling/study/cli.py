@@ -126,14 +126,13 @@ def _summary(uri: str, experiment: str, report_dir: Path, out: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = "run"
-    if argv and argv[0] in ("status", "run"):
-        command = argv.pop(0)
+    from scaling.ladder.cli import split_command
+
+    command, argv = split_command(argv)
     args = build_parser().parse_args(argv)
 
     from scaling.config import ConfigError
-    from scaling.ladder.cli import gpu_visible
+    from scaling.ladder.cli import gpu_visible, print_status
     from scaling.launch.executors import LaunchError, resolve_executor
     from scaling.models.specs import SpecError
 
@@ -144,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LaunchError, SpecError, ValueError) as exc:
         return _fail(str(exc))
     if command == "status":
-        from scaling.ladder.render import status_table
-        from scaling.ladder.status import stage_rows
-
-        rows = stage_rows(study.plan)
-        print(json.dumps(rows, indent=1) if args.json else status_table(rows))
+        print_status(study.plan, args.json)
         return 0
     if args.dry_run:
         _dry_run(study, args.json)
