@@ -111,3 +111,17 @@ def remove_recorded(record: Path) -> None:
         return
     _remove(made.get("bridge", ""), made.get("netns", []), made.get("veth", []))
     record.unlink(missing_ok=True)
+
+
+def recorded_netns(record: Path) -> list[str]:
+    """The namespaces a cluster listed in ``record`` (none when it is missing or unreadable)."""
+    try:
+        return list(json.loads(record.read_text()).get("netns", []))
+    except (OSError, ValueError):
+        return []
+
+
+def netns_pids(netns: str) -> list[int]:
+    """Every process running in network namespace ``netns`` (what a node "runs")."""
+    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]

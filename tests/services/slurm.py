@@ -7,15 +7,11 @@ nothing is written to /etc/slurm. With ``nodes > 1`` every slurmd runs "on its o
 network namespace with its own address and hostname on a bridge made for the cluster
 (``netns.py``); slurmctld is then reached at the bridge's address instead of 127.0.0.1.
 
-    python tests/services/slurm.py up --root DIR [--nodes 2]  # prints `export SLURM_CONF=...`
-    python tests/services/slurm.py status --root DIR
-    python tests/services/slurm.py down --root DIR
+By hand: ``scripts/slurm-cluster up|status|down --root DIR [--nodes 2]`` (``slurm_cli.py``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import secrets
 import socket
@@ -27,10 +23,12 @@ from pathlib import Path
 
 if __package__:
     from . import processes as ps
-    from .netns import Network, Node, remove_recorded
-else:  # run as a script: python tests/services/slurm.py
+    from .netns import Network, Node, netns_pids, recorded_netns, remove_recorded
+    from .slurm_conf import CLUSTER_NAME, DB_PASSWORD, slurm_conf, slurmdbd_conf
+else:  # imported by slurm_cli.py run as a script
     import processes as ps
-    from netns import Network, Node, remove_recorded
+    from netns import Network, Node, netns_pids, recorded_netns, remove_recorded
+    from slurm_conf import CLUSTER_NAME, DB_PASSWORD, slurm_conf, slurmdbd_conf
 
 # Debian package -> a program it provides (checked before anything starts).
 PACKAGES = {
@@ -42,15 +40,12 @@ PACKAGES = {
     "mariadb-server": "mariadbd",
     "iproute2": "ip",  # network namespaces of the multi-node cluster
 }
-CLUSTER_NAME = "scaling"
-PARTITION = "debug"
 # Daemons carry this variable (value: the cluster root) so that a later run can find and stop
 # daemons left behind by a crashed one, even when their pid files are gone.
 MARKER = "SCALING_TEST_SLURM_ROOT"
 # Smaller InnoDB files: ~100 MB per cluster folder instead of ~180 MB.
 _INNODB_SMALL = ["--innodb-log-file-size=8M", "--innodb-data-file-path=ibdata1:4M:autoextend",
                  "--innodb-buffer-pool-size=64M"]  # fmt: skip
-DB_PASSWORD = "scaling-test"  # MariaDB listens on 127.0.0.1 only and lives as long as the cluster
 
 
 def ensure_packages() -> None:
@@ -187,8 +182,8 @@ class SlurmCluster:
         for proc in getattr(self, "_spawned", {}).values():
             proc.poll()  # reap what this object started
         record = self.root / "run" / "network"
-        for netns in _recorded_netns(record):  # whatever a job left running "on" a node
-            ps.kill_all(_netns_pids(netns), grace=2)
+        for netns in recorded_netns(record):  # whatever a job left running "on" a node
+            ps.kill_all(netns_pids(netns), grace=2)
         remove_recorded(record)
 
     def _stop_daemons(self, pids: list[int], started: list[int]) -> None:
@@ -224,7 +219,7 @@ class SlurmCluster:
         """A node "crashes": SIGKILL its slurmd and every process on it (job steps included)."""
         node = self._node(name)
         assert self.network is not None
-        pids = _netns_pids(node.netns)
+        pids = netns_pids(node.netns)
         ps.kill_all(pids, grace=0)
         proc = self._spawned.pop(f"slurmd-{name}", None)
         if proc is not None:
@@ -296,107 +291,11 @@ class SlurmCluster:
         if not key.exists():
             key.write_bytes(secrets.token_bytes(1024))
         key.chmod(0o400)
-        self.conf.write_text(self._slurm_conf())
+        self.conf.write_text(slurm_conf(self))
         (self.conf.parent / "plugstack.conf").write_text("")
         dbd = self.conf.parent / "slurmdbd.conf"
-        dbd.write_text(self._slurmdbd_conf())
+        dbd.write_text(slurmdbd_conf(self))
         dbd.chmod(0o600)  # slurmdbd refuses a world-readable file holding the DB password
-
-    def _slurm_conf(self) -> str:
-        r = self.root
-        return f"""\
-ClusterName={CLUSTER_NAME}
-SlurmctldHost={self.node}({self.ctld_addr})
-SlurmctldPort={self.ctld_port}
-SlurmdPort={self.slurmd_port}
-{self._bind_line()}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-CredType=cred/munge
-# A requeued job otherwise waits for the default 120 s credential lifetime before restarting.
-AuthInfo=socket={self.munge_socket},cred_expire=10
-StateSaveLocation={r}/spool/ctld
-SlurmdSpoolDir={r}/spool/d/%n
-SlurmctldPidFile={r}/run/slurmctld.pid
-SlurmdPidFile={r}/run/slurmd-%n.pid
-SlurmctldLogFile={r}/log/slurmctld.log
-SlurmdLogFile={r}/log/slurmd-%n.log
-PlugStackConfig={r}/etc/plugstack.conf
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-MpiDefault=none
-MailProg=/bin/true
-SwitchType=switch/none
-ReturnToService=2
-SelectType=select/cons_tres
-SelectTypeParameters=CR_CPU
-SlurmdParameters=config_overrides
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1,bf_interval=1
-# Without this an `afterok` dependant of a failed job stays pending forever.
-DependencyParameters=kill_invalid_depend
-JobRequeue=1
-# Clusters live side by side in one test session, and submitit caches job states by job id in
-# the process: ids must not repeat across them.
-FirstJobId={self._first_job_id()}
-MinJobAge=10
-KillWait=2
-Waittime=0
-InactiveLimit=0
-SlurmctldTimeout=10
-# A lost node is marked down after this long (a node-failure test waits for it).
-SlurmdTimeout=20
-MessageTimeout=10
-# submitit reads job states from sacct: without accounting a cancelled job never reads as done.
-AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=127.0.0.1
-AccountingStoragePort={self.dbd_port}
-# The munge socket for talking to slurmdbd (AuthInfo's socket covers the other connections).
-AccountingStoragePass={self.munge_socket}
-JobCompType=jobcomp/none
-{self._node_lines()}
-PartitionName={PARTITION} Nodes={",".join(self.nodes)} Default=YES MaxTime=INFINITE State=UP
-"""
-
-    def _first_job_id(self) -> int:
-        block = (self.ctld_port - 16817) // 10
-        return 1 + 100_000 * block + (500_000 if self.network else 0)
-
-    def _bind_line(self) -> str:
-        if self.network is None:
-            return ("# slurmd binds to NodeAddr only (slurmctld and slurmdbd of 22.05 still listen on any address).\n"
-                    "CommunicationParameters=NoInAddrAny")
-        # Nodes have namespaces of their own; an srun on this host must listen where they reach it.
-        return "# every slurmd is alone in its network namespace: binding any address is fine there"
-
-    def _node_lines(self) -> str:
-        memory = _memory_mb() // self.num_nodes
-        if self.network is None:
-            return f"NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={memory} State=UNKNOWN"
-        return "\n".join(f"NodeName={n.name} NodeAddr={n.addr} CPUs={self.cpus} RealMemory={memory} State=UNKNOWN"
-                         for n in self.network.nodes)  # fmt: skip
-
-    def _slurmdbd_conf(self) -> str:
-        r = self.root
-        return f"""\
-AuthType=auth/munge
-AuthInfo=socket={self.munge_socket}
-DbdAddr=127.0.0.1
-DbdHost={self.node}
-DbdPort={self.dbd_port}
-SlurmUser=root
-PidFile={r}/run/slurmdbd.pid
-LogFile={r}/log/slurmdbd.log
-DebugLevel=info
-StorageType=accounting_storage/mysql
-StorageHost=127.0.0.1
-StoragePort={self.db_port}
-StorageUser=slurm
-StoragePass={DB_PASSWORD}
-StorageLoc=slurm_acct_db
-"""
 
     def _start_mariadb(self, deadline: float) -> None:
         datadir = self.root / "mysql" / "data"
@@ -484,62 +383,3 @@ StorageLoc=slurm_acct_db
     def _registered(self) -> bool:
         out = self._out(["sacctmgr", "-n", "-P", "list", "cluster", "format=cluster,controlport"])
         return f"{CLUSTER_NAME}|{self.ctld_port}" in out
-
-
-def _recorded_netns(record: Path) -> list[str]:
-    try:
-        return list(json.loads(record.read_text()).get("netns", []))
-    except (OSError, ValueError):
-        return []
-
-
-def _netns_pids(netns: str) -> list[int]:
-    out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def _memory_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return max(int(line.split()[1]) // 1024 - 1024, 512)  # leave 1 GiB to the system
-    return 1024
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Start, inspect or stop the single-node SLURM test cluster (root only). "
-        "After `up`, run `export SLURM_CONF=<root>/etc/slurm.conf` to use sbatch/squeue/sacct "
-        "or `--executor slurm` against it."
-    )
-    parser.add_argument(
-        "action",
-        choices=["up", "down", "status"],
-        help="up: start (restarts the cluster of this root if it runs), down: stop, status: show",
-    )
-    parser.add_argument("--root", type=Path, required=True, help="folder for configs, logs, state")
-    parser.add_argument(
-        "--port-base", type=int, default=16817, help="first of four ports (default 16817)"
-    )
-    parser.add_argument("--nodes", type=int, default=1,
-                        help="1: slurmd on this host; N > 1: N nodes sn1..snN, each in its own network "
-                        "namespace on a bridge 10.213.x.0/24 made for the cluster (default 1)")  # fmt: skip
-    args = parser.parse_args(argv)
-    cluster = SlurmCluster(args.root, port_base=args.port_base, nodes=args.nodes)
-    try:
-        if args.action == "up":
-            started = time.monotonic()
-            cluster.start(detached=True)
-            print(f"SLURM test cluster up in {time.monotonic() - started:.1f} s", file=sys.stderr)
-            print(f"export SLURM_CONF={cluster.conf}")
-        elif args.action == "down":
-            cluster.stop()
-        else:
-            print(cluster.status())
-    except ps.ServiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
