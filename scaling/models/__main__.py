@@ -201,7 +201,7 @@ def print_report(r: dict[str, Any]) -> None:
     if r["implied_mfu"] is not None:
         print(f"  a wall time of {r['wall_days_given']:g} days implies MFU {r['implied_mfu']:.1%}")
     else:
-        print("  implied MFU: pass --wall-days (the seed papers do not publish the wall time)")
+        print("  implied MFU: pass --wall-days (the EVA papers do not publish the wall time)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -119,7 +119,7 @@ def wait(study: Any, spec: SweepSpec, jobs: list[Any], poll_s: float = 2.0) -> l
     """Follow the study (progress bar on stderr) until every worker job ended; returns errors."""
     from tqdm import tqdm
 
-    from scaling.sweep.storage import count
+    from scaling.sweep.accounting import count
 
     bar = tqdm(total=spec.n_trials, desc=f"sweep {spec.name}", unit="trial", file=sys.stderr,
                disable=not sys.stderr.isatty())

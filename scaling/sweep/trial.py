@@ -25,8 +25,9 @@ from optuna.trial import TrialState
 
 from scaling.metrics import MetricLogger, MultiLogger, NullLogger
 from scaling.sweep import runs
+from scaling.sweep.accounting import root_trial_number
+from scaling.sweep.heartbeats import beat
 from scaling.sweep.spec import SweepError, SweepSpec
-from scaling.sweep.storage import beat, root_trial_number
 
 log = logging.getLogger(__name__)
 

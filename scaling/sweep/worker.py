@@ -17,8 +17,11 @@ from dataclasses import dataclass, field
 import optuna
 
 from scaling.sweep import runs
+from scaling.sweep.accounting import count
+from scaling.sweep.heartbeats import ask_lock, reap_stale
+from scaling.sweep.samplers import distributions
 from scaling.sweep.spec import SweepError, SweepSpec
-from scaling.sweep.storage import ask_lock, count, distributions, open_study, reap_stale
+from scaling.sweep.storage import open_study
 from scaling.sweep.trial import run_trial
 
 log = logging.getLogger(__name__)

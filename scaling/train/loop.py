@@ -15,12 +15,11 @@ from omegaconf import DictConfig
 
 from scaling.config import Phase, stage_phases
 from scaling.metrics import MetricLogger
+from scaling.models.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
 from scaling.train.engine import DeepSpeedEngine, Engine
 from scaling.train.errors import StageConfigError
-from scaling.train.inputs import build_stage_model
-from scaling.train.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train.optim import (
     CosineSchedule,
     TowerGroups,
@@ -30,6 +29,7 @@ from scaling.train.optim import (
 )
 from scaling.train.result import StageResult
 from scaling.train.stage_data import resolve_sources, train_stream
+from scaling.train.stage_models import build_stage_model
 from scaling.train.throughput import flops_per_sample, peak_flops
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,9 @@ def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
                 if rate > 0 else None
 
 
-class Stage:
+class TrainingLoop:
+    """One stage's training loop; `scaling.train.stage.run_stage` sets up the process and runs it."""
+
     def __init__(self, cfg: DictConfig, device: torch.device, logger: MetricLogger,
                  stop_requested=None) -> None:
         self.cfg = cfg

@@ -72,10 +72,10 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
     if rank == 0:
         save_resolved(cfg, out / "config.yaml")
     logger = logger if (logger is not None and rank == 0) else NullLogger()
-    from scaling.train.loop import Stage
+    from scaling.train.loop import TrainingLoop
 
     try:
-        result = Stage(cfg, device, logger, stop_requested).run()
+        result = TrainingLoop(cfg, device, logger, stop_requested).run()
     except BaseException:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()  # no barrier: the other ranks may never reach it

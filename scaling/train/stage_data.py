@@ -7,6 +7,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from scaling.data.masking import mask_generator
 from scaling.paths import REPO_ROOT
 
 
@@ -36,13 +37,6 @@ def resolve_sources(cfg: DictConfig, image_size: int, progress: bool = False) ->
     cls = cfg.eval.classification or (synth or {}).get("classification")
     ret = cfg.eval.retrieval or (synth or {}).get("retrieval")
     return StageData(train=train, classification=cls, retrieval=ret, synthetic=cfg.data.train is None)
-
-
-def mask_generator(cfg: DictConfig, grid: int):
-    from scaling.data.masking import BlockMaskGenerator
-
-    return BlockMaskGenerator((grid, grid), mask_ratio=cfg.loss.mask_ratio,
-                              min_patches=cfg.loss.min_mask_patches)
 
 
 def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokenizer, micro_batch: int,

@@ -1,4 +1,4 @@
-"""The two stage objectives."""
+"""The two stage objectives (MIM feature regression, CLIP contrastive), shared by training and eval."""
 
 from __future__ import annotations
 
