@@ -12,9 +12,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from timm.layers import PatchDropoutWithIndices
+from tqdm.auto import tqdm
 
 from scaling.config import Phase, stage_phases
+from scaling.data.tokenizer import get_tokenizer
+from scaling.eval.runner import StageEvaluator
 from scaling.metrics import MetricLogger
+from scaling.models.build import text_layer_id, vision_layer_id
 from scaling.models.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
@@ -53,8 +58,6 @@ def batch_layout(batch: int, micro_batch: int | None, world: int, where: str = "
 
 def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
     """Set the patch dropout of every timm ``Eva`` trunk in ``module`` (a phase boundary)."""
-    from timm.layers import PatchDropoutWithIndices
-
     for sub in module.modules():
         if hasattr(sub, "patch_drop") and hasattr(sub, "num_prefix_tokens"):
             # None at 0, as a tower built without dropout: no module, no random numbers drawn
@@ -102,8 +105,6 @@ class TrainingLoop:
             self.engine.compile()  # compiles at the first step; evaluation runs the eager module
         self.loss_fn = ContrastiveLoss(self.rank, self.world) if self.kind == "clip" else None
 
-        from scaling.data.tokenizer import get_tokenizer
-
         self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
         self.sources = resolve_sources(cfg, self.image_size, progress=self.rank == 0)
         self.teacher_spec = info.get("teacher_spec")
@@ -119,7 +120,6 @@ class TrainingLoop:
                 log.info("%s: phases %s", cfg.stage.name, ", ".join(
                     f"{p.name} ({p.steps} steps of {p.batch_size}, patch dropout {p.patch_dropout})"
                     for p in self.phases))
-        from scaling.eval.runner import StageEvaluator
 
         self.evaluator = StageEvaluator(cfg, self.sources, self.image_size, self.grid, self.tokenizer,
                                         device, self.teacher, self.teacher_image_size)
@@ -159,8 +159,6 @@ class TrainingLoop:
 
     # -- setup -------------------------------------------------------------------------------
     def _engine(self) -> Engine:
-        from scaling.models.build import text_layer_id, vision_layer_id
-
         cfg = self.cfg
         text_lr = cfg.optim.text_lr if cfg.optim.text_lr is not None else cfg.optim.lr
         text_wd = cfg.optim.text_weight_decay if cfg.optim.text_weight_decay is not None else cfg.optim.weight_decay
@@ -320,7 +318,5 @@ class TrainingLoop:
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
                 disable=not enabled or not sys.stderr.isatty(), dynamic_ncols=True)
