@@ -15,7 +15,7 @@ samples/s, and the cost of restoring a stream position. Then real sizes (``data_
 stream at 224 px (336, 448 on request) from 256 px JPEG and WebP shards beside an open_clip-style
 webdataset pipeline on the same shards, per core; 1 against 2 loader workers; and the restore
 time at 10k, 100k and 1M samples. The stream's samples per CPU-second at each real size go to
-``scaling.data.throughput``'s file, which the ladder's dry run reads for its loader-cores column.
+``scaling.loader_costs``'s file, which the ladder's dry run reads for its loader-cores column.
 """
 
 from __future__ import annotations
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="stream positions (samples) to time restores at")
     p.add_argument("--throughput-out", type=Path,
                    help="where to write the samples/s per core figures (default: "
-                        "scaling.data.throughput's file)")
+                        "scaling.loader_costs's file)")
     p.add_argument("--json", type=Path, metavar="OUT", help="also write the figures as JSON")
     p.add_argument(
         "--workdir", type=Path, help="scratch folder (default: a temporary one under .cache/)"
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_real(work: Path, args) -> dict:
     import data_real
 
-    from scaling.data import throughput
+    from scaling import loader_costs as throughput
 
     out: dict = {}
     parts = args.real_parts

@@ -4,7 +4,7 @@ against the GPU's dense bf16 peak.
     python benchmarks/bench_gpu.py                         # on a CUDA machine (H100: target >= 45 %)
     python benchmarks/bench_gpu.py --batch 64 --json out/gpu.json
 
-Both sides are the toolkit's step (``Stage.train_step``, plain torch engine, the L14 CLIP
+Both sides are the toolkit's step (``TrainingLoop.train_step``, plain torch engine, the L14 CLIP
 recipe: LAMB, layer decay, 50 % patch dropout) with ``model.attn=flash`` and
 ``model.attn=sdpa``, repeats interleaved. MFU = cost-model FLOPs per step / step time / peak
 (``scaling.costs.GPU_PEAK_FLOPS``, picked from the device name, or ``--peak-tflops``).

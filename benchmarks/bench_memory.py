@@ -6,7 +6,7 @@ activation peak. Target: predicted / measured in [0.8, 1.25] for every part.
     python benchmarks/bench_memory.py --cases clip:B16 --micro 2 --precision fp32   # a subset first
     python benchmarks/bench_memory.py --json out/memory.json
 
-Each case is the toolkit's own step (``benchmarks/steps.py``: ``Stage.micro_loss`` and the
+Each case is the toolkit's own step (``benchmarks/steps.py``: ``TrainingLoop.micro_loss`` and the
 plain torch engine's backward, the recipe's optimiser, 50 % patch dropout for CLIP, a B16 CLIP
 vision tower as L14's MIM teacher) at real size on 224 px inputs. Measured:
 

@@ -5,7 +5,7 @@ from timm (``Eva``) and open_clip (``TextTransformer``, ``ClipLoss``) with a pla
     python benchmarks/bench_reference.py --kinds clip --side adamw=optim.name=adamw --json out/ref.json
 
 Same batch, dtype, threads, patch dropout and model shapes on both sides. The toolkit's step is
-``Stage.train_step`` (its param groups with layer decay, LAMB or AdamW as the recipe says,
+``TrainingLoop.train_step`` (its param groups with layer decay, LAMB or AdamW as the recipe says,
 gradient clipping, the lr schedule, autocast, the loss read back for logging); the
 reference is ``loss.backward(); AdamW.step(); zero_grad()``, timed twice: with torch's default
 AdamW (the target's "plain" step; a per-tensor loop on CPU) and with its fused kernel (the

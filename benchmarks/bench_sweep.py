@@ -87,9 +87,11 @@ def overhead(folder: Path, trials: int, uri: str) -> dict[str, float]:
     from scaling import tracking
     from scaling.config import flatten, load_stage_config
     from scaling.sweep import runs
+    from scaling.sweep.heartbeats import ask_lock
     from scaling.sweep.runner import absolutize
+    from scaling.sweep.samplers import distributions
     from scaling.sweep.spec import load_sweep
-    from scaling.sweep.storage import ask_lock, distributions, open_study
+    from scaling.sweep.storage import open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = absolutize(load_sweep(write_sweep(folder, "overhead", trials, 1, uri)))

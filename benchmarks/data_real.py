@@ -1,6 +1,6 @@
 """Real-size parts of ``bench_data.py``: the stream at 224/336/448 px from JPEG and WebP shards
 beside an open_clip-style webdataset pipeline, loader-worker scaling, and restore times at far
-positions (built with ``scaling.data.position.simulate``, checked against the real stream)."""
+positions (built with ``scaling.data.simulate``, checked against the real stream)."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ def bench_restore(work: Path, samples: int, positions: list[int], repeats: int) 
     the positions are simulated (the same state as streaming there: checked at 128 samples)."""
     import json
 
-    from scaling.data.position import simulate
+    from scaling.data.simulate import simulate
 
     positions = [-(-p // BATCH) * BATCH for p in positions]  # whole batches
     pattern = _shards(work, 256, "jpg", samples)

@@ -1,4 +1,4 @@
-"""Training steps to time: the toolkit's own step (``scaling.train``'s ``Stage.train_step`` on a
+"""Training steps to time: the toolkit's own step (``scaling.train``'s ``TrainingLoop.train_step`` on a
 stage config, without the data pipeline) and a reference step on the same model config built
 straight from timm / open_clip with a plain AdamW, plus the GEMM shapes a step runs.
 """
@@ -84,19 +84,19 @@ def make_batch(kind: str, rung, batch: int, device: torch.device, seed: int = 0)
 
 
 def toolkit_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
-    """``Stage.train_step`` of the toolkit (its engine, param groups, optimiser, schedule,
+    """``TrainingLoop.train_step`` of the toolkit (its engine, param groups, optimiser, schedule,
     clipping, autocast and loss) on a fixed in-memory batch: no data pipeline, no logging."""
     from scaling.costs import mim_target_dim
     from scaling.models.build import build_mim, build_vision
-    from scaling.train.inputs import build_stage_model, stage_rung
-    from scaling.train.loop import Stage, batch_layout, seed_all
-    from scaling.train.losses import ContrastiveLoss
+    from scaling.models.losses import ContrastiveLoss
+    from scaling.train.loop import TrainingLoop, batch_layout, seed_all
+    from scaling.train.stage_models import build_stage_model, stage_rung
     from scaling.train.throughput import flops_per_sample
 
     device = torch.device(device)
     kind = cfg.stage.kind
     seed_all(cfg.train.seed)
-    stage = Stage.__new__(Stage)  # the real step without the data pipeline and evaluator
+    stage = TrainingLoop.__new__(TrainingLoop)  # the real step without the data pipeline and evaluator
     stage.cfg, stage.device, stage.kind = cfg, device, kind
     stage.rank, stage.world = 0, 1
     stage.micro, stage.accum = batch_layout(cfg, 1)
@@ -186,8 +186,8 @@ def reference_step(cfg, device: torch.device | str = "cpu", fused: bool = False)
     from timm.models.eva import Eva
 
     from scaling.models.vision import eva_kwargs
-    from scaling.train.inputs import stage_rung
     from scaling.train.loop import seed_all
+    from scaling.train.stage_models import stage_rung
     from scaling.train.throughput import flops_per_sample
 
     device = torch.device(device)

@@ -27,6 +27,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scaling.config_schema import CHOICES, POSITIVE, RANGES, StageConfig
+from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
 
 RECIPES_DIR = EXPERIMENTS_DIR / "recipes"
@@ -226,8 +227,6 @@ def stage_phases(cfg: DictConfig, source: str = "config") -> list[Phase]:
 
 
 def _check_rung(name: str, key: str, source: str) -> None:
-    from scaling.models.registry import UnknownRungError, get_rung
-
     try:
         get_rung(name)
     except UnknownRungError as exc:
@@ -236,8 +235,6 @@ def _check_rung(name: str, key: str, source: str) -> None:
 
 def recipe_files(kind: str, rung: str, proxy: bool) -> list[Path]:
     """The recipe layers that apply to a stage, in merge order (missing optional ones skipped)."""
-    from scaling.models.registry import get_rung
-
     spec = get_rung(rung)
     files = [RECIPES_DIR / f"{kind}.yaml"]
     # a rung file may be named by any of the rung's names (clip/18B.yaml, mim/Ti14.yaml)

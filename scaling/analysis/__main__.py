@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _published(args: argparse.Namespace) -> int:
+    # pandas and scipy (~1.5 s) load with the subcommand, so that --help stays instant
     from scaling.analysis import published
 
     names = [args.table] if args.table else list(published.TABLES)
@@ -56,6 +57,7 @@ def _published(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    # pandas, scipy and MLflow load with the subcommand, so that --help stays instant
     from scaling.analysis.load import AnalysisError
     from scaling.analysis.report import build_report
 

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import minimize
 
 ArrayLike = Sequence[float] | np.ndarray
 HUBER_DELTA = 1e-3  # Chinchilla's and OLMo's choice, on log residuals
@@ -179,8 +180,6 @@ def _starts(lx: np.ndarray, ly: np.ndarray, y: np.ndarray, offset: bool) -> list
 def _minimise(lx: np.ndarray, ly: np.ndarray, w: np.ndarray, offset: bool, delta: float,
               x0: np.ndarray, y_min: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """L-BFGS-B on all rows of ``x0`` at once; returns (parameters per row, loss per row)."""
-    from scipy.optimize import minimize
-
     rows = len(x0)
     bounds = []
     for i in range(rows):

@@ -19,6 +19,8 @@ from typing import Any
 
 import pandas as pd
 
+from scaling import costs
+from scaling.models.registry import get_rung
 from scaling.tracking import store
 from scaling.tracking.store import PARENT_TAG
 
@@ -114,8 +116,6 @@ def _truthy(value: Any) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _rung(name: str, proxy: bool):
-    from scaling.models.registry import get_rung
-
     return get_rung(name, proxy=proxy)
 
 
@@ -141,8 +141,6 @@ def _costs(row: pd.Series) -> tuple[float, float, str]:
     if rung_name is None or kind not in ("mim", "clip"):
         return n_params, flops, source
     try:
-        from scaling import costs
-
         proxy = _truthy(_first(row, "proxy", "params.stage.proxy") or "false")
         rung = _rung(str(rung_name), proxy)
         if math.isnan(n_params):

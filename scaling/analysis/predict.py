@@ -15,9 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from scaling import costs
 from scaling.analysis import load
 from scaling.analysis.fits import FitError, PowerLawFit, binned_frontier, fit_power_law
 from scaling.analysis.two_step import TwoStepFit, fit_two_step
+from scaling.models.registry import LADDER_ORDER, get_rung
 
 PRED_PREFIX = "pred/"
 
@@ -125,9 +127,6 @@ def next_rung(runs: pd.DataFrame) -> tuple[str, float] | None:
     if clip.empty:
         return None
     try:
-        from scaling import costs
-        from scaling.models.registry import LADDER_ORDER, get_rung
-
         last = clip.sort_values("flops").iloc[-1]
         proxy = load._truthy(last.get("proxy") or last.get("params.stage.proxy") or "false")
         current = get_rung(str(last["rung"]), proxy=proxy)

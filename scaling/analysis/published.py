@@ -21,6 +21,9 @@ from importlib import resources
 
 import pandas as pd
 
+from scaling import costs
+from scaling.models.registry import get_rung
+
 TABLES: dict[str, str] = {
     "clip_models": "CLIP models and peers: configs, IN-1K zero-shot, COCO R@5, 27-set averages "
                    "(EVA-CLIP-18B Tabs. 1-3, EVA-02 Tabs. 9-12)",
@@ -69,9 +72,6 @@ def forward_gflops(model: str, image_size: int | None = None) -> float | None:
     if name is None:
         return None
     try:
-        from scaling import costs
-        from scaling.models.registry import get_rung
-
         rung = get_rung(name)
         flops = costs.forward_flops(rung.vision, image_size=image_size)
         if rung.text is not None:

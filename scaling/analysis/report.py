@@ -16,17 +16,22 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis import load, published
+from scaling.analysis.arms import verdict, weak_to_strong
 from scaling.analysis.fits import FitError
 from scaling.analysis.predict import (
     MetricSpec,
     base_stage,
     compute_points,
     fit_frontier,
+    fit_two_step_points,
     law_points,
     next_rung,
     predicted_vs_achieved,
     record_prediction,
+    two_step_rollout,
+    with_loss,
 )
+from scaling.analysis.sweep_frame import importances, sweeps
 
 log = logging.getLogger(__name__)
 DEFAULT_METRIC = "eval/synth_cls/top1"
@@ -65,6 +70,7 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
 
 
 def _human(v) -> str:
+    # matplotlib loads with the first figure: importing the report stays light
     from scaling.analysis.plots.style import human
 
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else human(float(v))
@@ -79,6 +85,7 @@ class _Writer:
 
     def figure(self, name: str, make) -> str | None:
         """Draw and save one figure; a failure becomes a note, not a traceback."""
+        # matplotlib loads with the first figure
         from scaling.analysis.plots.style import save
 
         try:
@@ -147,6 +154,7 @@ def _main_stages(stages: pd.DataFrame) -> pd.DataFrame:
 
 def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
             two_step: bool = False) -> tuple[list[str], pd.DataFrame]:
+    # matplotlib loads with the first figure
     from scaling.analysis.plots import compute as compute_plot
     from scaling.analysis.plots import ladder as ladder_plot
 
@@ -216,8 +224,6 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
 
 
 def _two_step_lines(w: _Writer, uri, points: pd.DataFrame, spec: MetricSpec, nxt) -> list[str]:
-    from scaling.analysis.predict import fit_two_step_points, two_step_rollout, with_loss
-
     lines = ["## Two-step law: compute -> train loss -> accuracy", ""]
     pts = with_loss(uri, points)
     try:
@@ -239,8 +245,6 @@ def _two_step_lines(w: _Writer, uri, points: pd.DataFrame, spec: MetricSpec, nxt
 
 
 def _arms(w: _Writer, runs: pd.DataFrame, metric: str) -> list[str]:
-    from scaling.analysis.arms import verdict, weak_to_strong
-
     table = weak_to_strong(runs, metric)
     if table.empty:
         return []
@@ -268,8 +272,8 @@ def _arms(w: _Writer, runs: pd.DataFrame, metric: str) -> list[str]:
 
 
 def _sweeps(w: _Writer, runs: pd.DataFrame) -> list[str]:
+    # matplotlib loads with the first figure
     from scaling.analysis.plots import sweep as sweep_plot
-    from scaling.analysis.sweep_frame import importances, sweeps
 
     lines: list[str] = []
     for sw in sweeps(runs):
@@ -337,6 +341,7 @@ def build_report(
     elif finished[~finished["is_parent"]].empty:
         w.notes.append(f"experiment '{experiment}' has no finished runs yet")
 
+    # matplotlib loads with the first figure
     from scaling.analysis.plots import bubble
 
     # ladder stages only: a sweep's trials share one size and would pile up in the bubble chart

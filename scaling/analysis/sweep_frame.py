@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass, field
 
 import numpy as np
+import optuna
 import pandas as pd
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 HP_PREFIX = "params.hp/"
 DEFAULT_OBJECTIVE = ("eval/synth_cls/top1", "maximize")
@@ -117,9 +119,6 @@ def importances(sweep: Sweep) -> dict[str, float]:
     done = sweep.complete
     if len(done) < 3 or not sweep.hp:
         return {}
-    import optuna
-    from optuna.distributions import CategoricalDistribution, FloatDistribution
-
     dists = {}
     for name in sweep.hp:
         values = done[name]

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.optimize import curve_fit
 
 from scaling.analysis.fits import ArrayLike, FitError, PowerLawFit, fit_power_law, refit
 
@@ -26,8 +27,6 @@ def _jacobian(loss: np.ndarray, a: float, l0: float, k: float, b: float) -> np.n
 def fit_sigmoid(loss: ArrayLike, acc: ArrayLike, start: np.ndarray | None = None) -> np.ndarray:
     """Least-squares sigmoid ``(a, L0, k, b)`` of accuracy (fraction in [0, 1]) against loss, from
     a grid of initial points (or from ``start`` alone: a bootstrap refit)."""
-    from scipy.optimize import curve_fit
-
     loss, acc = np.asarray(loss, dtype=float), np.asarray(acc, dtype=float)
     ok = np.isfinite(loss) & np.isfinite(acc)
     loss, acc = loss[ok], acc[ok]

@@ -14,12 +14,10 @@ import io
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 
 
 def _image_classes() -> dict[str, type]:
-    from PIL import JpegImagePlugin, PngImagePlugin, WebPImagePlugin
-
     png, jpeg = PngImagePlugin.PngImageFile, JpegImagePlugin.JpegImageFile
     return {"png": png, "jpg": jpeg, "jpeg": jpeg, "webp": WebPImagePlugin.WebPImageFile}
 
@@ -55,7 +53,7 @@ def _cv2():
     if Image.MAX_IMAGE_PIXELS:
         os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(2 * Image.MAX_IMAGE_PIXELS))
     try:
-        import cv2
+        import cv2  # optional; its pixel limit must be in the environment before it loads
     except ImportError:
         return None
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 
 from scaling.data.errors import DataError
@@ -126,8 +127,6 @@ def _read_lines(path: Path) -> list[str]:
 
 def default_templates() -> list[str]:
     """open_clip's 80 OpenAI ImageNet prompt templates, as ``{}`` format strings."""
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-
     return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
 
 

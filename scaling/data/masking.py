@@ -102,3 +102,10 @@ class BlockMaskGenerator:
             free = np.flatnonzero(~flat)
             flat[rng.choice(free, self.num_masked - count, replace=False)] = True
         return flat
+
+
+def mask_generator(cfg, grid: int) -> BlockMaskGenerator:
+    """The stage's MIM masks (``loss.mask_ratio``, ``loss.min_mask_patches``) on a ``grid`` x ``grid``
+    patch grid: one definition for the train stream and the MIM eval."""
+    return BlockMaskGenerator((grid, grid), mask_ratio=cfg.loss.mask_ratio,
+                              min_patches=cfg.loss.min_mask_patches)

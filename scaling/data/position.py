@@ -5,8 +5,8 @@ resampled draws, or the epoch and index into its share of the epoch's permutatio
 offset reached in the shard being read, the (shard, byte offset) of every sample in the shuffle
 buffer, in buffer order, and the shuffle generator's state. Restoring opens the current shard at
 its offset and reads the buffered samples back at theirs: the cost of one buffer refill, however
-many samples came before. ``simulate`` computes the same position from shard indices alone,
-without reading images (benchmarks and tests use it to reach far positions).
+many samples came before. ``scaling.data.simulate`` computes the same position from shard indices
+alone, without reading images (benchmarks and tests use it to reach far positions).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from scaling.data.tario import SHARD_END, ShardStats, read_samples_at, read_shard
+from scaling.data.tario import SHARD_END, read_samples_at
 
 SEEK_VERSION = 1
 
@@ -111,62 +111,5 @@ def read_buffer(urls: Sequence[str], refs: Sequence[Sequence[int]]) -> list[dict
     return [dict(found[(int(u), int(o))]) for u, o in refs]
 
 
-def _index(url: str) -> list[tuple[int, int]]:
-    """(offset, next) of every good sample of a shard, in order."""
-    return [(s["offset"], s["next"]) for s in read_shard(url, ShardStats(quiet=True))]
-
-
-def simulate(stream, samples: int, worker: int = 0) -> dict:
-    """The state ``stream.state_dict()`` would give after ``samples`` samples of worker
-    ``worker`` (no loader workers: ``num_workers`` 0), computed by drawing shards and shuffling
-    (shard, offset) pairs instead of reading images. For clean, seekable local shards (every
-    sample decodes) and a multiple of the batch size; about a microsecond a sample."""
-    from scaling.data.stream import WorkerStream
-
-    cfg = stream.cfg
-    if cfg.num_workers != 0 or samples % cfg.batch_size:
-        raise ValueError("simulate: num_workers must be 0 and samples a multiple of batch_size")
-    ws = WorkerStream(cfg, worker, None)
-    order, rng, size = ws.order, ws.shuffle_rng, cfg.shuffle_buffer
-    indices: dict[int, list[tuple[int, int]]] = {}
-    buf: list[tuple[int, int]] = []
-    cursor: list[int] | None = None
-    pos = raw = 0
-    while pos < samples:
-        drawn = order.draw()
-        if drawn is None:
-            raise ValueError(f"simulate: the stream ends before {samples} samples")
-        u = drawn[0]
-        if u not in indices:
-            indices[u] = _index(cfg.urls[u])
-        for k, (offset, nxt) in enumerate(indices[u], start=1):
-            raw += 1
-            cursor = [u, nxt, k]
-            if rng is None:
-                pos += 1
-            else:
-                buf.append((u, offset))
-                if len(buf) < size:
-                    continue
-                i = rng.randrange(len(buf))
-                buf[i], buf[-1] = buf[-1], buf[i]
-                buf.pop()
-                pos += 1
-            if pos == samples:
-                break
-    state = stream.state_dict()
-    state["batches"] = samples // cfg.batch_size
-    state["workers"][worker] = {
-        "pos": pos,
-        "stats": {"skipped_by_shard": {}, "samples": pos, "warned": []},
-        "seek": {
-            "version": SEEK_VERSION, "order": order.state(), "shard": cursor,
-            "buffer": [list(r) for r in buf], "shuffle": rng_state(rng),
-            "raw_good": raw, "barren": 0,
-        },
-    }
-    return state
-
-
 __all__ = ["SHARD_END", "SEEK_VERSION", "ShardOrder", "buffer_refs", "load_rng", "read_buffer",
-           "rng_state", "simulate"]
+           "rng_state"]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torchvision.transforms.functional import pil_to_tensor
 
 from scaling.data import position
 from scaling.data.decode import decode_rgb, open_image
@@ -51,8 +52,6 @@ def _batched(transform: Callable) -> bool:
 
 
 def _default_transform(img: Image.Image) -> torch.Tensor:
-    from torchvision.transforms.functional import pil_to_tensor
-
     return pil_to_tensor(img.convert("RGB")).float().div_(255)
 
 

@@ -24,11 +24,13 @@ import json
 import os
 import shutil
 import sys
+import textwrap
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from scaling.data import captions as grammar
 from scaling.data import world
@@ -204,7 +206,7 @@ def _generate(
 def _lock(path: Path):
     """An advisory file lock, so concurrent callers wait instead of generating twice."""
     try:
-        import fcntl
+        import fcntl  # POSIX only: imported where it is used so that the module loads elsewhere
     except ImportError:  # no fcntl (Windows): the rename alone keeps the cache consistent
         yield
         return
@@ -217,8 +219,6 @@ def _lock(path: Path):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         desc=desc,
@@ -232,8 +232,7 @@ def write_grid(
     path: str | os.PathLike, samples: Iterable[tuple[np.ndarray, str]], cols: int = 4
 ) -> Path:
     """A PNG sheet of images with their captions underneath (nearest-neighbour upscaled)."""
-    import textwrap
-
+    # matplotlib only for the preview sheet
     import matplotlib
 
     matplotlib.use("Agg")

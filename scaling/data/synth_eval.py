@@ -101,6 +101,7 @@ def write_eval_sets(
 
 def write_digits(out_dir: str | os.PathLike, image_size: int = 32) -> Path:
     """scikit-learn's 1,797 handwritten 8x8 digits as an ImageFolder set (a small real-image set)."""
+    # scikit-learn takes ~2 s to import: only when the digits set is written
     from sklearn.datasets import load_digits
 
     digits = load_digits()

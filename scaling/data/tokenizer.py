@@ -11,6 +11,7 @@ import functools
 from collections.abc import Callable
 
 import torch
+from open_clip.tokenizer import SimpleTokenizer
 
 
 class _FastClean:
@@ -34,7 +35,6 @@ class Tokenizer:
             raise ValueError(
                 f"context_length must be >= 2 (start and end tokens), got {context_length}"
             )
-        from open_clip.tokenizer import SimpleTokenizer
 
         self.base = SimpleTokenizer(context_length=context_length)
         self.context_length = context_length

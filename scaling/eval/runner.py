@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from scaling.data.masking import mask_generator
 from scaling.eval import sets
 from scaling.eval.zeroshot import classification, retrieval, text_classifier
+from scaling.models.losses import mim_loss, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +65,6 @@ class StageEvaluator:
 
     def _mim_set(self):
         if "mim" not in self._cache:
-            from scaling.train.stage_data import mask_generator
-
             limit = self.max_samples or MIM_EVAL_SAMPLES
             images = self._classification_set().images[:limit]
             rng = np.random.default_rng(self.cfg.train.seed + 7919)  # fixed masks, not the train RNG
@@ -90,8 +90,6 @@ class StageEvaluator:
         if self.kind == "mim":
             if self.sources.classification is None:
                 return out
-            from scaling.train.losses import mim_loss, teacher_targets
-
             images, masks = self._mim_set()
             total, count = 0.0, 0
             for i in range(0, len(images), self.batch):

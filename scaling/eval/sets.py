@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from scaling.data import evalsets
 from scaling.data.errors import DataError
 
 EvalSetError = DataError  # what a bad eval set raises (names the folder and what it expected)
@@ -41,9 +42,7 @@ def _subsample(n: int, limit: int | None) -> list[int]:
 
 def load_classification(root: str | Path, image_size: int, mode: str = "resize_center_crop",
                         max_samples: int | None = None) -> ClassificationSet:
-    from scaling.data.evalsets import load_classification as read
-
-    data = read(root, image_size, mode)
+    data = evalsets.load_classification(root, image_size, mode)
     keep = _subsample(len(data), max_samples)
     return ClassificationSet(torch.stack([data.source[i] for i in keep]), data.labels[keep],
                              list(data.classnames), list(data.templates))
@@ -51,8 +50,6 @@ def load_classification(root: str | Path, image_size: int, mode: str = "resize_c
 
 def load_retrieval(root: str | Path, image_size: int, mode: str = "resize_center_crop",
                    max_samples: int | None = None) -> RetrievalSet:
-    from scaling.data.evalsets import load_retrieval as read
-
-    data = read(root, image_size, mode)
+    data = evalsets.load_retrieval(root, image_size, mode)
     keep = _subsample(len(data), max_samples)
     return RetrievalSet(torch.stack([data.source[i] for i in keep]), [data.captions[i] for i in keep])

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
+from open_clip import build_zero_shot_classifier
 from torch import nn
 
 
@@ -14,8 +15,6 @@ def text_classifier(model: nn.Module, classnames: Sequence[str], templates: Sequ
                     tokenizer: Callable, device: torch.device, batch_classes: int = 64) -> torch.Tensor:
     """``[D, C]`` class embeddings: each class's prompts embedded, normalised, averaged, renormalised
     (open_clip's ``build_zero_shot_classifier``)."""
-    from open_clip import build_zero_shot_classifier
-
     return build_zero_shot_classifier(model, tokenizer=tokenizer, classnames=list(classnames),
                                       templates=templates, num_classes_per_batch=batch_classes,
                                       device=device, use_tqdm=False)

@@ -14,6 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scaling.config import ConfigError
+from scaling.ladder.estimate import plan_problems, plan_rows
+from scaling.ladder.plan import plan_ladder
+from scaling.ladder.render import phase_lines, plan_table, status_table
+from scaling.ladder.status import stage_rows
+from scaling.launch.executors import LaunchError, resolve_executor
+from scaling.models.specs import SpecError
+from scaling.tracking import resolve_uri
+
 EPILOG = """\
 overrides (key=value, validated against the stage schema; see experiments/ladders/eva.yaml):
   train.samples=5000              every stage
@@ -74,8 +83,6 @@ def _fail(message: str) -> int:
 
 
 def _plan(args: argparse.Namespace, proxy: bool, dry: bool):
-    from scaling.ladder.plan import plan_ladder
-
     via = [v for item in args.via for v in item.split(",") if v]
     return plan_ladder(args.start, args.end, via, ladder=args.ladder, proxy=proxy, overrides=args.overrides,
                        experiment=args.experiment, runs_dir=args.runs_dir, tracking_uri=args.tracking_uri,
@@ -83,9 +90,6 @@ def _plan(args: argparse.Namespace, proxy: bool, dry: bool):
 
 
 def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: bool) -> None:
-    from scaling.ladder.render import status_table
-    from scaling.ladder.status import stage_rows
-
     rows = stage_rows(plan)
     if as_json:
         print(json.dumps(rows, indent=1), file=out)
@@ -96,6 +100,7 @@ def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: b
         ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
         print(f"\nMLflow: {ui}   (experiment '{plan.experiment}')", file=out)
         try:
+            # pandas, scipy and matplotlib only when a report is written
             from scaling.analysis.report import write_report
         except ImportError:
             return
@@ -117,9 +122,6 @@ def split_command(argv: list[str] | None) -> tuple[str, list[str]]:
 
 def print_status(plan: Any, as_json: bool) -> None:
     """Each stage's state, run, job, progress and metrics (``status``)."""
-    from scaling.ladder.render import status_table
-    from scaling.ladder.status import stage_rows
-
     rows = stage_rows(plan)
     print(json.dumps(rows, indent=1) if as_json else status_table(rows))
 
@@ -127,10 +129,6 @@ def print_status(plan: Any, as_json: bool) -> None:
 def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
     command, argv = split_command(argv)
     args = build_parser().parse_args(argv)
-
-    from scaling.config import ConfigError
-    from scaling.launch.executors import LaunchError, resolve_executor
-    from scaling.models.specs import SpecError
 
     try:
         executor = resolve_executor(args.executor) if command == "run" else args.executor
@@ -148,13 +146,10 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
     if command == "status":
         print_status(plan, args.json)
         return 0
-    from scaling.ladder.estimate import plan_problems, plan_rows
 
     rows = plan_rows(plan)
     problems = plan_problems(rows)
     if args.dry_run:
-        from scaling.ladder.render import phase_lines, plan_table
-
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
@@ -181,6 +176,7 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
               f"{'proxy' if proxy else 'real-size'} ladder on the {executor} executor "
               "(--no-proxy / --executor slurm to change)")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # the dispatcher loads submitit and the jobs: --help, --dry-run and status stay light
     from scaling.ladder.dispatch import Dispatcher
 
     dispatcher = Dispatcher(plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
@@ -193,8 +189,6 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
         return _fail(str(exc))
     uri = outcome.uri
     if uri is None:
-        from scaling.tracking import resolve_uri
-
         uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
     _results(plan, sys.stdout, uri, args.report_dir, args.json)
     return 0 if outcome.ok else 1

@@ -24,9 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
+from scaling import tracking
 from scaling.config import flatten
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.launch.executors import LaunchError, job_id_of, make_executor
+from scaling.launch.job import StageJob
 from scaling.launch.state import read_progress, write_state
 
 SLURM_DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
@@ -67,15 +71,11 @@ class Dispatcher:
 
     def say(self, text: str) -> None:
         if self._bars:
-            from tqdm import tqdm
-
             tqdm.write(text, file=self.out)
         else:
             print(text, file=self.out, flush=True)
 
     def _bar(self, stage: PlannedStage, seen: float | None, state: str, job_id: str) -> None:
-        from tqdm import tqdm
-
         assert self._bars is not None
         bar = self._bars.get(stage.name)
         if bar is None:
@@ -91,8 +91,6 @@ class Dispatcher:
     # -- tracking -------------------------------------------------------------------------------
 
     def _open_runs(self, todo: list[PlannedStage]) -> None:
-        from scaling import tracking
-
         plan = self.plan
         first_uri = self.tracking_uri or plan.stages[0].cfg.tracking.uri
         uri = self.outcome.uri = tracking.resolve_uri(first_uri)
@@ -135,8 +133,6 @@ class Dispatcher:
     def _orphaned_parent(self, uri: str, key: str) -> str | None:
         """A parent run left RUNNING by an invocation that was killed outright: the same plan's is
         continued (its id returned); another plan's, whose process is gone from this host, is ended."""
-        from scaling import tracking
-
         adopted = None
         for run in tracking.find_runs(uri, self.plan.experiment, tags={"role": "ladder"}, status="RUNNING"):
             tags, run_id = run.data.tags, run.info.run_id
@@ -154,8 +150,6 @@ class Dispatcher:
 
     def _reuse_run(self, uri: str, stage: PlannedStage) -> str | None:
         """The stage's earlier MLflow run (same fingerprint), to resume in it."""
-        from scaling import tracking
-
         known = stage.state().get("run_id")
         if known:
             try:
@@ -171,7 +165,6 @@ class Dispatcher:
         run_id = self.outcome.run_ids.get(name)
         if not run_id:
             return
-        from scaling import tracking
 
         try:
             if tracking.run_status(self.outcome.uri, run_id) == "RUNNING":
@@ -182,8 +175,6 @@ class Dispatcher:
     # -- jobs -----------------------------------------------------------------------------------
 
     def _submit(self, stage: PlannedStage, depends: list[str]) -> Any:
-        from scaling.launch.job import StageJob
-
         executor = make_executor(self.executor, self.jobs_dir, stage.cfg.resources,
                                  name=f"{self.plan.experiment}:{stage.name}")
         if depends and self.executor == "slurm":
@@ -351,8 +342,6 @@ class Dispatcher:
 
     def _finish(self, status: str) -> None:
         if self.outcome.parent_run_id:
-            from scaling import tracking
-
             try:
                 tracking.end_run(self.outcome.uri, self.outcome.parent_run_id, status)
             except Exception as exc:

@@ -3,15 +3,16 @@ GPU, GPU-hours, wall time, and what to change when a stage does not fit (no torc
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from scaling import costs
+from scaling import costs, loader_costs
 from scaling.config import Phase, stage_phases
-from scaling.data import throughput
-from scaling.ladder.plan import Plan, PlannedStage
 from scaling.models.registry import RungSpec, get_rung
+
+if TYPE_CHECKING:  # the plan calls the estimate; the estimate only reads the plan's types
+    from scaling.ladder.plan import Plan, PlannedStage
 
 GIB = 2**30
 HEADROOM = 0.9  # of a GPU's memory usable by the tensors (the rest: CUDA context, fragmentation)
@@ -241,7 +242,7 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         # loader cores a GPU needs: its planned samples/s over one core's, at the stage's image size
         per_gpu = 1.0 / (3600.0 * costs.gpu_hours(per_sample, str(res.gpu), float(res.mfu)))
         size = (spec.vision if stage.kind == "clip" else spec.mim).image_size
-        out.update(throughput.loader_cores(per_gpu, size, int(res.cpus_per_task)))
+        out.update(loader_costs.loader_cores(per_gpu, size, int(res.cpus_per_task)))
     return out
 
 

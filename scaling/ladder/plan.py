@@ -7,7 +7,7 @@ talks to MLflow: a plan (and its dry run) is cheap and has no side effects.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,11 @@ from scaling.config import (
     merge,
     parse_overrides,
 )
+from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
 from scaling.launch.state import read_state
+from scaling.models.registry import get_rung
 
 TEACHER_KEY = "ladder.teacher_checkpoint"
 
@@ -158,9 +160,6 @@ def _identity(cfg: DictConfig, internal: dict[str, str]) -> dict[str, Any]:
 def _same_text_trunk(teacher_rung: str, rung: str, proxy: bool) -> bool:
     """Whether the teacher CLIP's text tower can initialise the rung's (the projection may differ:
     the stage re-initialises a projection of another width)."""
-    from dataclasses import asdict
-
-    from scaling.models.registry import get_rung
 
     a, b = get_rung(teacher_rung, proxy=proxy).text, get_rung(rung, proxy=proxy).text
     if a is None or b is None:
@@ -193,8 +192,6 @@ def _text_init(spec: LadderSpec, entry, teacher_rung: str, clip_of: dict[str, st
 
 def _auto_micro_batch(cfg: DictConfig, name: str, teacher_rung: str | None, notes: list[str]) -> None:
     """``resources.micro_batch=auto``: the largest ``train.micro_batch`` that fits the GPU."""
-    from scaling.ladder.estimate import auto_micro_batch
-
     if int(cfg.resources.gpus_per_node) <= 0:
         return  # CPU processes: no memory model; batch / processes, no accumulation
     micro = auto_micro_batch(cfg, teacher_rung)

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from scaling.config import ConfigError, load_yaml
+from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
 
 LADDERS_DIR = EXPERIMENTS_DIR / "ladders"
@@ -59,8 +60,6 @@ class LadderSpec:
 
     def rung(self, name: str) -> RungEntry:
         """The ladder rung called ``name`` (alias or full name, any case)."""
-        from scaling.models.registry import UnknownRungError, get_rung
-
         try:
             canonical = get_rung(name).name
         except UnknownRungError as exc:
@@ -81,8 +80,6 @@ def _fail(path: Path, key: str, why: str) -> ConfigError:
 
 
 def _rungs(path: Path, raw: Any) -> list[RungEntry]:
-    from scaling.models.registry import UnknownRungError, get_rung
-
     if not isinstance(raw, Mapping) or not raw:
         raise _fail(path, "rungs", "must map rung names to {teacher: RUNG, stages: [mim, clip]}")
     entries = []

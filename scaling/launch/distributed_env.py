@@ -24,6 +24,7 @@ def run_distributed_env(environ: dict[str, str] | None = None) -> dict[str, str]
     values = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "JOB_ID": "", "NODE": ""}
     if env.get("SUBMITIT_EXECUTOR"):
+        # submitit only inside a job: the ladder's dry run imports this module
         import submitit
         from submitit.helpers import TorchDistributedEnvironment
 

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 EXECUTORS = ("auto", "local", "slurm", "debug")
 MAX_REQUEUES = 20
 
@@ -66,7 +68,6 @@ def _as_dict(resources: Any) -> dict[str, Any]:
         return {}
     if isinstance(resources, Mapping):
         return dict(resources)
-    from omegaconf import OmegaConf  # a DictConfig section
 
     return dict(OmegaConf.to_container(resources, resolve=True))  # type: ignore[arg-type]
 
@@ -113,6 +114,7 @@ def make_executor(
     ``slurm`` submits with partition/account/qos/constraint, nodes, one task per GPU, CPUs,
     memory, time limit and the USR2 signal delay; ``debug`` runs the job in this process.
     """
+    # submitit only when an executor is made: the ladder's dry run imports this module
     import submitit
 
     kind = resolve_executor(kind)

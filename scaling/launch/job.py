@@ -25,6 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from scaling.launch.distributed_env import run_distributed_env
 from scaling.launch.state import ProgressLogger, write_state
+from scaling.metrics import MultiLogger
+from scaling.tracking import MlflowLogger
+from scaling.train import run_stage
 
 log = logging.getLogger("scaling.launch")
 
@@ -121,9 +124,6 @@ class StageJob(submitit.helpers.Checkpointable):
         progress = ProgressLogger(cfg.out_dir)
         if not cfg.tracking.run_id:
             return progress
-        from scaling.metrics import MultiLogger
-        from scaling.tracking import MlflowLogger
-
         return MultiLogger([MlflowLogger(cfg.tracking.uri, cfg.tracking.run_id), progress])
 
     def __call__(self) -> dict[str, Any]:
@@ -149,18 +149,16 @@ class StageJob(submitit.helpers.Checkpointable):
                 # The ladder opens a stage's MLflow run when it plans, long before an upstream
                 # stage lets it start: this tag is when the stage's own time begins.
                 logger.set_tags({"stage_started_at": f"{time.time():.3f}"})
+        # in the job process, as above
         from scaling.train.checkpoint import latest_checkpoint
 
         # Every rank says where it stands: a requeued multi-node job must resume all its ranks
         # from the same checkpoint (each task's own log shows it).
         log.info("rank %d of %s on %s: %s starts from %s", rank, env["WORLD_SIZE"], env.get("NODE") or "-",
                  cfg.stage.name, latest_checkpoint(cfg.out_dir) or "step 0")
-        if self.stage_fn is None:
-            from scaling.train import run_stage
-        else:
-            run_stage = self.stage_fn
+        stage_fn = run_stage if self.stage_fn is None else self.stage_fn
         try:
-            result = run_stage(cfg, logger=logger, stop_requested=stop.is_set)
+            result = stage_fn(cfg, logger=logger, stop_requested=stop.is_set)
         except BaseException as exc:
             if rank == 0:
                 write_state(cfg.out_dir, "failed", error=f"{type(exc).__name__}: {exc}")

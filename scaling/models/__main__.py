@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scaling import costs
-from scaling.config import ConfigError
+from scaling.config import ConfigError, load_stage_config
 from scaling.models.registry import (
     LADDER_ORDER,
     RungSpec,
@@ -98,8 +98,6 @@ def _default_teacher(rung: RungSpec) -> RungSpec | None:
 
 def _stage_config(kind: str, rung: RungSpec):
     """The stage config the ladder would run (recipes and schema defaults, ``scaling.config``)."""
-    from scaling.config import load_stage_config
-
     # the ladder's key (the alias) names the recipe files, as in a ladder plan
     key = rung.alias if rung.alias in LADDER_ORDER else rung.name
     return load_stage_config(kind, key, proxy=rung.proxy)
@@ -201,7 +199,7 @@ def print_report(r: dict[str, Any]) -> None:
     if r["implied_mfu"] is not None:
         print(f"  a wall time of {r['wall_days_given']:g} days implies MFU {r['implied_mfu']:.1%}")
     else:
-        print("  implied MFU: pass --wall-days (the seed papers do not publish the wall time)")
+        print("  implied MFU: pass --wall-days (the EVA papers do not publish the wall time)")
 
 
 def build_parser() -> argparse.ArgumentParser:

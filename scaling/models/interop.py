@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from open_clip.transformer import TextTransformer
+from safetensors.torch import load_file, save_file
 from timm.models.eva import checkpoint_filter_fn
 from torch import nn
 
@@ -50,8 +52,6 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return unwrap(load_file(str(path)))
     return unwrap(torch.load(path, map_location="cpu", weights_only=True))
 
@@ -107,8 +107,6 @@ def materialize_buffers(module: nn.Module, device: torch.device | str = "cpu") -
     persistent buffers from the checkpoint; RoPE tables, EVA's zero k-bias and the text
     causal mask are not in checkpoints and are rebuilt here.
     """
-    from open_clip.transformer import TextTransformer
-
     touched = []
     for m in module.modules():
         for name, buf in list(m._buffers.items()):
@@ -220,8 +218,6 @@ def save_checkpoint(state_dict: StateDict, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
         save_file(tensors, str(path))
     else:
         torch.save(tensors, path)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from scaling import paths
+from scaling import costs, paths
 from scaling.models.specs import (
     RungSpec,
     SpecError,
@@ -185,8 +185,6 @@ class _Registry:
 
     def ordered(self) -> list[str]:
         """Ladder rungs first (in ladder order), then the others from small to large."""
-        from scaling import costs
-
         ladder = [self.lookup[a.lower()] for a in LADDER_ORDER if a.lower() in self.lookup]
         others = [n for n in self.raw if n not in ladder]
 

@@ -9,6 +9,7 @@ import torch
 from timm.layers import LayerNorm, RmsNorm
 from timm.models.eva import Eva
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from scaling.models.specs import TowerSpec
 
@@ -124,7 +125,6 @@ class EvaVisionTower(nn.Module):
         """Restrict SDPA to the FlashAttention-2 kernel when ``attn='flash'``."""
         if self.attn_backend != "flash":
             return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
 
         half = (torch.float16, torch.bfloat16)
         dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype

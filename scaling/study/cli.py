@@ -13,6 +13,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scaling import tracking
+from scaling.config import ConfigError
+from scaling.ladder.cli import build_parser as ladder_parser
+from scaling.ladder.cli import gpu_visible, print_status, split_command
+from scaling.ladder.estimate import plan_rows
+from scaling.ladder.plan import plan_ladder
+from scaling.ladder.render import plan_table, status_table
+from scaling.ladder.status import stage_rows
+from scaling.launch.executors import LaunchError, resolve_executor
+from scaling.models.specs import SpecError
+from scaling.study.arms import plan_study
+from scaling.tracking import resolve_uri
+
 DESCRIPTION = """\
 Run a weak-to-strong ladder together with its controls, on the same budget, and report the gain.
 
@@ -41,8 +54,6 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from scaling.ladder.cli import build_parser as ladder_parser
-
     parser = ladder_parser()  # the same selectors, executors and overrides as the ladder
     parser.prog = "python -m scaling.study"
     parser.description = DESCRIPTION
@@ -59,9 +70,6 @@ def _fail(message: str) -> int:
 
 
 def _study(args: argparse.Namespace, proxy: bool, dry: bool):
-    from scaling.ladder.plan import plan_ladder
-    from scaling.study.arms import plan_study
-
     via = [v for item in args.via for v in item.split(",") if v]
     plan = plan_ladder(args.start, args.end, via, ladder=args.ladder, proxy=proxy, overrides=args.overrides,
                        experiment=args.experiment, runs_dir=args.runs_dir, tracking_uri=args.tracking_uri,
@@ -71,9 +79,6 @@ def _study(args: argparse.Namespace, proxy: bool, dry: bool):
 
 
 def _dry_run(study, as_json: bool) -> None:
-    from scaling.ladder.estimate import plan_rows
-    from scaling.ladder.render import plan_table
-
     rows = plan_rows(study.plan)
     for row, stage in zip(rows, study.plan.stages, strict=True):
         row.update(stage.tags)
@@ -94,8 +99,6 @@ def _dry_run(study, as_json: bool) -> None:
 
 def _tag_runs(uri: str, study, outcome) -> None:
     """Arm tags on every stage run (also those skipped as finished earlier), study tags on the parent."""
-    from scaling import tracking
-
     for stage in study.plan.stages:
         run_id = outcome.run_ids.get(stage.name)
         if stage.tags and run_id:
@@ -109,6 +112,7 @@ def _tag_runs(uri: str, study, outcome) -> None:
 
 
 def _summary(uri: str, experiment: str, report_dir: Path, out: Any) -> None:
+    # pandas and scipy only for the summary
     from scaling.analysis.arms import verdict, weak_to_strong
     from scaling.analysis.load import runs_frame
     from scaling.analysis.report import DEFAULT_METRIC, write_report
@@ -126,15 +130,8 @@ def _summary(uri: str, experiment: str, report_dir: Path, out: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from scaling.ladder.cli import split_command
-
     command, argv = split_command(argv)
     args = build_parser().parse_args(argv)
-
-    from scaling.config import ConfigError
-    from scaling.ladder.cli import gpu_visible, print_status
-    from scaling.launch.executors import LaunchError, resolve_executor
-    from scaling.models.specs import SpecError
 
     try:
         executor = resolve_executor(args.executor) if command == "run" and not args.dry_run else args.executor
@@ -151,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     for note in study.notes:
         print(note, file=sys.stderr)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # the dispatcher loads submitit and the jobs: --help and --dry-run stay light
     from scaling.ladder.dispatch import Dispatcher
 
     dispatcher = Dispatcher(study.plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
@@ -161,13 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except (ConfigError, LaunchError) as exc:
         return _fail(str(exc))
-    from scaling.tracking import resolve_uri
 
     uri = outcome.uri or resolve_uri(args.tracking_uri or study.plan.stages[0].cfg.tracking.uri)
     _tag_runs(uri, study, outcome)
-    from scaling.ladder.render import status_table
-    from scaling.ladder.status import stage_rows
-
     print("\nresults (zero-shot top-1 on the held-out evaluation set):")
     print(status_table(stage_rows(study.plan)))
     report_dir = Path(args.report_dir or Path("reports") / study.plan.experiment)

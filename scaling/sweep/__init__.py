@@ -12,6 +12,7 @@ __all__ = ["SweepError", "SweepSpec", "load_sweep", "run_sweep", "study_status"]
 
 
 def run_sweep(spec: SweepSpec, executor: str | None = None, detach: bool = False) -> dict:
+    # optuna, submitit and the trial code load on use: the sweep file's loader imports this package
     from scaling.sweep.runner import run_sweep as _run
 
     return _run(spec, executor=executor, detach=detach)
@@ -19,6 +20,7 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, detach: bool = False
 
 def study_status(spec: SweepSpec) -> dict:
     """Counts by state, best trial(s) and every trial's summary, read from the study's storage."""
+    # as above: optuna on use
     from scaling.sweep.runner import absolutize
     from scaling.sweep.status import summarize
     from scaling.sweep.storage import open_study

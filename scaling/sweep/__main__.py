@@ -6,6 +6,13 @@ import argparse
 import json
 import sys
 
+from scaling.config import ConfigError
+from scaling.launch import LaunchError
+from scaling.sweep import run_sweep, study_status
+from scaling.sweep.runner import prepare
+from scaling.sweep.spec import SweepError, load_sweep
+from scaling.sweep.status import STATES, format_status, format_table, result_rows
+
 RUN_EPILOG = """\
 key=value overrides change the sweep file, e.g. n_trials=4 workers=2 executor=local
 storage=postgresql://... (never sqlite with several workers) base.overrides=[train.samples=2048].
@@ -48,17 +55,11 @@ def _fail(msg: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from scaling.config import ConfigError
-    from scaling.sweep.spec import SweepError, load_sweep
-
     status = bool(argv) and argv[0] == "status"
     args = (_status_parser() if status else _run_parser()).parse_intermixed_args(argv[1:] if status else argv)
     try:
         spec = load_sweep(args.file, args.overrides)
         if status:
-            from scaling.sweep import study_status
-            from scaling.sweep.status import STATES, format_status, format_table, result_rows
-
             summary = study_status(spec)
             if args.json:
                 print(json.dumps(summary, indent=2, default=str))
@@ -68,21 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             print(format_table(result_rows(summary, spec, states)))
             return 0
         if args.check:
-            from scaling.sweep.runner import prepare
-
             spec, _, kind = prepare(spec, args.executor, create=False)
             print(f"{spec.path}: ok ({len(spec.params)} parameters, {spec.n_trials} trials, "
                   f"{spec.workers} {kind} worker(s), storage {spec.storage_url()})")
             return 0
-        from scaling.sweep import run_sweep
-        from scaling.sweep.status import format_status, format_table, result_rows
-
         summary = run_sweep(spec, executor=args.executor, detach=args.detach)
     except (SweepError, ConfigError) as exc:
         return _fail(str(exc))
     except Exception as exc:
-        from scaling.launch import LaunchError
-
         if isinstance(exc, LaunchError):
             return _fail(str(exc))
         raise

@@ -11,11 +11,18 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaling.sweep.spec import Param, SweepError, SweepSpec
+from scaling import costs
+from scaling.config import ConfigError, _all_keys, fingerprint, load_stage_config
+from scaling.models.registry import apply_overrides, get_rung
+from scaling.models.specs import TextSpec, TowerSpec, field_names
+from scaling.sweep.errors import SweepError
+
+if TYPE_CHECKING:  # the sweep file's loader calls check_param_keys: only its types come back here
+    from scaling.sweep.spec import Param, SweepSpec
 
 
 def split_key(name: str, stages: list[str]) -> tuple[str | None, str]:
@@ -44,14 +51,10 @@ def param_overrides(params: Mapping[str, Any], stage: str, stages: list[str]) ->
 
 
 def _valid_keys(cfg: DictConfig) -> list[str]:
-    from scaling.config import _all_keys
-
     return _all_keys(cfg)
 
 
 def _tower_fields(section: str) -> list[str]:
-    from scaling.models.specs import TextSpec, TowerSpec, field_names
-
     return field_names(TowerSpec if section == "vision" else TextSpec)
 
 
@@ -84,8 +87,6 @@ def _sample_values(p: Param) -> list[Any]:
 def check_param_keys(spec: SweepSpec) -> None:
     """Every search-space key exists for the stages it targets, and every value it can take
     loads (choices, ranges, tower fields): a bad grid point fails now, not in trial 37."""
-    from scaling.config import ConfigError
-
     stages = spec.base.stages
     where = str(spec.path)
     try:
@@ -121,8 +122,6 @@ def _check_tower_values(cfg: DictConfig, key: str, values: list[Any], where: str
 
 def check_towers(cfg: DictConfig) -> Any:
     """Apply the config's tower switches to its rung (raises a ValueError naming a bad field)."""
-    from scaling.models.registry import apply_overrides, get_rung
-
     rung = get_rung(cfg.stage.rung, proxy=bool(cfg.stage.proxy))
     vision = OmegaConf.to_container(cfg.model.vision) or {}
     text = OmegaConf.to_container(cfg.model.text) or {}
@@ -132,8 +131,6 @@ def check_towers(cfg: DictConfig) -> Any:
 
 def base_config(spec: SweepSpec, stage: str, params: Mapping[str, Any],
                 extra: Mapping[str, Any] | None = None) -> DictConfig:
-    from scaling.config import load_stage_config
-
     b = spec.base
     overrides = [*b.overrides, *b.stage_overrides.get(stage, []), *param_overrides(params, stage, b.stages)]
     return load_stage_config(stage, b.rung, proxy=b.proxy, overrides=overrides, files=b.files,
@@ -142,8 +139,6 @@ def base_config(spec: SweepSpec, stage: str, params: Mapping[str, Any],
 
 def teacher_config(spec: SweepSpec) -> DictConfig | None:
     """The teacher CLIP stage the runner trains once (None: none, or a given checkpoint)."""
-    from scaling.config import fingerprint, load_stage_config
-
     t = spec.base.teacher
     if t is None or t.checkpoint:
         return None
@@ -188,9 +183,6 @@ def trial_configs(spec: SweepSpec, params: Mapping[str, Any], trial_dir: Path) -
 
 def trial_costs(configs: list[DictConfig]) -> dict[str, float]:
     """``cost/train_flops`` (all stages of the trial) and ``cost/params`` (last stage's model)."""
-    from scaling import costs
-    from scaling.models.registry import get_rung
-
     flops, n_params = 0.0, 0.0
     for cfg in configs:
         rung = check_towers(cfg)

@@ -15,7 +15,21 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
+from tqdm import tqdm
+
+from scaling import tracking
+from scaling.config import fingerprint, flatten
+from scaling.launch import LaunchError, make_executor, resolve_executor
+from scaling.sweep import runs
+from scaling.sweep.accounting import count
+from scaling.sweep.pipeline import teacher_config, teacher_dir
 from scaling.sweep.spec import SweepError, SweepSpec
+from scaling.sweep.status import summarize, write_tables
+from scaling.sweep.storage import open_storage, open_study
+from scaling.sweep.trial import load_function
+from scaling.sweep.worker import worker_entry
+from scaling.train import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +54,10 @@ def worker_resources(spec: SweepSpec) -> dict[str, Any]:
 def prepare(spec: SweepSpec, executor: str | None = None, create: bool = True) -> tuple[SweepSpec, Any, str]:
     """Checks that need the outside world (storage, executor, function import); opens the study
     (creates it when ``create``, else only opens the storage)."""
-    import optuna
-
-    from scaling.launch import LaunchError, resolve_executor
-    from scaling.sweep.storage import open_storage, open_study
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = absolutize(spec)
     if spec.base.function:
-        from scaling.sweep.trial import load_function
-
         load_function(spec.base.function)
     try:
         kind = resolve_executor(executor or spec.executor)
@@ -61,8 +69,6 @@ def prepare(spec: SweepSpec, executor: str | None = None, create: bool = True) -
 
 def ensure_teacher(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> str | None:
     """Train the pipeline's teacher CLIP once (cached by fingerprint in the sweep folder)."""
-    from scaling.sweep.pipeline import teacher_config, teacher_dir
-
     cfg = teacher_config(spec)
     if cfg is None:
         path = teacher_dir(spec)
@@ -73,7 +79,6 @@ def ensure_teacher(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> 
     if (out / "final").exists():
         log.info("teacher already trained: %s", out)
         return str(out)
-    from scaling.launch import make_executor
 
     print(f"training the teacher once: {cfg.stage.name} -> {out}", file=sys.stderr)
     executor = make_executor(kind, spec.work_dir() / "submitit" / "teacher", cfg.resources, f"{spec.name}-teacher")
@@ -84,10 +89,6 @@ def ensure_teacher(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> 
 
 def train_teacher(cfg: Any, uri: str, experiment: str, parent_run_id: str) -> str:
     """Job body: the teacher stage with its own child run of the study's parent run."""
-    from scaling import tracking
-    from scaling.config import fingerprint, flatten
-    from scaling.train import run_stage
-
     tags = tracking.standard_tags(rung=cfg.stage.rung, stage="clip", fingerprint=fingerprint(cfg),
                                   sweep_role="teacher")
     found = tracking.find_stage_run(uri, experiment, fingerprint(cfg))
@@ -105,9 +106,6 @@ def train_teacher(cfg: Any, uri: str, experiment: str, parent_run_id: str) -> st
 
 
 def submit_workers(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> list[Any]:
-    from scaling.launch import make_executor
-    from scaling.sweep.worker import worker_entry
-
     folder = spec.work_dir() / "submitit" / "workers"
     executor = make_executor(kind, folder, worker_resources(spec), f"sweep-{spec.name}",
                              array_parallelism=spec.workers)
@@ -117,9 +115,6 @@ def submit_workers(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> 
 
 def wait(study: Any, spec: SweepSpec, jobs: list[Any], poll_s: float = 2.0) -> list[str]:
     """Follow the study (progress bar on stderr) until every worker job ended; returns errors."""
-    from tqdm import tqdm
-
-    from scaling.sweep.storage import count
 
     bar = tqdm(total=spec.n_trials, desc=f"sweep {spec.name}", unit="trial", file=sys.stderr,
                disable=not sys.stderr.isatty())
@@ -144,9 +139,6 @@ def wait(study: Any, spec: SweepSpec, jobs: list[Any], poll_s: float = 2.0) -> l
 
 def finalize(study: Any, spec: SweepSpec, uri: str, parent_run_id: str | None) -> dict[str, Any]:
     """Tables in the sweep folder and on the parent run; best trial / Pareto front as tags."""
-    from scaling.sweep import runs
-    from scaling.sweep.status import summarize, write_tables
-
     summary = summarize(study, spec)
     files = write_tables(summary, spec, spec.work_dir())
     done = summary["counts"]["COMPLETE"] + summary["counts"]["PRUNED"] >= spec.n_trials
@@ -157,10 +149,6 @@ def finalize(study: Any, spec: SweepSpec, uri: str, parent_run_id: str | None) -
 
 def run_sweep(spec: SweepSpec, executor: str | None = None, detach: bool = False) -> dict[str, Any]:
     """Create/resume the study and run it to ``n_trials`` finished trials (see module doc)."""
-    import optuna
-
-    from scaling import tracking
-    from scaling.sweep import runs
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -12,7 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from scaling import tracking
+from scaling.config import flatten
 from scaling.sweep.spec import SweepSpec
+from scaling.tracking import MlflowLogger
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,6 @@ def study_tags(spec: SweepSpec) -> dict[str, str]:
 
 def start_parent_run(spec: SweepSpec, uri: str, existing: str | None) -> str:
     """The study's parent run: ``existing`` (reopened) when the study already has one."""
-    from scaling import tracking
-
     if existing:
         try:
             tracking.client(uri).update_run(existing, status="RUNNING")
@@ -60,9 +61,6 @@ def start_trial_run(spec: SweepSpec, uri: str, parent_run_id: str | None, number
                     params: Mapping[str, Any], configs: Sequence[Any], *, retry_of: int | None,
                     worker: int) -> str:
     """Create the trial's child run with its params (``hp/<name>``) and resolved configs."""
-    from scaling import tracking
-    from scaling.config import flatten
-
     all_params: dict[str, Any] = {f"hp/{k}": v for k, v in params.items()}
     for cfg in configs:
         prefix = f"{cfg.stage.kind}." if spec.base.prefixed else ""
@@ -83,8 +81,6 @@ def start_trial_run(spec: SweepSpec, uri: str, parent_run_id: str | None, number
 
 
 def trial_logger(uri: str, run_id: str) -> Any:
-    from scaling.tracking import MlflowLogger
-
     return MlflowLogger(uri, run_id, flush_every_s=1.0)
 
 
@@ -92,7 +88,6 @@ def finish_trial_run(uri: str, run_id: str | None, logger: Any, state: str, reas
     """Final state tag, then deliver buffered metrics and mark the run terminal."""
     if run_id is None:
         return
-    from scaling import tracking
 
     try:
         tags = {"optuna_state": state}
@@ -116,8 +111,6 @@ def mark_stale_run(uri: str, run_id: str | None, reason: str) -> None:
 def finish_parent_run(uri: str, run_id: str, spec: SweepSpec, summary: dict[str, Any],
                       table_files: Sequence[Path], done: bool) -> None:
     """Best trial(s) / Pareto front as tags and metrics; the result tables as artifacts."""
-    from scaling import tracking
-
     tags: dict[str, Any] = {
         "trials_complete": summary["counts"]["COMPLETE"],
         "trials_pruned": summary["counts"]["PRUNED"],

@@ -19,6 +19,8 @@ from typing import Any
 import yaml
 
 from scaling.paths import SWEEPS_DIR
+from scaling.sweep.errors import SweepError
+from scaling.sweep.pipeline import check_param_keys
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
@@ -50,10 +52,6 @@ _TOP_KEYS = {
 }  # fmt: skip
 _BASE_KEYS = {"kind", "stages", "rung", "proxy", "files", "overrides", "stage_overrides",
               "teacher", "function"}
-
-
-class SweepError(ValueError):
-    """A sweep file (or a ``key=value`` on the command line) is wrong; the message says where."""
 
 
 @dataclass
@@ -391,7 +389,5 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     _need(not storage.startswith("postgres://"), where,
           f"storage '{spec.storage_label()}': the scheme is spelled 'postgresql://' (user@host:port/database)")
     if base.function is None:
-        from scaling.sweep.pipeline import check_param_keys
-
         check_param_keys(spec)
     return spec

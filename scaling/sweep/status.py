@@ -11,8 +11,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from scaling.sweep.accounting import trial_summary
 from scaling.sweep.spec import SweepSpec
-from scaling.sweep.storage import trial_summary
 
 STATES = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
 

@@ -25,8 +25,11 @@ from optuna.trial import TrialState
 
 from scaling.metrics import MetricLogger, MultiLogger, NullLogger
 from scaling.sweep import runs
+from scaling.sweep.accounting import root_trial_number
+from scaling.sweep.heartbeats import beat
+from scaling.sweep.pipeline import trial_configs, trial_costs
 from scaling.sweep.spec import SweepError, SweepSpec
-from scaling.sweep.storage import beat, root_trial_number
+from scaling.train import run_stage
 
 log = logging.getLogger(__name__)
 
@@ -135,8 +138,6 @@ def _run_function(spec: SweepSpec, params: dict[str, Any], ctx: TrialContext) ->
 
 
 def _run_pipeline(configs: list[Any], spec: SweepSpec, logger: MetricLogger, deadline: float) -> dict[str, float]:
-    from scaling.train import run_stage
-
     final: dict[str, float] = {}
     for cfg in configs:
         stage = str(cfg.stage.kind)
@@ -179,8 +180,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, *, uri:
         try:
             configs = []
             if spec.base.function is None:
-                from scaling.sweep.pipeline import trial_configs
-
                 configs = trial_configs(spec, params, trial_dir)
             run_id = runs.start_trial_run(spec, uri, parent_run_id, trial.number, params, configs,
                                           retry_of=retry_of, worker=worker)
@@ -191,8 +190,6 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, *, uri:
                 ctx = TrialContext(trial.number, trial_dir, retry_of, logger, deadline)
                 metrics = _run_function(spec, params, ctx)
             else:
-                from scaling.sweep.pipeline import trial_costs
-
                 metrics = _run_pipeline(configs, spec, logger, deadline)
                 metrics.update(trial_costs(configs))
             returned = {k: v for k, v in metrics.items() if reporter.latest.get(k) != v}

@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 
 import optuna
 
+from scaling import tracking
 from scaling.sweep import runs
+from scaling.sweep.accounting import count
+from scaling.sweep.heartbeats import ask_lock, reap_stale
+from scaling.sweep.samplers import distributions
 from scaling.sweep.spec import SweepError, SweepSpec
-from scaling.sweep.storage import ask_lock, count, distributions, open_study, reap_stale
+from scaling.sweep.storage import open_study
 from scaling.sweep.trial import run_trial
 
 log = logging.getLogger(__name__)
@@ -39,8 +43,6 @@ def _max_failures(spec: SweepSpec) -> int:
 def run_worker(spec: SweepSpec, worker: int = 0, uri: str | None = None,
                parent_run_id: str | None = None, poll_s: float = 0.5) -> WorkerSummary:
     """Work on the study until it holds ``spec.n_trials`` finished (COMPLETE + PRUNED) trials."""
-    from scaling import tracking
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     uri = tracking.resolve_uri(uri)

@@ -10,6 +10,7 @@ __all__ = ["StageResult", "run_stage"]
 
 
 def run_stage(cfg, logger=None, stop_requested=None) -> StageResult:
+    # torch on use: `import scaling.train` stays cheap
     from scaling.train.stage import run_stage as _run_stage
 
     return _run_stage(cfg, logger=logger, stop_requested=stop_requested)

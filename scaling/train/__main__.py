@@ -12,15 +12,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
+
+from scaling.config import ConfigError, fingerprint, flatten, load_stage_config
+from scaling.config_schema import StageConfig
+from scaling.data.errors import DataError
+from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
+from scaling.models import UnknownRungError
+from scaling.tracking import MlflowLogger, standard_tags, start_run
+from scaling.train import run_stage
+from scaling.train.errors import StageError
 
 
 def _sections() -> str:
     """Every config key, by section, from the schema (no torch import: --help stays instant)."""
-    from scaling.config_schema import StageConfig
-
     lines = []
     for f in dataclasses.fields(StageConfig):
         section = f.default_factory if f.default_factory is not dataclasses.MISSING else None
@@ -80,10 +89,6 @@ class ConsoleLogger:
 def mlflow_logger(cfg):
     """An MLflow logger for this stage's run: ``tracking.run_id``, else the run a previous attempt
     of the same ``out_dir`` created, else a new one (params = the flattened config)."""
-    from pathlib import Path
-
-    from scaling.config import fingerprint, flatten
-    from scaling.tracking import MlflowLogger, standard_tags, start_run
 
     marker = Path(cfg.out_dir) / "mlflow_run_id"
     run_id = cfg.tracking.run_id or (marker.read_text().strip() if marker.is_file() else None)
@@ -99,9 +104,6 @@ def mlflow_logger(cfg):
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from scaling.config import ConfigError, load_stage_config
-    from scaling.models import UnknownRungError
-
     overrides = list(args.overrides)
     for flag, key in ((args.teacher, "inputs.teacher"), (args.init, "inputs.init_vision"),
                       (args.init_text, "inputs.init_text"), (args.out, "out_dir")):
@@ -112,12 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, UnknownRungError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import logging
-
-    from scaling.data.errors import DataError
-    from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
-    from scaling.train import run_stage
-    from scaling.train.errors import StageError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     loggers = [] if args.quiet else [ConsoleLogger()]

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from scaling.train.errors import CheckpointError
 
@@ -213,8 +214,6 @@ def load_model_state(path: str | os.PathLike, key: str = "checkpoint") -> dict[s
                 f"checkpoints/step_N/, or a checkpoint folder with {MANIFEST})")
         path = ckpt / MODEL_FILE
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return _strip_prefixes(load_file(str(path)))
     if path.suffix not in STATE_DICT_SUFFIXES:
         raise CheckpointError(f"{key}: {path} is not a state dict file ({', '.join(STATE_DICT_SUFFIXES)})")

@@ -110,6 +110,7 @@ class DeepSpeedEngine(Engine):
     def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, schedule: CosineSchedule,
                  cfg: DictConfig, micro_batch: int, accum: int, device: torch.device,
                  batch_size: int | None = None) -> None:
+        # deepspeed takes ~2.4 s to import: only for the stages that use it
         import deepspeed
 
         self.module_ref = module
@@ -174,6 +175,7 @@ class DeepSpeedEngine(Engine):
         return float(norm) if norm is not None else float("nan")
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
+        # deepspeed: only for the stages that use it
         import deepspeed
 
         params = list(self.module.parameters())

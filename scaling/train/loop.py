@@ -12,15 +12,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
+from timm.layers import PatchDropoutWithIndices
+from tqdm.auto import tqdm
 
 from scaling.config import Phase, stage_phases
+from scaling.data.tokenizer import get_tokenizer
+from scaling.eval.runner import StageEvaluator
 from scaling.metrics import MetricLogger
+from scaling.models.build import text_layer_id, vision_layer_id
+from scaling.models.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
 from scaling.train.engine import DeepSpeedEngine, Engine
 from scaling.train.errors import StageConfigError
-from scaling.train.inputs import build_stage_model
-from scaling.train.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train.optim import (
     CosineSchedule,
     TowerGroups,
@@ -30,6 +34,7 @@ from scaling.train.optim import (
 )
 from scaling.train.result import StageResult
 from scaling.train.stage_data import resolve_sources, train_stream
+from scaling.train.stage_models import build_stage_model
 from scaling.train.throughput import flops_per_sample, peak_flops
 
 log = logging.getLogger(__name__)
@@ -53,8 +58,6 @@ def batch_layout(batch: int, micro_batch: int | None, world: int, where: str = "
 
 def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
     """Set the patch dropout of every timm ``Eva`` trunk in ``module`` (a phase boundary)."""
-    from timm.layers import PatchDropoutWithIndices
-
     for sub in module.modules():
         if hasattr(sub, "patch_drop") and hasattr(sub, "num_prefix_tokens"):
             # None at 0, as a tower built without dropout: no module, no random numbers drawn
@@ -62,7 +65,9 @@ def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
                 if rate > 0 else None
 
 
-class Stage:
+class TrainingLoop:
+    """One stage's training loop; `scaling.train.stage.run_stage` sets up the process and runs it."""
+
     def __init__(self, cfg: DictConfig, device: torch.device, logger: MetricLogger,
                  stop_requested=None) -> None:
         self.cfg = cfg
@@ -100,8 +105,6 @@ class Stage:
             self.engine.compile()  # compiles at the first step; evaluation runs the eager module
         self.loss_fn = ContrastiveLoss(self.rank, self.world) if self.kind == "clip" else None
 
-        from scaling.data.tokenizer import get_tokenizer
-
         self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
         self.sources = resolve_sources(cfg, self.image_size, progress=self.rank == 0)
         self.teacher_spec = info.get("teacher_spec")
@@ -117,7 +120,6 @@ class Stage:
                 log.info("%s: phases %s", cfg.stage.name, ", ".join(
                     f"{p.name} ({p.steps} steps of {p.batch_size}, patch dropout {p.patch_dropout})"
                     for p in self.phases))
-        from scaling.eval.runner import StageEvaluator
 
         self.evaluator = StageEvaluator(cfg, self.sources, self.image_size, self.grid, self.tokenizer,
                                         device, self.teacher, self.teacher_image_size)
@@ -157,8 +159,6 @@ class Stage:
 
     # -- setup -------------------------------------------------------------------------------
     def _engine(self) -> Engine:
-        from scaling.models.build import text_layer_id, vision_layer_id
-
         cfg = self.cfg
         text_lr = cfg.optim.text_lr if cfg.optim.text_lr is not None else cfg.optim.lr
         text_wd = cfg.optim.text_weight_decay if cfg.optim.text_weight_decay is not None else cfg.optim.weight_decay
@@ -318,7 +318,5 @@ class Stage:
 
 
 def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr,
                 disable=not enabled or not sys.stderr.isatty(), dynamic_ncols=True)

@@ -10,7 +10,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from scaling.config import save_resolved
 from scaling.metrics import MetricLogger, NullLogger
+from scaling.train.errors import StageInputError
 from scaling.train.result import StageResult
 
 log = logging.getLogger(__name__)
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 
 def finished_result(out_dir: str | os.PathLike) -> StageResult | None:
     """The result of a stage whose ``final/`` checkpoint is complete, or None."""
+    # a finished stage returns before torch loads
     from scaling.train.checkpoint import MANIFEST, final_checkpoint
 
     final = final_checkpoint(out_dir)
@@ -30,8 +33,6 @@ def finished_result(out_dir: str | os.PathLike) -> StageResult | None:
 
 def check_inputs(cfg: DictConfig) -> None:
     """Fail before any heavy import when a stage input is missing (the error names the key)."""
-    from scaling.train.errors import StageInputError
-
     if cfg.stage.kind == "mim" and cfg.inputs.teacher is None:
         raise StageInputError(
             "a mim stage needs a teacher: set 'inputs.teacher' (or --teacher) to a CLIP checkpoint "
@@ -56,11 +57,12 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
         log.info("stage already finished: %s", done.checkpoint)
         return done
     check_inputs(cfg)
+    # torch after the checks: a misconfigured stage fails at once
     import torch.distributed as dist
 
-    from scaling.config import save_resolved
     from scaling.train import distributed
     from scaling.train.engine import check_combination
+    from scaling.train.loop import TrainingLoop
 
     check_combination(cfg)
     env = distributed.detect()
@@ -72,10 +74,8 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
     if rank == 0:
         save_resolved(cfg, out / "config.yaml")
     logger = logger if (logger is not None and rank == 0) else NullLogger()
-    from scaling.train.loop import Stage
-
     try:
-        result = Stage(cfg, device, logger, stop_requested).run()
+        result = TrainingLoop(cfg, device, logger, stop_requested).run()
     except BaseException:
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()  # no barrier: the other ranks may never reach it

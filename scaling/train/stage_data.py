@@ -7,6 +7,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from scaling.data.masking import mask_generator
+from scaling.data.shards import ShardStream
+from scaling.data.synth import ensure_synthetic
+from scaling.data.transforms import train_transform
 from scaling.paths import REPO_ROOT
 
 
@@ -28,8 +32,6 @@ def resolve_sources(cfg: DictConfig, image_size: int, progress: bool = False) ->
     generated once under ``data.cache_dir`` with its held-out zero-shot sets."""
     synth = None
     if cfg.data.train is None:
-        from scaling.data.synth import ensure_synthetic
-
         synth = ensure_synthetic(_abs(cfg.data.cache_dir), samples=cfg.data.synth_samples,
                                  image_size=image_size, seed=cfg.data.synth_seed, progress=progress)
     train = cfg.data.train if cfg.data.train is not None else synth["train"]
@@ -38,21 +40,11 @@ def resolve_sources(cfg: DictConfig, image_size: int, progress: bool = False) ->
     return StageData(train=train, classification=cls, retrieval=ret, synthetic=cfg.data.train is None)
 
 
-def mask_generator(cfg: DictConfig, grid: int):
-    from scaling.data.masking import BlockMaskGenerator
-
-    return BlockMaskGenerator((grid, grid), mask_ratio=cfg.loss.mask_ratio,
-                              min_patches=cfg.loss.min_mask_patches)
-
-
 def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokenizer, micro_batch: int,
                  rank: int, world_size: int, seed_offset: int = 0):
     """The rank's infinite (resampled) stream of micro-batches, resumable via state_dict.
 
     ``seed_offset`` (the phase index) gives each phase of a stage its own data order."""
-    from scaling.data.shards import ShardStream
-    from scaling.data.transforms import train_transform
-
     masks = mask_generator(cfg, grid) if cfg.stage.kind == "mim" else None
     return ShardStream(
         urls,

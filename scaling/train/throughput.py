@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from scaling.costs import GPU_PEAK_FLOPS, train_flops
+
 
 def cpu_peak_flops(threads: int | None = None) -> float:
     """Rough fp32 peak of the CPU threads torch uses: threads x clock x FLOPs per cycle, where a core
@@ -35,19 +37,14 @@ def peak_flops(configured: float | None, device: torch.device, gpu: str) -> tupl
     """Per-process peak FLOP/s for MFU, and where it came from."""
     if configured:
         return float(configured), "train.peak_flops"
-    if device.type == "cuda":
-        from scaling.costs import GPU_PEAK_FLOPS
-
-        if gpu in GPU_PEAK_FLOPS:
-            return GPU_PEAK_FLOPS[gpu], f"GPU table ({gpu})"
+    if device.type == "cuda" and gpu in GPU_PEAK_FLOPS:
+        return GPU_PEAK_FLOPS[gpu], f"GPU table ({gpu})"
     return cpu_peak_flops(), f"CPU estimate ({torch.get_num_threads()} threads, {os.cpu_count()} cores)"
 
 
 def flops_per_sample(kind: str, rung, patch_dropout: float, mask_ratio: float, teacher_spec=None) -> float:
     """Training FLOPs of one sample (3 x forward for trained towers, + the frozen teacher's forward,
     ``teacher_spec`` at the image size it is fed)."""
-    from scaling.costs import train_flops
-
     flops = train_flops(rung, kind, 1, patch_dropout=patch_dropout, mask_ratio=mask_ratio,
                         teacher=teacher_spec)
     return float(flops)

@@ -115,6 +115,7 @@ def shard_lamb(lamb: Lamb, zero_optimizer: Any, stage: int) -> int:
 
 
 def _unreadable(stage: int, detail: str) -> str:
+    # deepspeed: only when a ZeRO checkpoint is read
     import deepspeed
 
     return (f"LAMB under DeepSpeed ZeRO-{stage}: cannot map DeepSpeed {deepspeed.__version__}'s "

@@ -15,9 +15,10 @@ import yaml
 from optuna.trial import TrialState
 
 from scaling import tracking
+from scaling.sweep.accounting import count
 from scaling.sweep.runner import absolutize, run_sweep
 from scaling.sweep.spec import load_sweep
-from scaling.sweep.storage import count, open_study
+from scaling.sweep.storage import open_study
 
 pytestmark = pytest.mark.integration
 

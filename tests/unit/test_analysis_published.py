@@ -44,7 +44,7 @@ def test_every_row_names_its_table_and_source_and_explains_gaps() -> None:
             assert isinstance(row["note"], str) and "empty" in row["note"], (name, row["model"])
 
 
-def test_seed001_tables_1_to_3_eva_clip_18b_paper() -> None:
+def test_eva_clip_18b_paper_tables_1_to_3() -> None:
     df = published.table("clip_models")
     _check(_row(df, "EVA-CLIP-18B"), dict(
         total_params_m=18100, image_params_m=17500, text_params_m=695, data="Merged-2B+", samples_seen_b=6,
@@ -67,7 +67,7 @@ def test_seed001_tables_1_to_3_eva_clip_18b_paper() -> None:
         retrieval_mr=80.9, coco_t2i_r5=69.1))  # fmt: skip
 
 
-def test_seed001_table1_peers() -> None:
+def test_eva_clip_18b_table1_peers() -> None:
     df = published.table("clip_models")
     expected = {  # model: (total, image, text params M, data, samples B, size, batch k, gpus,
         #         27-set, video, MR (Tab. 1), IN-1K (Tab. 2), COCO image retrieval R@5 (Tab. 3))
@@ -99,7 +99,7 @@ def test_every_value_cites_the_table_it_comes_from() -> None:
             assert "EVA-CLIP-18B Tab. 1" in cited or "Tab. 9 (27-set" in cited, row["model"]
 
 
-def test_seed002_tables_9_to_12_eva02_clip() -> None:
+def test_eva02_tables_9_to_12_clip() -> None:
     df = published.table("clip_models")
     expected = {  # model: (IN-1K zero-shot top-1, total params M, samples B, batch k, COCO T2I R@5)
         "EVA-01-CLIP-g/14": (78.5, 1100, 11, 41, 69.1),
@@ -118,7 +118,7 @@ def test_seed002_tables_9_to_12_eva02_clip() -> None:
     _check(_row(df, "EVA-02-CLIP-L/14+"), dict(img_cls_avg27=73.5, video_cls_avg=67.7, image_size=336))
 
 
-def test_seed002_table5_eva02_sizes() -> None:
+def test_eva02_table5_sizes() -> None:
     df = published.table("eva02_sizes")
     expected = {"EVA-02-Ti": (192, 12, 3, 512, 6), "EVA-02-S": (384, 12, 6, 1024, 22),
                 "EVA-02-B": (768, 12, 12, 2048, 86), "EVA-02-L": (1024, 24, 16, 2730, 304)}  # fmt: skip
@@ -127,7 +127,7 @@ def test_seed002_table5_eva02_sizes() -> None:
                                      params_m=params, gflops=NAN))  # fmt: skip
 
 
-def test_seed000_headlines() -> None:
+def test_eva_clip_headlines() -> None:
     df = published.table("headlines")
     _check(_row(df, "EVA-02-CLIP-E/14+"), dict(metric="in1k_zero_shot", value=82.0, samples_seen_b=9))
     _check(_row(df, "EVA-02-CLIP-L/14+"), dict(metric="in1k_zero_shot", value=80.4, samples_seen_b=6))

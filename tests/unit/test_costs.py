@@ -11,7 +11,7 @@ from scaling import costs
 from scaling.models.registry import get_rung, list_rungs
 
 # Published figures that the public configs exceed by more than 0.5 % and by more than the
-# figure's rounding: the seed paper rounds these down. Derivation (timm Eva built from BAAI's
+# figure's rounding: the EVA-CLIP-18B paper rounds these down. Derivation (timm Eva built from BAAI's
 # config, width w, depth L, MLP 5w, RMSNorm (w params), no qkv bias, 257 tokens, projection E):
 #   block  = 4w^2 + w (q, k, v, proj + proj bias) + 2(5w^2) + 5w + w (fc1, fc2) + 2w (norms) = 14w^2 + 9w
 #   EVA-18B: w=5120, L=48, E=1536:
@@ -125,7 +125,7 @@ def test_memory_sharding_and_checkpointing():
 
 
 def test_eva_clip_18b_paper_setting_fits_a100_40gb():
-    """Seed 001: 360 x A100-40GB, global batch 108k, ZeRO-3, bf16, patch dropout 0.5."""
+    """EVA-CLIP-18B, Table 1: 360 x A100-40GB, global batch 108k, ZeRO-3, bf16, patch dropout 0.5."""
     rung = get_rung("18B")
     micro = 108_000 // 360
     mem = costs.memory_per_gpu(rung, "clip", 360, micro, 3, "bf16", True, "lamb", patch_dropout=0.5)

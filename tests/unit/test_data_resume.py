@@ -12,8 +12,8 @@ import torch
 
 from scaling.data import DataError
 from scaling.data.masking import BlockMaskGenerator
-from scaling.data.position import simulate
 from scaling.data.shards import ShardStream
+from scaling.data.simulate import simulate
 from scaling.data.synth import write_world
 from scaling.data.tario import SHARD_END
 from scaling.data.tokenizer import get_tokenizer

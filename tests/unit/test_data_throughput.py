@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scaling.data import throughput
+from scaling import loader_costs as throughput
 from scaling.ladder import plan_ladder
 from scaling.ladder.estimate import plan_rows
 from scaling.ladder.render import plan_table

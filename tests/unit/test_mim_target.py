@@ -11,8 +11,8 @@ open_clip = pytest.importorskip("open_clip")
 from scaling import costs  # noqa: E402
 from scaling.models import interop  # noqa: E402
 from scaling.models.build import build_clip, build_mim  # noqa: E402
+from scaling.models.losses import teacher_targets  # noqa: E402
 from scaling.models.registry import get_rung  # noqa: E402
-from scaling.train.losses import teacher_targets  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

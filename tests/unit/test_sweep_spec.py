@@ -206,7 +206,7 @@ def test_every_sampler_and_pruner_builds(tmp_path: Path, sampler: str, pruner: s
 
     import optuna
 
-    from scaling.sweep.storage import make_pruner, make_sampler
+    from scaling.sweep.samplers import make_pruner, make_sampler
 
     data = {**TOY, "search_space": {"x": [1.0, 2.0]}, "sampler": {"name": sampler, "seed": 1}, "pruner": pruner}
     spec = load_sweep(write(tmp_path, data))

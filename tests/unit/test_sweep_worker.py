@@ -11,18 +11,12 @@ from optuna.trial import TrialState
 
 from scaling import tracking
 from scaling.sweep.__main__ import main
+from scaling.sweep.accounting import count, root_trial_number
+from scaling.sweep.heartbeats import ask_lock, heartbeat_path, reap_stale
 from scaling.sweep.runner import absolutize, run_sweep
+from scaling.sweep.samplers import distributions, make_sampler
 from scaling.sweep.spec import load_sweep
-from scaling.sweep.storage import (
-    ask_lock,
-    count,
-    distributions,
-    heartbeat_path,
-    make_sampler,
-    open_study,
-    reap_stale,
-    root_trial_number,
-)
+from scaling.sweep.storage import open_study
 from scaling.sweep.worker import run_worker
 
 TOY = {

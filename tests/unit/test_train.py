@@ -108,7 +108,7 @@ def test_mim_stage_learns_from_a_clip_teacher_and_initialises_a_clip(clip_stage,
     assert losses[-1] < losses[0] - 0.05, losses  # negative cosine similarity falls
     assert "eval/mim/loss" in result.metrics
 
-    from scaling.train.inputs import build_stage_model
+    from scaling.train.stage_models import build_stage_model
 
     cfg = stage_cfg("clip", tmp_path / "clip", synth, f"inputs.init_vision={tmp_path / 'mim'}", rung="L14")
     model, _, _ = build_stage_model(cfg, torch.device("cpu"))
@@ -161,8 +161,8 @@ def test_bad_samples_are_skipped_and_reported(synth, tmp_path, clip_stage):
 
 
 def test_teacher_with_another_patch_size_sees_a_resized_image(clip_stage, synth, tmp_path):
-    from scaling.train.inputs import build_stage_model
-    from scaling.train.losses import teacher_targets
+    from scaling.models.losses import teacher_targets
+    from scaling.train.stage_models import build_stage_model
 
     cfg = stage_cfg("mim", tmp_path, synth, f"inputs.teacher={clip_stage[0]}", "model.vision.patch_size=8")
     student, teacher, info = build_stage_model(cfg, torch.device("cpu"))

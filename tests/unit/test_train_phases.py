@@ -82,8 +82,8 @@ def test_the_loop_moves_to_the_next_phase_at_its_boundary(whole):
 
 
 def test_patch_dropout_follows_the_phase(synth, tmp_path):
-    from scaling.train.inputs import build_stage_model
     from scaling.train.loop import set_patch_dropout
+    from scaling.train.stage_models import build_stage_model
 
     model, _, _ = build_stage_model(stage_cfg(tmp_path, synth), torch.device("cpu"))
     assert model.visual.trunk.patch_drop.prob == 0.5

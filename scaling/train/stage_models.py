@@ -10,9 +10,12 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from scaling.costs import mim_target_dim
+from scaling.models import apply_overrides, get_rung
+from scaling.models.build import build_clip, build_mim, build_vision
 from scaling.train.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -27,8 +30,6 @@ log = logging.getLogger(__name__)
 def stage_rung(cfg: DictConfig, name: str | None = None):
     """The rung spec (proxy or not) with ``model.vision``/``model.text`` and ``data.image_size``
     applied. Vision overrides change the CLIP tower and its MIM form alike, so they stay compatible."""
-    from scaling.models import apply_overrides, get_rung
-
     rung = get_rung(name or cfg.stage.rung, proxy=cfg.stage.proxy)
     if name is not None:  # an upstream rung: the student's overrides are not its own
         return rung
@@ -98,7 +99,6 @@ def resample_pos_embed(state: dict[str, torch.Tensor], key: str, grid: int, pref
     """Resize an absolute position table to a new patch grid (teacher fed larger images)."""
     if key not in state:
         return
-    from timm.layers import resample_abs_pos_embed
 
     state[key] = resample_abs_pos_embed(state[key], (grid, grid), num_prefix_tokens=prefix_tokens)
 
@@ -109,8 +109,6 @@ def build_teacher(cfg: DictConfig, student_spec, device: torch.device) -> tuple[
     When patch sizes differ, the teacher sees the image resized to ``student_grid x
     teacher_patch`` so both token grids match (its position table is resampled to that grid).
     """
-    from scaling.models.build import build_vision
-
     if cfg.inputs.teacher is None:
         raise StageInputError(
             "a mim stage needs a teacher: set 'inputs.teacher' (or --teacher) to a CLIP checkpoint "
@@ -137,8 +135,6 @@ def build_teacher(cfg: DictConfig, student_spec, device: torch.device) -> tuple[
 
 def build_stage_model(cfg: DictConfig, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict]:
     """(trained model, frozen teacher or None, info) for the stage kind in ``cfg``."""
-    from scaling.models.build import build_clip, build_mim
-
     rung = stage_rung(cfg)
     common = dict(device=device, attn=cfg.model.attn, grad_checkpointing=cfg.model.grad_checkpointing,
                   drop_path=cfg.model.drop_path)

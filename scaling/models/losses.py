@@ -1,9 +1,10 @@
-"""The two stage objectives."""
+"""The two stage objectives (MIM feature regression, CLIP contrastive), shared by training and eval."""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from open_clip.loss import ClipLoss
 from torch import nn
 
 
@@ -22,7 +23,6 @@ class ContrastiveLoss(nn.Module):
 
     def __init__(self, rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
-        from open_clip.loss import ClipLoss
 
         self.inner = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True,
                               rank=rank, world_size=world_size)

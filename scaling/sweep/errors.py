@@ -1,0 +1,5 @@
+"""The sweep's error, below both the sweep file's loader and the trial pipeline that checks it."""
+
+
+class SweepError(ValueError):
+    """A sweep file (or a ``key=value`` on the command line) is wrong; the message says where."""
