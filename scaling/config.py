@@ -15,6 +15,7 @@ fingerprint hashes.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from scaling.config_schema import CHOICES, POSITIVE, RANGES, StageConfig
+from scaling.config_schema import CHOICES, MINIMUM, POSITIVE, RANGES, StageConfig
 from scaling.paths import EXPERIMENTS_DIR
 
 RECIPES_DIR = EXPERIMENTS_DIR / "recipes"
@@ -43,31 +44,46 @@ def schema() -> DictConfig:
     return cfg
 
 
-def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+def _all_keys(cfg: DictConfig, prefix: str = "", free: Sequence[str] = ()) -> list[str]:
+    free = free or FREE_DICTS
     keys = []
     for key in cfg:
         full = f"{prefix}{key}"
         keys.append(full)
         value = cfg._get_node(key)
-        if isinstance(value, DictConfig) and not _is_free_dict(full):
-            keys.extend(_all_keys(value, full + "."))
+        if isinstance(value, DictConfig) and full not in free:
+            keys.extend(_all_keys(value, full + ".", free))
     return keys
 
 
-def _is_free_dict(key: str) -> bool:
-    # Tower overrides and tags are open dicts: their keys are checked by their consumers.
-    return key in ("model.vision", "model.text", "tracking.tags")
+# Open mappings of the stage config: tower overrides and tags; their keys are checked by their consumers.
+FREE_DICTS = ("model.vision", "model.text", "tracking.tags")
 
 
-def _explain(exc: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
+def key_message(source: str, key: str, why: str | None = None, valid: Iterable[str] = ()) -> str:
+    """The one shape of every config error (stage configs, ladder, sweep and rung files):
+    where it came from, the dotted key, and what is wrong; an unknown key (``why=None``) gets
+    the close matches among ``valid``."""
+    if why is not None:
+        return f"{source}: '{key}' {why}"
+    close = difflib.get_close_matches(key, sorted(set(valid)), n=3, cutoff=0.5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return f"{source}: unknown config key '{key}'.{hint}"
+
+
+def _explain(exc: OmegaConfBaseException, base: DictConfig, source: str, prefix: str = "",
+             free: Sequence[str] = ()) -> str:
     key = getattr(exc, "full_key", None) or ""
     msg = str(exc).splitlines()[0]
-    if "not in" in msg or "Key '" in msg and "not" in msg:
-        valid = _all_keys(base)
-        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        return ConfigError(f"{source}: unknown config key '{key}'.{hint}")
-    return ConfigError(f"{source}: bad value for '{key}': {msg}")
+    if isinstance(exc, ConfigKeyError) or "not in" in msg:
+        parent = key.rpartition(".")[0]
+        owner = getattr(exc, "object_type", None)
+        # the offending node's own fields first (it may not exist in ``base`` yet: rungs.<new>.x)
+        siblings = [f"{parent}.{f.name}" if parent else f.name for f in dataclasses.fields(owner)] \
+            if dataclasses.is_dataclass(owner) else []
+        valid = [prefix + k for k in (*siblings, *_all_keys(base, free=free))]
+        return key_message(source, prefix + key, valid=valid)
+    return key_message(source, prefix + key, f"has a bad value: {msg}")
 
 
 def _leaf_keys(layer: Any, prefix: str = "") -> list[str]:
@@ -76,23 +92,41 @@ def _leaf_keys(layer: Any, prefix: str = "") -> list[str]:
     return [k for key, value in layer.items() for k in _leaf_keys(value, f"{prefix}{key}.")] or [prefix]
 
 
-def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
-    """Merge one layer onto ``base``; errors name ``source`` and the offending key."""
+def merge_layer(base: DictConfig, layer: Any, source: str, error: type[Exception] = ConfigError,
+                prefix: str = "", free: Sequence[str] = ()) -> DictConfig:
+    """``OmegaConf.merge(base, layer)`` with errors as ``error(key_message(...))``: the ``source``
+    (file or command line) and the ``prefix``-ed dotted key, close matches for an unknown one."""
     try:
-        merged = OmegaConf.merge(base, layer)
+        return OmegaConf.merge(base, layer)
     except OmegaConfBaseException as exc:
-        raise _explain(exc, base, source) from None
+        raise error(_explain(exc, base, source, prefix, free)) from None
     except TypeError as exc:  # e.g. 'phases.1.x=...': a dotted key into a list
-        keys = ", ".join(_leaf_keys(layer)) or "?"
-        raise ConfigError(f"{source}: cannot merge {keys}: {exc}; a list (such as 'phases') is set whole, "
-                          "e.g. 'phases=[{fraction: 0.9}, {fraction: 0.1, patch_dropout: 0}]'") from None
+        keys = ", ".join(prefix + k for k in _leaf_keys(layer)) or "?"
+        raise error(f"{source}: cannot merge {keys}: {exc}; a list (such as 'phases') is set whole, "
+                    "e.g. 'phases=[{fraction: 0.9}, {fraction: 0.1, patch_dropout: 0}]'") from None
+
+
+def load_structured(schema_type: type, layers: Sequence[tuple[Any, str]], error: type[Exception] = ConfigError,
+                    prefixes: Sequence[str] = ()) -> DictConfig:
+    """A typed config: the dataclass ``schema_type``'s defaults, then each ``(layer, source)``
+    merged in order, an error naming the source of the layer that brought it. Dataclass
+    sections refuse unknown keys; ``dict`` fields are open mappings checked by their readers."""
+    cfg = OmegaConf.structured(schema_type)
+    for i, (layer, source) in enumerate(layers):
+        cfg = merge_layer(cfg, layer, source, error, prefixes[i] if i < len(prefixes) else "")
+    return cfg
+
+
+def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
+    """Merge one stage-config layer onto ``base``; errors name ``source`` and the offending key."""
+    merged = merge_layer(base, layer, source)
     OmegaConf.set_struct(merged, True)
     validate(merged, source)
     return merged
 
 
 def _open_dicts(cfg: DictConfig) -> None:
-    for key in ("model.vision", "model.text", "tracking.tags"):
+    for key in FREE_DICTS:
         node = OmegaConf.select(cfg, key)
         if isinstance(node, DictConfig):
             OmegaConf.set_struct(node, False)
@@ -141,6 +175,10 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
         value = OmegaConf.select(cfg, key)
         if value is None or value <= 0:
             raise ConfigError(f"{source}: '{key}' must be > 0; got {value}")
+    for key, low in MINIMUM.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None or value < low:
+            raise ConfigError(f"{source}: '{key}' must be >= {low}; got {value}")
     scale = list(cfg.data.crop_scale)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"{source}: 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1; got {scale}")

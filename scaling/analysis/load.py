@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from scaling.stages import KINDS
 from scaling.tracking import store
 from scaling.tracking.store import PARENT_TAG
 
@@ -138,7 +139,7 @@ def _costs(row: pd.Series) -> tuple[float, float, str]:
         flops, source = float(logged), "logged"
     if _first(row, "metrics.cost/params") is not None:
         n_params = float(row["metrics.cost/params"])
-    if rung_name is None or kind not in ("mim", "clip"):
+    if rung_name is None or kind not in KINDS:
         return n_params, flops, source
     try:
         from scaling import costs

@@ -16,6 +16,8 @@ import os
 import sys
 from collections.abc import Mapping
 
+from scaling.stages import KINDS
+
 
 def _sections() -> str:
     """Every config key, by section, from the schema (no torch import: --help stays instant)."""
@@ -41,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
                + "\n\nexamples:\n  python -m scaling.train --stage clip --rung B16 --out runs/clip train.samples=4096"
                  "\n  python -m scaling.train --stage mim --rung L14 --teacher runs/clip --out runs/mim",
     )
-    p.add_argument("--stage", required=True, choices=("mim", "clip"), help="stage kind")
+    p.add_argument("--stage", required=True, choices=KINDS, help="stage kind")
     p.add_argument("--rung", required=True, help="rung name or alias (B16, L14, E14, 8B, 18B, ...)")
     p.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
                    help="tiny CPU proxy of the rung (default) or the real sizes (--no-proxy)")
