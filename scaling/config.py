@@ -38,9 +38,11 @@ class ConfigError(ValueError):
 
 
 def schema() -> DictConfig:
-    """The typed, fully defaulted stage config (struct mode: unknown keys are errors)."""
+    """The typed, fully defaulted stage config (struct mode: unknown keys are errors, except in
+    the open mappings ``FREE_DICTS``)."""
     cfg = OmegaConf.structured(StageConfig)
     OmegaConf.set_struct(cfg, True)
+    _open_dicts(cfg)
     return cfg
 
 
@@ -92,6 +94,22 @@ def _leaf_keys(layer: Any, prefix: str = "") -> list[str]:
     return [k for key, value in layer.items() for k in _leaf_keys(value, f"{prefix}{key}.")] or [prefix]
 
 
+def _mismatched(base: Any, layer: Any, prefix: str = "") -> list[str]:
+    """Keys where ``layer`` puts a mapping on a value or list (or the reverse): what cannot merge."""
+    if not isinstance(layer, (DictConfig, dict)) or not isinstance(base, DictConfig):
+        return []
+    out = []
+    for key, value in layer.items():
+        node = base._get_node(key) if key in base else None
+        if node is None:
+            continue
+        if isinstance(value, (DictConfig, dict)) != isinstance(node, DictConfig):
+            out.append(f"{prefix}{key}")
+        else:
+            out += _mismatched(node, value, f"{prefix}{key}.")
+    return out
+
+
 def merge_layer(base: DictConfig, layer: Any, source: str, error: type[Exception] = ConfigError,
                 prefix: str = "", free: Sequence[str] = ()) -> DictConfig:
     """``OmegaConf.merge(base, layer)`` with errors as ``error(key_message(...))``: the ``source``
@@ -101,9 +119,12 @@ def merge_layer(base: DictConfig, layer: Any, source: str, error: type[Exception
     except OmegaConfBaseException as exc:
         raise error(_explain(exc, base, source, prefix, free)) from None
     except TypeError as exc:  # e.g. 'phases.1.x=...': a dotted key into a list
-        keys = ", ".join(prefix + k for k in _leaf_keys(layer)) or "?"
-        raise error(f"{source}: cannot merge {keys}: {exc}; a list (such as 'phases') is set whole, "
-                    "e.g. 'phases=[{fraction: 0.9}, {fraction: 0.1, patch_dropout: 0}]'") from None
+        leaves = _mismatched(base, layer) or _leaf_keys(layer)
+        keys = ", ".join(prefix + k for k in leaves) or "?"
+        hint = ("; a list (such as 'phases') is set whole, e.g. 'phases=[{fraction: 0.9}, "
+                "{fraction: 0.1, patch_dropout: 0}]'") if any(k.startswith("phases") for k in leaves) else \
+            "; a mapping and a value (or list) do not merge"
+        raise error(f"{source}: cannot merge {keys}: {exc}{hint}") from None
 
 
 def load_structured(schema_type: type, layers: Sequence[tuple[Any, str]], error: type[Exception] = ConfigError,
@@ -303,7 +324,6 @@ def load_stage_config(
         raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(CHOICES['stage.kind'])}")
     _check_rung(rung, "stage.rung", "command line")
     cfg = schema()
-    _open_dicts(cfg)
     cfg = merge(cfg, {"stage": {"kind": kind, "rung": rung, "proxy": proxy}}, "command line")
     for path in recipe_files(kind, rung, proxy):
         cfg = merge(cfg, load_yaml(path), str(path))
