@@ -68,9 +68,13 @@ def key_message(source: str, key: str, why: str | None = None, valid: Iterable[s
     the close matches among ``valid``."""
     if why is not None:
         return f"{source}: '{key}' {why}"
-    close = difflib.get_close_matches(key, sorted(set(valid)), n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return f"{source}: unknown config key '{key}'.{hint}"
+    return f"{source}: unknown config key '{key}'.{suggest(key, valid)}"
+
+
+def suggest(name: str, valid: Iterable[str], cutoff: float = 0.5) -> str:
+    """`` Did you mean: a, b?`` for the close matches of ``name`` among ``valid`` (or ``''``)."""
+    close = difflib.get_close_matches(name, sorted(set(valid)), n=3, cutoff=cutoff)
+    return f" Did you mean: {', '.join(close)}?" if close else ""
 
 
 def _explain(exc: OmegaConfBaseException, base: DictConfig, source: str, prefix: str = "",
