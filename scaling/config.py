@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,15 +82,44 @@ def _explain(exc: OmegaConfBaseException, base: DictConfig, source: str, prefix:
              free: Sequence[str] = ()) -> str:
     key = getattr(exc, "full_key", None) or ""
     msg = str(exc).splitlines()[0]
+    owner = getattr(exc, "object_type", None)
+    if "." not in key and dataclasses.is_dataclass(owner) and dataclasses.is_dataclass(OmegaConf.get_type(base)) \
+            and OmegaConf.get_type(base) is not owner:
+        # an element of a list of sections (objectives[i]): OmegaConf's key lacks the path
+        key = f"{_declared_at(OmegaConf.get_type(base), owner) or '?'}.{key}"
     if isinstance(exc, ConfigKeyError) or "not in" in msg:
         parent = key.rpartition(".")[0]
-        owner = getattr(exc, "object_type", None)
         # the offending node's own fields first (it may not exist in ``base`` yet: rungs.<new>.x)
         siblings = [f"{parent}.{f.name}" if parent else f.name for f in dataclasses.fields(owner)] \
             if dataclasses.is_dataclass(owner) else []
         valid = [prefix + k for k in (*siblings, *_all_keys(base, free=free))]
         return key_message(source, prefix + key, valid=valid)
     return key_message(source, prefix + key, f"has a bad value: {msg}")
+
+
+def _held(hint: Any, suffix: str = "") -> list[tuple[Any, str]]:
+    """The types a field holds, with the path suffix to reach them: ``list[X]`` -> ``(X, '[]')``,
+    ``dict[str, X]`` -> ``(X, '.<key>')``, ``X | None`` -> ``(X, '')``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list:
+        return _held(args[0], suffix + "[]")
+    if origin is dict:
+        return _held(args[1], suffix + ".<key>")
+    if args:  # a Union (Optional)
+        return [held for arg in args if arg is not type(None) for held in _held(arg, suffix)]
+    return [(hint, suffix)]
+
+
+def _declared_at(schema_type: Any, owner: type, prefix: str = "") -> str | None:
+    """Where the dataclass ``owner`` sits in the dataclass ``schema_type`` (e.g. ``objectives[]``)."""
+    for name, hint in typing.get_type_hints(schema_type).items():
+        for held, suffix in _held(hint):
+            path = f"{prefix}{name}{suffix}"
+            if held is owner:
+                return path
+            if dataclasses.is_dataclass(held) and (found := _declared_at(held, owner, f"{path}.")):
+                return found
+    return None
 
 
 def _leaf_keys(layer: Any, prefix: str = "") -> list[str]:
