@@ -87,12 +87,8 @@ def models_dir() -> Path:
     return Path(paths.EXPERIMENTS_DIR) / "models"
 
 
-def _read(path: Path, seen: tuple[Path, ...] = (), memo: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """A rung file as a ``RungFile`` container, with what it ``extends`` merged underneath
-    (``memo``: files already read, so a parent extended by several files is merged once)."""
-    memo = {} if memo is None else memo
-    if path in memo:
-        return copy.deepcopy(memo[path])
+def _load(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One rung file as written (a mapping), or a ``SpecError`` naming it."""
     if path in seen:
         chain = " -> ".join(p.name for p in (*seen, path))
         raise SpecError(f"{path}: 'extends' loops ({chain})")
@@ -100,9 +96,26 @@ def _read(path: Path, seen: tuple[Path, ...] = (), memo: dict[Path, dict[str, An
         where = f"{seen[-1]}: 'extends'" if seen else "rung file"
         raise SpecError(f"{where}: {path} does not exist")
     try:
-        layer = OmegaConf.to_container(load_yaml(path))
+        return OmegaConf.to_container(load_yaml(path))  # type: ignore[return-value]
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
+
+
+def _inherited(path: Path, key: str, seen: tuple[Path, ...] = ()) -> Any:
+    """``key`` of a rung file, or of the file it extends when it does not set it."""
+    layer = _load(path, seen)
+    if key in layer or not layer.get("extends"):
+        return layer.get(key)
+    return _inherited(path.parent / str(layer["extends"]), key, (*seen, path))
+
+
+def _read(path: Path, seen: tuple[Path, ...] = (), memo: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A rung file as a ``RungFile`` container, with what it ``extends`` merged underneath
+    (``memo``: files already read, so a parent extended by several files is merged once)."""
+    memo = {} if memo is None else memo
+    if path in memo:
+        return copy.deepcopy(memo[path])
+    layer = _load(path, seen)
     layers = [(layer, str(path))]
     if layer.get("extends"):
         base = _read(path.parent / str(layer["extends"]), (*seen, path), memo)
@@ -151,17 +164,21 @@ class _Registry:
             raise SpecError(
                 f"no rung files (*.yaml) in {folder}; set SCALING_EXPERIMENTS to the experiments folder"
             )
-        self.raw = {}
-        self.files = {}
-        memo: dict[Path, dict[str, Any]] = {}
+        # Names and aliases come from the files as written (following 'extends'); a file is
+        # validated and merged (``_read``: OmegaConf, ~15 ms a file) only when its rung is used.
+        self.files: dict[str, Path] = {}
+        self.aliases: dict[str, list[str]] = {}
         for path in files:
-            data = _read(path, memo=memo)
-            name = str(data.get("name", path.stem))
-            self.raw[name] = data
+            name = str(_inherited(path, "name") or path.stem)
             self.files[name] = path
+            aliases = _inherited(path, "aliases") or []
+            if not isinstance(aliases, list):
+                _read(path)  # raises, naming the file and the key
+            self.aliases[name] = [str(a) for a in aliases]
+        self.memo: dict[Path, dict[str, Any]] = {}
         self.lookup: dict[str, str] = {}
-        for name, data in self.raw.items():
-            for key in (name, *(str(a) for a in data.get("aliases") or ())):
+        for name, aliases in self.aliases.items():
+            for key in (name, *aliases):
                 other = self.lookup.get(key.lower())
                 if other and other != name:
                     raise SpecError(
@@ -178,13 +195,14 @@ class _Registry:
             )
         key = (canonical, proxy)
         if key not in self.cache:
-            self.cache[key] = _build(self.raw[canonical], self.files[canonical], proxy)
+            path = self.files[canonical]
+            self.cache[key] = _build(_read(path, memo=self.memo), path, proxy)
         return self.cache[key]
 
     def valid_names(self) -> list[str]:
         out = []
         for name in self.ordered():
-            aliases = self.raw[name].get("aliases") or []
+            aliases = self.aliases[name]
             out.append(f"{name} ({', '.join(map(str, aliases))})" if aliases else name)
         return out
 
@@ -193,7 +211,7 @@ class _Registry:
         from scaling import costs
 
         ladder = [self.lookup[a.lower()] for a in LADDER_ORDER if a.lower() in self.lookup]
-        others = [n for n in self.raw if n not in ladder]
+        others = [n for n in self.files if n not in ladder]
 
         def size(name: str) -> tuple[int, int, str]:
             rung = self.get(name, proxy=False)
@@ -241,5 +259,5 @@ def rung_names() -> list[str]:
     """Full names and aliases accepted by :func:`get_rung`."""
     reg = _registry()
     return [
-        n for name in reg.ordered() for n in (name, *map(str, reg.raw[name].get("aliases") or ()))
+        n for name in reg.ordered() for n in (name, *reg.aliases[name])
     ]
