@@ -30,6 +30,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from scaling.config_schema import CHOICES, MINIMUM, POSITIVE, RANGES, StageConfig
 from scaling.paths import EXPERIMENTS_DIR
+from scaling.stages import KINDS, stage_name
 
 RECIPES_DIR = EXPERIMENTS_DIR / "recipes"
 
@@ -354,8 +355,8 @@ def load_stage_config(
     extra: dict[str, Any] | DictConfig | None = None,
 ) -> DictConfig:
     """Resolve a stage config from the recipes, user ``files``, ``extra`` (programmatic) and overrides."""
-    if kind not in CHOICES["stage.kind"]:
-        raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(CHOICES['stage.kind'])}")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(KINDS)}")
     _check_rung(rung, "stage.rung", "command line")
     cfg = schema()
     cfg = merge(cfg, {"stage": {"kind": kind, "rung": rung, "proxy": proxy}}, "command line")
@@ -372,7 +373,7 @@ def load_stage_config(
     if cfg.stage.teacher_rung is not None:
         _check_rung(cfg.stage.teacher_rung, "stage.teacher_rung", "config")
     if cfg.stage.name is None:
-        cfg.stage.name = f"{kind}@{rung}"
+        cfg.stage.name = stage_name(kind, rung)
     return cfg
 
 
