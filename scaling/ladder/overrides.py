@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scaling.config import ConfigError, merge_layer, parse_overrides, schema
+from scaling.config import schema
+from scaling.config_dialect import ConfigError, merge_layer, parse_overrides
 from scaling.stages import KINDS, LADDER_SCOPE, split_stage_name
 
 

@@ -16,14 +16,14 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from scaling.config import (
+from scaling.config import schema
+from scaling.config_dialect import (
     ConfigError,
     key_message,
     load_structured,
     load_yaml,
     merge_layer,
     parse_overrides,
-    schema,
 )
 from scaling.paths import EXPERIMENTS_DIR
 from scaling.stages import ALL, KINDS, LADDER_SCOPE, split_stage_name

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from scaling import paths
-from scaling.config import ConfigError, load_structured, load_yaml
+from scaling.config_dialect import ConfigError, load_structured, load_yaml
 from scaling.models.specs import (
     RungSpec,
     SpecError,
@@ -87,38 +87,44 @@ def models_dir() -> Path:
     return Path(paths.EXPERIMENTS_DIR) / "models"
 
 
-def _load(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """One rung file as written (a mapping), or a ``SpecError`` naming it."""
+def _load(path: Path, seen: tuple[Path, ...] = (), cache: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One rung file as written (a mapping), or a ``SpecError`` naming it (``cache``: files read)."""
     if path in seen:
         chain = " -> ".join(p.name for p in (*seen, path))
         raise SpecError(f"{path}: 'extends' loops ({chain})")
+    if cache is not None and path in cache:
+        return cache[path]
     if not path.is_file():
         where = f"{seen[-1]}: 'extends'" if seen else "rung file"
         raise SpecError(f"{where}: {path} does not exist")
     try:
-        return OmegaConf.to_container(load_yaml(path))  # type: ignore[return-value]
+        layer: dict[str, Any] = OmegaConf.to_container(load_yaml(path))  # type: ignore[assignment]
     except ConfigError as exc:
         raise SpecError(str(exc)) from None
+    if cache is not None:
+        cache[path] = layer
+    return layer
 
 
-def _inherited(path: Path, key: str, seen: tuple[Path, ...] = ()) -> Any:
+def _inherited(path: Path, key: str, cache: dict[Path, dict[str, Any]], seen: tuple[Path, ...] = ()) -> Any:
     """``key`` of a rung file, or of the file it extends when it does not set it."""
-    layer = _load(path, seen)
+    layer = _load(path, seen, cache)
     if key in layer or not layer.get("extends"):
         return layer.get(key)
-    return _inherited(path.parent / str(layer["extends"]), key, (*seen, path))
+    return _inherited(path.parent / str(layer["extends"]), key, cache, (*seen, path))
 
 
-def _read(path: Path, seen: tuple[Path, ...] = (), memo: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+def _read(path: Path, seen: tuple[Path, ...] = (), memo: dict[Path, dict[str, Any]] | None = None,
+          cache: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
     """A rung file as a ``RungFile`` container, with what it ``extends`` merged underneath
-    (``memo``: files already read, so a parent extended by several files is merged once)."""
+    (``memo``: files already merged, so a parent extended by several files is merged once)."""
     memo = {} if memo is None else memo
     if path in memo:
         return copy.deepcopy(memo[path])
-    layer = _load(path, seen)
+    layer = copy.deepcopy(_load(path, seen, cache))
     layers = [(layer, str(path))]
     if layer.get("extends"):
-        base = _read(path.parent / str(layer["extends"]), (*seen, path), memo)
+        base = _read(path.parent / str(layer["extends"]), (*seen, path), memo, cache)
         for key in _REPLACED & set(layer):
             base.pop(key)
         layers.insert(0, ({**base, "extends": None}, str(path.parent / str(layer["extends"]))))
@@ -168,10 +174,11 @@ class _Registry:
         # validated and merged (``_read``: OmegaConf, ~15 ms a file) only when its rung is used.
         self.files: dict[str, Path] = {}
         self.aliases: dict[str, list[str]] = {}
+        self.layers: dict[Path, dict[str, Any]] = {}  # files as written
         for path in files:
-            name = str(_inherited(path, "name") or path.stem)
+            name = str(_inherited(path, "name", self.layers) or path.stem)
             self.files[name] = path
-            aliases = _inherited(path, "aliases") or []
+            aliases = _inherited(path, "aliases", self.layers) or []
             if not isinstance(aliases, list):
                 _read(path)  # raises, naming the file and the key
             self.aliases[name] = [str(a) for a in aliases]
@@ -196,7 +203,7 @@ class _Registry:
         key = (canonical, proxy)
         if key not in self.cache:
             path = self.files[canonical]
-            self.cache[key] = _build(_read(path, memo=self.memo), path, proxy)
+            self.cache[key] = _build(_read(path, memo=self.memo, cache=self.layers), path, proxy)
         return self.cache[key]
 
     def valid_names(self) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from scaling.config import ConfigError, load_structured, load_yaml, parse_overrides, suggest
+from scaling.config_dialect import ConfigError, load_structured, load_yaml, parse_overrides, suggest
 from scaling.launch.executors import EXECUTORS
 from scaling.paths import SWEEPS_DIR
 from scaling.stages import COST_METRICS, KINDS, logged_metrics

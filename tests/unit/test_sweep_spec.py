@@ -250,7 +250,7 @@ def test_objective_of_a_stage_lists_what_that_stage_logs(tmp_path: Path) -> None
     ({"base": {"kind": "clip", "teacher": {"rung": "B16", "chekpoint": "x"}}},
      r"unknown config key 'base\.teacher\.chekpoint'.*Did you mean: base\.teacher\.checkpoint"),
     ({"objectives": [{"metric": "eval/synth_cls/top1", "directon": "maximize"}]},
-     r"s\.yaml: unknown config key 'objectives\[\]\.directon'.*Did you mean: objectives\[\]\.direction"),
+     r"s\.yaml: unknown config key 'directon' in 'objectives\[\]'\. Did you mean: direction"),
     ({"workers": 0}, "'workers' must be a positive integer"),
 ])
 def test_bad_sweep_file_names_file_and_key(tmp_path: Path, change: dict, message: str) -> None:
