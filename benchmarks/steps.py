@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("clip", "mim")
-
 
 def width_overrides(width: int, head_dim: int = 64, text: bool = True) -> list[str]:
     """Config overrides that set a proxy's vision (and text) tower to ``width`` (EVA-02 shapes:

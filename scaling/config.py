@@ -15,7 +15,6 @@ fingerprint hashes.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -24,104 +23,47 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from scaling.config_schema import CHOICES, POSITIVE, RANGES, StageConfig
+from scaling.config_dialect import ConfigError, all_keys, load_yaml, merge_layer, parse_overrides
+from scaling.config_schema import CHOICES, MINIMUM, POSITIVE, RANGES, StageConfig
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
+from scaling.stages import KINDS, stage_name
 
 RECIPES_DIR = EXPERIMENTS_DIR / "recipes"
 
 
-class ConfigError(ValueError):
-    """A config key or value is wrong; the message says which, where it came from, and what to do."""
-
-
 def schema() -> DictConfig:
-    """The typed, fully defaulted stage config (struct mode: unknown keys are errors)."""
+    """The typed, fully defaulted stage config (struct mode: unknown keys are errors, except in
+    the open mappings ``FREE_DICTS``)."""
     cfg = OmegaConf.structured(StageConfig)
     OmegaConf.set_struct(cfg, True)
+    _open_dicts(cfg)
     return cfg
 
 
 def _all_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for key in cfg:
-        full = f"{prefix}{key}"
-        keys.append(full)
-        value = cfg._get_node(key)
-        if isinstance(value, DictConfig) and not _is_free_dict(full):
-            keys.extend(_all_keys(value, full + "."))
-    return keys
+    """Every dotted key of a stage config (not inside its open mappings)."""
+    return all_keys(cfg, prefix, FREE_DICTS)
 
 
-def _is_free_dict(key: str) -> bool:
-    # Tower overrides and tags are open dicts: their keys are checked by their consumers.
-    return key in ("model.vision", "model.text", "tracking.tags")
-
-
-def _explain(exc: OmegaConfBaseException, base: DictConfig, source: str) -> ConfigError:
-    key = getattr(exc, "full_key", None) or ""
-    msg = str(exc).splitlines()[0]
-    if "not in" in msg or "Key '" in msg and "not" in msg:
-        valid = _all_keys(base)
-        close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        return ConfigError(f"{source}: unknown config key '{key}'.{hint}")
-    return ConfigError(f"{source}: bad value for '{key}': {msg}")
-
-
-def _leaf_keys(layer: Any, prefix: str = "") -> list[str]:
-    if not isinstance(layer, (DictConfig, dict)):
-        return [prefix.rstrip(".")] if prefix else []
-    return [k for key, value in layer.items() for k in _leaf_keys(value, f"{prefix}{key}.")] or [prefix]
+# Open mappings of the stage config: tower overrides and tags; their keys are checked by their consumers.
+FREE_DICTS = ("model.vision", "model.text", "tracking.tags")
 
 
 def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
-    """Merge one layer onto ``base``; errors name ``source`` and the offending key."""
-    try:
-        merged = OmegaConf.merge(base, layer)
-    except OmegaConfBaseException as exc:
-        raise _explain(exc, base, source) from None
-    except TypeError as exc:  # e.g. 'phases.1.x=...': a dotted key into a list
-        keys = ", ".join(_leaf_keys(layer)) or "?"
-        raise ConfigError(f"{source}: cannot merge {keys}: {exc}; a list (such as 'phases') is set whole, "
-                          "e.g. 'phases=[{fraction: 0.9}, {fraction: 0.1, patch_dropout: 0}]'") from None
+    """Merge one stage-config layer onto ``base``; errors name ``source`` and the offending key."""
+    merged = merge_layer(base, layer, source)
     OmegaConf.set_struct(merged, True)
     validate(merged, source)
     return merged
 
 
 def _open_dicts(cfg: DictConfig) -> None:
-    for key in ("model.vision", "model.text", "tracking.tags"):
+    for key in FREE_DICTS:
         node = OmegaConf.select(cfg, key)
         if isinstance(node, DictConfig):
             OmegaConf.set_struct(node, False)
-
-
-def load_yaml(path: str | Path) -> DictConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # yaml.YAMLError and friends: report the file, not the parser stack
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
-    return loaded
-
-
-def parse_overrides(overrides: Sequence[str]) -> DictConfig:
-    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
-    if bad:
-        raise ConfigError(
-            f"command line: overrides must look like key=value (e.g. optim.lr=1e-4), got: {' '.join(bad)}"
-        )
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"command line: cannot parse overrides {list(overrides)}: {exc}") from None
 
 
 def validate(cfg: DictConfig, source: str = "config") -> None:
@@ -142,6 +84,10 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
         value = OmegaConf.select(cfg, key)
         if value is None or value <= 0:
             raise ConfigError(f"{source}: '{key}' must be > 0; got {value}")
+    for key, low in MINIMUM.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None or value < low:
+            raise ConfigError(f"{source}: '{key}' must be >= {low}; got {value}")
     scale = list(cfg.data.crop_scale)
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         raise ConfigError(f"{source}: 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1; got {scale}")
@@ -258,11 +204,10 @@ def load_stage_config(
     extra: dict[str, Any] | DictConfig | None = None,
 ) -> DictConfig:
     """Resolve a stage config from the recipes, user ``files``, ``extra`` (programmatic) and overrides."""
-    if kind not in CHOICES["stage.kind"]:
-        raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(CHOICES['stage.kind'])}")
+    if kind not in KINDS:
+        raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(KINDS)}")
     _check_rung(rung, "stage.rung", "command line")
     cfg = schema()
-    _open_dicts(cfg)
     cfg = merge(cfg, {"stage": {"kind": kind, "rung": rung, "proxy": proxy}}, "command line")
     for path in recipe_files(kind, rung, proxy):
         cfg = merge(cfg, load_yaml(path), str(path))
@@ -277,7 +222,7 @@ def load_stage_config(
     if cfg.stage.teacher_rung is not None:
         _check_rung(cfg.stage.teacher_rung, "stage.teacher_rung", "config")
     if cfg.stage.name is None:
-        cfg.stage.name = f"{kind}@{rung}"
+        cfg.stage.name = stage_name(kind, rung)
     return cfg
 
 

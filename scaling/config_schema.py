@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from scaling.stages import KINDS
+
 
 @dataclass
 class StageSection:
@@ -47,7 +49,6 @@ class DataSection:
     synth_seed: int = 0
     image_size: Optional[int] = None  # None -> the rung's image size
     crop_scale: list[float] = field(default_factory=lambda: [0.9, 1.0])
-    context_length: int = 77
     shuffle_buffer: int = 1000
     workers: int = 0
     resampled: bool = True
@@ -139,7 +140,6 @@ class TrackingSection:
     experiment: str = "scaling"
     run_id: Optional[str] = None  # set by the ladder/sweep so a requeued job continues the same run
     parent_run_id: Optional[str] = None
-    log_checkpoints: bool = False  # True: upload checkpoints as artifacts; False: record their path
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -180,7 +180,7 @@ class StageConfig:
 
 # Allowed values; checked after every merge so the error names the file that set them.
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "stage.kind": ("mim", "clip"),
+    "stage.kind": KINDS,
     "model.attn": ("sdpa", "flash", "math"),
     "eval.mode": ("resize_center_crop", "resize"),
     "optim.name": ("adamw", "lamb"),
@@ -202,4 +202,22 @@ RANGES: dict[str, tuple[float, float, bool]] = {
 }
 
 POSITIVE: tuple[str, ...] = ("train.samples", "train.batch_size", "optim.lr", "train.log_every",
-                             "optim.lamb_max_coeff", "optim.lamb_min_coeff")
+                             "optim.lamb_max_coeff", "optim.lamb_min_coeff", "eval.batch_size",
+                             "resources.timeout_min")
+
+# Integer floors: a job needs a node, a task and a CPU; 0 GPUs means CPU processes, 0 GB the
+# scheduler's default memory, 0 samples/steps "only at the end".
+MINIMUM: dict[str, int] = {
+    "resources.nodes": 1,
+    "resources.tasks_per_node": 1,
+    "resources.cpus_per_task": 1,
+    "resources.gpus_per_node": 0,
+    "resources.mem_gb": 0,
+    "resources.signal_delay_s": 0,
+    "train.ckpt_every": 0,
+    "train.keep_checkpoints": 0,  # 0: keep every periodic checkpoint
+    "eval.every_samples": 0,
+    "data.workers": 0,
+    "data.synth_samples": 1,
+    "optim.warmup_samples": 0,
+}

@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Union
 
+from scaling import stages
+
 if TYPE_CHECKING:
     from scaling.models.specs import RungSpec, TextSpec, TowerSpec
 
@@ -37,7 +39,7 @@ GPU_MEMORY_BYTES: dict[str, float] = {
 }
 PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZER_STATES = {"lamb": 2, "adamw": 2, "adam": 2, "sgd": 1}  # fp32 tensors per parameter
-KINDS = ("mim", "clip")
+KINDS = stages.KINDS  # re-exported: ``python -m scaling.models --kind`` reads it here
 
 
 def _is_text(spec: AnySpec) -> bool:

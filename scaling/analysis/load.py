@@ -21,6 +21,7 @@ import pandas as pd
 
 from scaling import costs
 from scaling.models.registry import get_rung
+from scaling.stages import KINDS
 from scaling.tracking import store
 from scaling.tracking.store import PARENT_TAG
 
@@ -138,7 +139,7 @@ def _costs(row: pd.Series) -> tuple[float, float, str]:
         flops, source = float(logged), "logged"
     if _first(row, "metrics.cost/params") is not None:
         n_params = float(row["metrics.cost/params"])
-    if rung_name is None or kind not in ("mim", "clip"):
+    if rung_name is None or kind not in KINDS:
         return n_params, flops, source
     try:
         proxy = _truthy(_first(row, "proxy", "params.stage.proxy") or "false")

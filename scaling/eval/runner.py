@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,17 +13,12 @@ from scaling.data.masking import mask_generator
 from scaling.eval import sets
 from scaling.eval.zeroshot import classification, retrieval, text_classifier
 from scaling.models.losses import mim_loss, teacher_targets
+from scaling.stages import MIM_EVAL_METRIC
+from scaling.stages import eval_set_name as set_name
 
 log = logging.getLogger(__name__)
 
 MIM_EVAL_SAMPLES = 256  # held-out images for eval/mim/loss (fixed masks), unless eval.max_samples
-
-
-def set_name(path: str, synthetic: bool, kind: str) -> str:
-    """Metric name of an eval set: ``synth_cls``/``synth_ret`` for the synthetic world, else the folder."""
-    if synthetic:
-        return "synth_cls" if kind == "classification" else "synth_ret"
-    return Path(path).name or kind
 
 
 def _batches(tensors: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
@@ -98,7 +92,7 @@ class StageEvaluator:
                 loss = mim_loss(model(x, m), teacher_targets(self.teacher, x, self.teacher_image_size), m)
                 total += float(loss) * len(x)
                 count += len(x)
-            return {"eval/mim/loss": total / max(1, count)}
+            return {MIM_EVAL_METRIC: total / max(1, count)}
         if self.sources.classification:
             data = self._classification_set()
             name = set_name(self.sources.classification, synthetic, "classification")

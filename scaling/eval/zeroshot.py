@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from open_clip import build_zero_shot_classifier
 from torch import nn
 
+from scaling.stages import RETRIEVAL_KS
+
 
 @torch.no_grad()
 def text_classifier(model: nn.Module, classnames: Sequence[str], templates: Sequence[str | Callable],
@@ -54,7 +56,7 @@ def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int]
 
 @torch.no_grad()
 def retrieval(model: nn.Module, image_batches: Iterable[torch.Tensor], captions: Sequence[Sequence[str]],
-              tokenizer: Callable, device: torch.device, ks: Sequence[int] = (1, 5, 10),
+              tokenizer: Callable, device: torch.device, ks: Sequence[int] = RETRIEVAL_KS,
               text_batch: int = 256) -> dict[str, float]:
     """``image_r<k>``: text query -> image (the caption's own image among the k best);
     ``text_r<k>``: image query -> any of its captions among the k best texts.

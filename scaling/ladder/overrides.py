@@ -3,7 +3,11 @@
 * ``optim.lr=1e-4``: every stage;
 * ``mim.optim.lr=1e-4`` / ``clip.train.samples=5000``: every stage of that kind;
 * ``clip@18B.train.samples=5000``: that stage only;
-* ``ladder.teacher_checkpoint=PATH``: the ladder file's own settings.
+* ``ladder.teacher_checkpoint=PATH``: the ladder file's own settings (checked by ``ladder.spec``).
+
+Each scope's items are parsed as an OmegaConf dotlist and merged onto the stage-config schema
+here, so an unknown key or a value of the wrong type fails before planning, named as typed
+(``clip@18B.optim.lrr``), with close matches.
 """
 
 from __future__ import annotations
@@ -11,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from scaling.config import ConfigError
-
-KINDS = ("mim", "clip")
+from scaling.config import schema
+from scaling.config_dialect import ConfigError, merge_layer, parse_overrides
+from scaling.stages import KINDS, LADDER_SCOPE, split_stage_name
 
 
 @dataclass
@@ -30,32 +34,47 @@ class Overrides:
         return [g for g in groups if g]
 
 
+def _scope(item: str) -> tuple[str | None, str]:
+    """``'clip@18B.train.samples=5'`` -> ``('clip@18B', 'train.samples=5')``; no scope: ``(None, item)``."""
+    key, value = item.split("=", 1)
+    head, dot, rest = key.partition(".")
+    if head == LADDER_SCOPE:
+        if not rest:
+            raise ConfigError(f"command line: '{item}' names no ladder setting (e.g. ladder.teacher_checkpoint=PATH)")
+        return head, f"{rest}={value}"
+    if head in KINDS and dot:
+        return head, f"{rest}={value}"
+    if "@" in head:
+        if split_stage_name(head) is None or not rest:
+            raise ConfigError(f"command line: '{item}': a stage override looks like clip@18B.train.samples=5000 "
+                              f"(kind one of {', '.join(KINDS)})")
+        return head, f"{rest}={value}"
+    return None, item
+
+
 def split_overrides(items: Sequence[str]) -> Overrides:
-    """Sort ``key=value`` items by target; malformed items raise ``ConfigError``."""
-    out = Overrides()
+    """Sort ``key=value`` items by target and check each scope's stage-config keys and types;
+    anything wrong raises ``ConfigError`` naming the item as typed."""
     bad = [o for o in items if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(
             f"command line: overrides must look like key=value (e.g. train.samples=5000, "
             f"clip@18B.optim.lr=1e-4), got: {' '.join(bad)}"
         )
+    out = Overrides()
     for item in items:
-        key, value = item.split("=", 1)
-        head, dot, rest = key.partition(".")
-        if head == "ladder":
-            if not rest:
-                raise ConfigError(f"command line: '{item}' names no ladder setting (e.g. ladder.teacher_checkpoint=PATH)")
-            out.ladder.append(f"{rest}={value}")
-        elif head in KINDS and dot:
-            out.by_kind.setdefault(head, []).append(f"{rest}={value}")
-        elif "@" in head:
-            kind, _, rung = head.partition("@")
-            if kind not in KINDS or not rung or not rest:
-                raise ConfigError(
-                    f"command line: '{item}': a stage override looks like clip@18B.train.samples=5000 "
-                    f"(kind one of {', '.join(KINDS)})"
-                )
-            out.by_stage.setdefault(head, []).append(f"{rest}={value}")
+        scope, rest = _scope(item)
+        if scope is None:
+            out.common.append(rest)
+        elif scope == LADDER_SCOPE:
+            out.ladder.append(rest)
+        elif scope in KINDS:
+            out.by_kind.setdefault(scope, []).append(rest)
         else:
-            out.common.append(item)
+            out.by_stage.setdefault(scope, []).append(rest)
+    base = schema()
+    scoped = [("", out.common), *((f"{k}.", v) for k, v in {**out.by_kind, **out.by_stage}.items())]
+    for prefix, group in scoped:
+        if group:
+            merge_layer(base, parse_overrides(group), "command line", prefix=prefix)
     return out

@@ -25,6 +25,7 @@ from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
 from scaling.launch.state import read_state
 from scaling.models.registry import get_rung
+from scaling.stages import split_stage_name, stage_name
 
 TEACHER_KEY = "ladder.teacher_checkpoint"
 
@@ -117,7 +118,7 @@ def _ladder_trained_clip(runs_dir: Path, experiment: str, rung: str, proxy: bool
 
 def _stage_config(spec: LadderSpec, overrides: Overrides, kind: str, rung: str, proxy: bool,
                   wiring: dict[str, Any], text_from_scratch: bool = False) -> DictConfig:
-    name = f"{kind}@{rung}"
+    name = stage_name(kind, rung)
     cfg = load_stage_config(kind, rung, proxy=proxy)
     # Plain assignments (typed, but no merge + validate round): the dry run must stay fast.
     for dotted, value in _dotted(wiring):
@@ -229,7 +230,7 @@ def plan_ladder(
     experiment = experiment or spec.experiment
     runs = Path(runs_dir).resolve()
     entries = {r.key: r for r in spec.rungs}
-    stage_names = [f"{k}@{r}" for r in path[1:] for k in entries[r].stages]
+    stage_names = [stage_name(k, r) for r in path[1:] for k in entries[r].stages]
     first = path[0]
     notes: list[str] = []
 
@@ -261,8 +262,8 @@ def plan_ladder(
     # Stage-targeted overrides must hit a stage of this plan.
     targeted = {}
     for typed, items in split.by_stage.items():
-        kind, _, rung = typed.partition("@")
-        name = f"{kind}@{spec.rung(rung).key}"
+        kind, rung = split_stage_name(typed)
+        name = stage_name(kind, spec.rung(rung).key)
         if name not in stage_names:
             raise ConfigError(f"command line: '{typed}.…' targets no stage of this plan; stages: {', '.join(stage_names)}")
         targeted.setdefault(name, []).extend(items)
@@ -285,7 +286,7 @@ def plan_ladder(
         if info.get("teacher_rung"):
             extra["stage"] = {"teacher_rung": info["teacher_rung"]}
         cfg = _stage_config(spec, split, kind, rung, proxy, extra, text_from_scratch=scratch)
-        name = f"{kind}@{rung}"
+        name = stage_name(kind, rung)
         if cfg.resources.micro_batch == "auto":
             _auto_micro_batch(cfg, name, info.get("teacher_rung"), notes)
         upstream = [by_name[s].fingerprint for s in dict.fromkeys(internal.values())]

@@ -1,26 +1,67 @@
-"""Ladder files (``experiments/ladders/*.yaml``): rungs, teacher wiring, stage-config layers."""
+"""Ladder files (``experiments/ladders/*.yaml``): rungs, teacher wiring, stage-config layers.
+
+A ladder file loads as a typed config (``LadderFile``, OmegaConf structured): unknown keys and
+wrong types fail with the file and the dotted key, close matches suggested, as stage configs
+do. ``ladder.key=value`` on the command line is one more layer on top. What the types cannot
+say (rungs that exist, teachers above their students, layer targets, the layers' own stage-config
+keys) is checked after the merge.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from scaling.config import ConfigError, load_yaml
+from scaling.config import schema
+from scaling.config_dialect import (
+    ConfigError,
+    key_message,
+    load_structured,
+    load_yaml,
+    merge_layer,
+    parse_overrides,
+)
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
+from scaling.stages import ALL, KINDS, LADDER_SCOPE, split_stage_name
 
 LADDERS_DIR = EXPERIMENTS_DIR / "ladders"
 DEFAULT_LADDER = LADDERS_DIR / "eva.yaml"
-KINDS = ("mim", "clip")
-TOP_KEYS = ("name", "experiment", "rungs", "teacher_checkpoint", "config", "proxy", "text_from_scratch")
-RUNG_KEYS = ("teacher", "stages", "text_init")
 LAYER_SECTIONS = ("config", "proxy")
 TEXT_FROM_TEACHER = "teacher"  # text_init: the CLIP of the rung that taught this rung's MIM stage
+
+
+@dataclass
+class RungFields:
+    """One entry of ``rungs:``."""
+
+    teacher: Optional[str] = None  # ladder key of the rung whose CLIP teaches this rung's MIM stage
+    stages: Optional[list[str]] = None  # what the rung trains; None: every kind (mim, clip)
+    text_init: Optional[str] = TEXT_FROM_TEACHER  # 'teacher' | a rung above | a checkpoint | null (scratch)
+
+
+@dataclass
+class TextFromScratchFields:
+    config: dict[str, Any] = field(default_factory=dict)
+    proxy: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LadderFile:
+    """Schema of a ladder file (see ``experiments/ladders/eva.yaml`` for what each key means)."""
+
+    name: Optional[str] = None  # default: the file's stem
+    experiment: Optional[str] = None  # default: ladder-<name>
+    rungs: dict[str, Optional[RungFields]] = field(default_factory=dict)  # in ladder order
+    teacher_checkpoint: Optional[str] = None
+    # target ('all' | kind | 'kind@rung') -> stage-config keys; 'proxy' applies to proxy ladders only
+    config: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    proxy: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
+    text_from_scratch: Optional[TextFromScratchFields] = field(default_factory=TextFromScratchFields)
 
 
 @dataclass
@@ -76,33 +117,25 @@ class LadderSpec:
 
 
 def _fail(path: Path, key: str, why: str) -> ConfigError:
-    return ConfigError(f"{path}: '{key}' {why}")
+    return ConfigError(key_message(str(path), key, why))
 
 
-def _rungs(path: Path, raw: Any) -> list[RungEntry]:
-    if not isinstance(raw, Mapping) or not raw:
+def _rungs(path: Path, raw: Mapping[str, Any]) -> list[RungEntry]:
+    if not raw:
         raise _fail(path, "rungs", "must map rung names to {teacher: RUNG, stages: [mim, clip]}")
     entries = []
     for key, body in raw.items():
-        key = str(key)
         try:
             canonical = get_rung(key).name
         except UnknownRungError as exc:
             raise _fail(path, f"rungs.{key}", f"is not a known rung: {exc}") from None
         body = body or {}
-        if not isinstance(body, Mapping):
-            raise _fail(path, f"rungs.{key}", "must be a mapping with 'teacher' and/or 'stages'")
-        unknown = sorted(set(map(str, body)) - set(RUNG_KEYS))
-        if unknown:
-            raise _fail(path, f"rungs.{key}.{unknown[0]}", f"is not a rung setting; valid: {', '.join(RUNG_KEYS)}")
-        stages = tuple(str(s) for s in (body.get("stages") or KINDS))
+        stages = tuple(body.get("stages") or KINDS)
         bad = [s for s in stages if s not in KINDS]
         if bad:
             raise _fail(path, f"rungs.{key}.stages", f"has unknown stage kind(s) {bad}; use {', '.join(KINDS)}")
-        teacher = body.get("teacher")
         text_init = body.get("text_init", TEXT_FROM_TEACHER)
-        entries.append(RungEntry(key, canonical, None if teacher is None else str(teacher), stages,
-                                 None if text_init in (None, "") else str(text_init)))
+        entries.append(RungEntry(key, canonical, body.get("teacher"), stages, text_init or None))
     keys = [e.key for e in entries]
     for entry in entries:
         if entry.teacher is not None:
@@ -119,49 +152,38 @@ def _rungs(path: Path, raw: Any) -> list[RungEntry]:
     return entries
 
 
-def _layers(path: Path, data: Mapping[str, Any], rung_keys: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+def _check_layer(path: Path, where: str, layer: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer's keys and types against the stage-config schema (values are checked per stage)."""
+    if layer:
+        merge_layer(schema(), layer, f"{path}: {where}")
+    return dict(layer)
+
+
+def _layers(path: Path, data: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for section in LAYER_SECTIONS:
-        raw = data.get(section) or {}
-        if not isinstance(raw, Mapping):
-            raise _fail(path, section, "must map 'all', a stage kind or a stage (e.g. clip@18B) to config keys")
         out[section] = {}
-        for target, layer in raw.items():
-            target = str(target)
-            valid = target in ("all", *KINDS) or _is_stage_name(target)
-            if not valid:
-                raise _fail(path, f"{section}.{target}", "must be 'all', 'mim', 'clip' or a stage like 'clip@18B'")
-            if layer is not None and not isinstance(layer, Mapping):
-                raise _fail(path, f"{section}.{target}", "must be a mapping of stage-config keys")
-            out[section][target] = dict(layer or {})
+        for target, layer in (data.get(section) or {}).items():
+            if target not in (ALL, *KINDS) and split_stage_name(target) is None:
+                raise _fail(path, f"{section}.{target}", f"must be '{ALL}', a stage kind ({', '.join(KINDS)}) "
+                            "or a stage like 'clip@18B'")
+            out[section][target] = _check_layer(path, f"{section}.{target}", layer or {})
     return out
 
 
-def _is_stage_name(text: str) -> bool:
-    kind, sep, rung = text.partition("@")
-    return bool(sep) and kind in KINDS and bool(rung)
-
-
 def parse_ladder(data: Mapping[str, Any], path: Path) -> LadderSpec:
-    unknown = sorted(set(map(str, data)) - set(TOP_KEYS))
-    if unknown:
-        raise _fail(path, unknown[0], f"is not a ladder setting; valid: {', '.join(TOP_KEYS)}")
-    rungs = _rungs(path, data.get("rungs"))
+    """A ``LadderSpec`` from a merged ``LadderFile`` (as a plain container)."""
+    rungs = _rungs(path, data.get("rungs") or {})
     name = str(data.get("name") or path.stem)
     scratch = data.get("text_from_scratch") or {}
-    if not isinstance(scratch, Mapping) or set(map(str, scratch)) - set(LAYER_SECTIONS) \
-            or not all(isinstance(v, Mapping) for v in scratch.values() if v is not None):
-        raise _fail(path, "text_from_scratch", "must map 'config' and/or 'proxy' to stage-config keys "
-                    "(e.g. {config: {optim: {text_lr: 4.0e-4}}})")
-    ckpt = data.get("teacher_checkpoint")
     return LadderSpec(
         path=path,
         name=name,
         experiment=str(data.get("experiment") or f"ladder-{name}"),
         rungs=rungs,
-        teacher_checkpoint=None if ckpt in (None, "") else str(ckpt),
-        layers=_layers(path, data, [r.key for r in rungs]),
-        text_from_scratch={str(k): dict(v or {}) for k, v in scratch.items()},
+        teacher_checkpoint=data.get("teacher_checkpoint") or None,
+        layers=_layers(path, data),
+        text_from_scratch={k: _check_layer(path, f"text_from_scratch.{k}", v or {}) for k, v in scratch.items()},
     )
 
 
@@ -170,17 +192,8 @@ def load_ladder(path: str | Path | None = None, overrides: Sequence[str] = ()) -
     path = Path(path) if path else DEFAULT_LADDER
     if not path.is_file() and not path.suffix and (LADDERS_DIR / f"{path}.yaml").is_file():
         path = LADDERS_DIR / f"{path}.yaml"  # --ladder eva
-    data = OmegaConf.to_container(load_yaml(path), resolve=True)
+    layers = [(load_yaml(path), str(path))]
     if overrides:
-        try:
-            extra = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"command line: cannot parse ladder overrides {list(overrides)}: {exc}") from None
-        unknown = sorted(set(map(str, extra)) - set(TOP_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"command line: 'ladder.{unknown[0]}' is not a ladder setting; valid: "
-                + ", ".join(f"ladder.{k}" for k in TOP_KEYS)
-            )
-        data = OmegaConf.to_container(OmegaConf.merge(data, extra), resolve=True)
-    return parse_ladder(data, path)  # type: ignore[arg-type]
+        layers.append((parse_overrides(overrides), "command line"))
+    cfg = load_structured(LadderFile, layers, prefixes=["", f"{LADDER_SCOPE}."])
+    return parse_ladder(OmegaConf.to_container(cfg, resolve=True), path)  # type: ignore[arg-type]

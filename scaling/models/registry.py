@@ -3,19 +3,24 @@
 Each YAML file describes one model: its vision tower, text tower (or ``null`` for a
 MIM-only tower), the MIM form of the vision tower (overrides on top of ``vision``), the
 published parameter counts, and a ``proxy`` section (overrides that shrink it for CPU).
-A file may ``extends: other.yaml`` and override only what differs.
+A file may ``extends: other.yaml`` and override only what differs. Files load as a typed
+config (``RungFile``, OmegaConf structured) with the stage configs' errors: file and key
+named, close matches suggested.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-import yaml
+from omegaconf import OmegaConf
 
 from scaling import costs, paths
+from scaling.config_dialect import ConfigError, load_structured, load_yaml
 from scaling.models.specs import (
     RungSpec,
     SpecError,
@@ -43,11 +48,33 @@ __all__ = [
 
 LADDER_ORDER: list[str] = ["B16", "L14", "E14", "8B", "18B"]
 
-# Top-level keys of a rung file; ``published``/``aliases`` replace (not merge) when extended.
-_RUNG_KEYS = {
-    "name", "aliases", "extends", "source", "published", "embed_dim",
-    "vision", "text", "mim", "proxy",
-}  # fmt: skip
+@dataclass
+class ProxyFields:
+    """A rung file's ``proxy:``: overrides that shrink the rung for CPU (same switches, smaller sizes)."""
+
+    embed_dim: Optional[int] = None
+    vision: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    mim: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RungFile:
+    """Schema of a rung file. Tower sections are open mappings: ``specs.make`` checks their fields."""
+
+    name: Optional[str] = None  # default: the file's stem
+    aliases: list[str] = field(default_factory=list)
+    extends: Optional[str] = None  # a rung file beside this one; this file overrides what differs
+    source: str = ""
+    published: dict[str, Any] = field(default_factory=dict)  # parameter counts as the papers give them
+    embed_dim: Optional[int] = None
+    vision: Optional[dict[str, Any]] = None
+    text: Optional[dict[str, Any]] = None  # None: a MIM-only tower
+    mim: dict[str, Any] = field(default_factory=dict)  # the MIM form: overrides on top of vision
+    proxy: Optional[ProxyFields] = None
+
+
+# Replaced (not merged) when a file extends another.
 _REPLACED = {"published", "aliases", "name", "source"}
 
 
@@ -60,71 +87,67 @@ def models_dir() -> Path:
     return Path(paths.EXPERIMENTS_DIR) / "models"
 
 
-def _merge(base: Mapping[str, Any], over: Mapping[str, Any], top: bool = False) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in over.items():
-        replace = top and key in _REPLACED
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and not replace:
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def _read(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+def _load(path: Path, seen: tuple[Path, ...] = (), cache: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One rung file as written (a mapping), or a ``SpecError`` naming it (``cache``: files read)."""
     if path in seen:
         chain = " -> ".join(p.name for p in (*seen, path))
         raise SpecError(f"{path}: 'extends' loops ({chain})")
+    if cache is not None and path in cache:
+        return cache[path]
     if not path.is_file():
         where = f"{seen[-1]}: 'extends'" if seen else "rung file"
         raise SpecError(f"{where}: {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise SpecError(f"{path}: expected a mapping at the top level")
-    unknown = sorted(set(data) - _RUNG_KEYS)
-    if unknown:
-        raise SpecError(
-            f"{path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(_RUNG_KEYS))}"
-        )
-    parent = data.get("extends")
-    if parent:
-        base = _read(path.parent / parent, (*seen, path))
-        base.pop("extends", None)
-        data = _merge(base, {k: v for k, v in data.items() if k != "extends"}, top=True)
-    return dict(data)
+        layer: dict[str, Any] = OmegaConf.to_container(load_yaml(path))  # type: ignore[assignment]
+    except ConfigError as exc:
+        raise SpecError(str(exc)) from None
+    if cache is not None:
+        cache[path] = layer
+    return layer
 
 
-def _section(data: Mapping[str, Any], key: str, path: Path) -> dict[str, Any]:
-    value = data.get(key) or {}
-    if not isinstance(value, Mapping):
-        raise SpecError(f"{path}: '{key}' must be a mapping")
-    return dict(value)
+def _inherited(path: Path, key: str, cache: dict[Path, dict[str, Any]], seen: tuple[Path, ...] = ()) -> Any:
+    """``key`` of a rung file, or of the file it extends when it does not set it."""
+    layer = _load(path, seen, cache)
+    if key in layer or not layer.get("extends"):
+        return layer.get(key)
+    return _inherited(path.parent / str(layer["extends"]), key, cache, (*seen, path))
+
+
+def _read(path: Path, seen: tuple[Path, ...] = (), memo: dict[Path, dict[str, Any]] | None = None,
+          cache: dict[Path, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A rung file as a ``RungFile`` container, with what it ``extends`` merged underneath
+    (``memo``: files already merged, so a parent extended by several files is merged once)."""
+    memo = {} if memo is None else memo
+    if path in memo:
+        return copy.deepcopy(memo[path])
+    layer = copy.deepcopy(_load(path, seen, cache))
+    layers = [(layer, str(path))]
+    if layer.get("extends"):
+        base = _read(path.parent / str(layer["extends"]), (*seen, path), memo, cache)
+        for key in _REPLACED & set(layer):
+            base.pop(key)
+        layers.insert(0, ({**base, "extends": None}, str(path.parent / str(layer["extends"]))))
+    memo[path] = OmegaConf.to_container(load_structured(RungFile, layers, error=SpecError), resolve=True)
+    return copy.deepcopy(memo[path])
 
 
 def _build(data: Mapping[str, Any], path: Path, proxy: bool) -> RungSpec:
-    if "name" not in data or "vision" not in data:
+    if data.get("name") is None or data.get("vision") is None:
         raise SpecError(f"{path}: a rung needs at least 'name' and 'vision'")
     if proxy:
-        shrink = _section(data, "proxy", path)
+        shrink = {k: v for k, v in (data.get("proxy") or {}).items() if v not in (None, {})}
         if not shrink:
             raise SpecError(f"{path}: no 'proxy' section; every rung needs a CPU proxy")
-        bad = sorted(set(shrink) - {"embed_dim", "vision", "text", "mim"})
-        if bad:
-            raise SpecError(
-                f"{path}: unknown proxy key(s) {', '.join(bad)}; valid: embed_dim, vision, text, mim"
-            )
-        data = _merge(data, shrink)
+        data = OmegaConf.to_container(OmegaConf.merge(data, shrink))
     embed = data.get("embed_dim")
-    vision_values = _section(data, "vision", path)
+    vision_values = dict(data.get("vision") or {})
     vision = make(TowerSpec, {**vision_values, "embed_dim": embed}, f"{path}: vision")
-    mim_values = {**vision_values, **_section(data, "mim", path), "embed_dim": None}
+    mim_values = {**vision_values, **dict(data.get("mim") or {}), "embed_dim": None}
     mim = make(TowerSpec, mim_values, f"{path}: mim")
     text = None
     if data.get("text") is not None:
-        text = make(TextSpec, {**_section(data, "text", path), "embed_dim": embed}, f"{path}: text")
+        text = make(TextSpec, {**dict(data.get("text") or {}), "embed_dim": embed}, f"{path}: text")
     published = {str(k): str(v) for k, v in (data.get("published") or {}).items()}
     return RungSpec(
         name=str(data["name"]),
@@ -147,16 +170,22 @@ class _Registry:
             raise SpecError(
                 f"no rung files (*.yaml) in {folder}; set SCALING_EXPERIMENTS to the experiments folder"
             )
-        self.raw = {}
-        self.files = {}
+        # Names and aliases come from the files as written (following 'extends'); a file is
+        # validated and merged (``_read``: OmegaConf, ~15 ms a file) only when its rung is used.
+        self.files: dict[str, Path] = {}
+        self.aliases: dict[str, list[str]] = {}
+        self.layers: dict[Path, dict[str, Any]] = {}  # files as written
         for path in files:
-            data = _read(path)
-            name = str(data.get("name", path.stem))
-            self.raw[name] = data
+            name = str(_inherited(path, "name", self.layers) or path.stem)
             self.files[name] = path
+            aliases = _inherited(path, "aliases", self.layers) or []
+            if not isinstance(aliases, list):
+                _read(path)  # raises, naming the file and the key
+            self.aliases[name] = [str(a) for a in aliases]
+        self.memo: dict[Path, dict[str, Any]] = {}
         self.lookup: dict[str, str] = {}
-        for name, data in self.raw.items():
-            for key in (name, *(str(a) for a in data.get("aliases") or ())):
+        for name, aliases in self.aliases.items():
+            for key in (name, *aliases):
                 other = self.lookup.get(key.lower())
                 if other and other != name:
                     raise SpecError(
@@ -173,20 +202,21 @@ class _Registry:
             )
         key = (canonical, proxy)
         if key not in self.cache:
-            self.cache[key] = _build(self.raw[canonical], self.files[canonical], proxy)
+            path = self.files[canonical]
+            self.cache[key] = _build(_read(path, memo=self.memo, cache=self.layers), path, proxy)
         return self.cache[key]
 
     def valid_names(self) -> list[str]:
         out = []
         for name in self.ordered():
-            aliases = self.raw[name].get("aliases") or []
+            aliases = self.aliases[name]
             out.append(f"{name} ({', '.join(map(str, aliases))})" if aliases else name)
         return out
 
     def ordered(self) -> list[str]:
         """Ladder rungs first (in ladder order), then the others from small to large."""
         ladder = [self.lookup[a.lower()] for a in LADDER_ORDER if a.lower() in self.lookup]
-        others = [n for n in self.raw if n not in ladder]
+        others = [n for n in self.files if n not in ladder]
 
         def size(name: str) -> tuple[int, int, str]:
             rung = self.get(name, proxy=False)
@@ -234,5 +264,5 @@ def rung_names() -> list[str]:
     """Full names and aliases accepted by :func:`get_rung`."""
     reg = _registry()
     return [
-        n for name in reg.ordered() for n in (name, *map(str, reg.raw[name].get("aliases") or ()))
+        n for name in reg.ordered() for n in (name, *reg.aliases[name])
     ]

@@ -2,56 +2,35 @@
 
 A sweep file says what one trial runs (the *base*: a stage pipeline at a rung, or a plain
 function for tests and custom objectives), what varies (the search space), how Optuna samples
-and prunes, what is optimised, and how many workers run it. Everything that can be wrong in it
-is checked here, before any worker is submitted, and reported as one ``SweepError`` naming the
-file and the key.
+and prunes, what is optimised, and how many workers run it. It loads as a typed config
+(``SweepFile``, OmegaConf structured: unknown keys and wrong types name the file and the key,
+close matches suggested, as stage configs do); ``key=value`` on the command line is one more
+layer. Everything else that can be wrong in it (ranges, samplers, objectives the stages never
+log) is checked here, before any worker is submitted, and reported as one ``SweepError``.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from omegaconf import DictConfig, OmegaConf
 
+from scaling.config_dialect import ConfigError, load_structured, load_yaml, parse_overrides, suggest
+from scaling.launch.executors import EXECUTORS
 from scaling.paths import SWEEPS_DIR
+from scaling.stages import COST_METRICS, KINDS, logged_metrics
 from scaling.sweep.errors import SweepError
-from scaling.sweep.pipeline import check_param_keys
+from scaling.sweep.pipeline import base_config, check_param_keys
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
-EXECUTORS = ("auto", "local", "slurm", "debug")
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
 DIRECTIONS = ("maximize", "minimize")
-
-# Metric names the stages log through their MetricLogger (rank 0), by stage kind. An objective
-# must be one of these (or a ``cost/`` metric the runner computes), so a typo fails now instead
-# of after the first trial trained for an hour.
-STAGE_METRICS: dict[str, tuple[str, ...]] = {
-    "mim": ("train/loss", "train/grad_norm", "train/samples_seen", "train/samples_per_s",
-            "train/flops_per_s", "train/mfu", "train/step", "train/lr/vision", "train/lr/head",
-            "data/skipped", "eval/mim/loss"),
-    "clip": ("train/loss", "train/grad_norm", "train/samples_seen", "train/samples_per_s",
-             "train/flops_per_s", "train/mfu", "train/step", "train/lr/vision", "train/lr/text",
-             "train/lr/logit_scale", "train/temperature", "data/skipped",
-             "eval/synth_cls/top1", "eval/synth_cls/top5", "eval/synth_cls/chance_top1",
-             "eval/synth_ret/image_r1", "eval/synth_ret/image_r5", "eval/synth_ret/image_r10",
-             "eval/synth_ret/text_r1", "eval/synth_ret/text_r5", "eval/synth_ret/text_r10"),
-}  # fmt: skip
-# Computed by the runner from the trial's resolved configs (scaling.costs), not logged by a stage.
-COST_METRICS = ("cost/train_flops", "cost/params")
-
-_TOP_KEYS = {
-    "name", "description", "base", "search_space", "sampler", "pruner", "objectives", "report",
-    "n_trials", "workers", "timeout_min", "executor", "storage", "workdir", "tracking",
-    "heartbeat_s", "stale_after_s", "max_retry", "max_failures", "resources",
-}  # fmt: skip
-_BASE_KEYS = {"kind", "stages", "rung", "proxy", "files", "overrides", "stage_overrides",
-              "teacher", "function"}
+PIPELINES = ([KINDS[0]], [KINDS[1]], list(KINDS))  # [mim], [clip], [mim, clip]
 
 
 @dataclass
@@ -70,9 +49,9 @@ class Param:
 
 @dataclass
 class Objective:
-    metric: str
-    direction: str
-    stage: str | None = None  # the stage that logs it (None: cost metric or function base)
+    metric: str = ""
+    direction: str = "maximize"
+    stage: str | None = None  # the stage that logs it (default: the pipeline's last; None: cost metric or function base)
 
     @property
     def key(self) -> str:
@@ -82,14 +61,17 @@ class Objective:
 
 @dataclass
 class Teacher:
-    rung: str | None = None
-    checkpoint: str | None = None
+    rung: str | None = None  # a CLIP rung trained once, before the workers
+    checkpoint: str | None = None  # or a CLIP checkpoint (exactly one of the two)
     overrides: list[str] = field(default_factory=list)
-    proxy: bool | None = None
+    proxy: bool | None = None  # None: the base's
 
 
 @dataclass
 class Base:
+    """What one trial runs: a stage (``kind``) or pipeline (``stages``) at ``rung``, or ``function``."""
+
+    kind: str | None = None
     stages: list[str] = field(default_factory=list)
     rung: str = "B16"
     proxy: bool = True
@@ -103,6 +85,38 @@ class Base:
     def prefixed(self) -> bool:
         """Pipelines log each stage's metrics under ``<stage>/`` in the trial's run."""
         return len(self.stages) > 1
+
+
+@dataclass
+class SweepFile:
+    """Schema of a sweep file (``sweeps/*.yaml``); shorthands (``sampler: tpe``, ``objectives:
+    metric``, a list or a value as a search-space entry) are expanded before the merge."""
+
+    name: str | None = None  # default: the file's stem
+    description: str = ""
+    base: Base | None = None
+    search_space: dict[str, Any] = field(default_factory=dict)  # parameter -> range (checked by _parse_param)
+    sampler: dict[str, Any] = field(default_factory=dict)  # name + the Optuna sampler's options
+    pruner: dict[str, Any] = field(default_factory=dict)
+    objectives: list[Objective] = field(default_factory=list)
+    report: list[str] = field(default_factory=list)
+    n_trials: int | None = None  # default: the grid's size for the grid sampler, else 10
+    workers: int = 1
+    timeout_min: float = 60.0
+    executor: str = "auto"
+    storage: str | None = None
+    workdir: str | None = None
+    tracking: dict[str, Any] = field(default_factory=dict)
+    heartbeat_s: float = 10.0
+    stale_after_s: float = 60.0
+    max_retry: int = 3
+    max_failures: int | None = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+
+# SweepFile keys a SweepSpec keeps as the file (and command line) wrote them
+_AS_WRITTEN = ("report", "workers", "timeout_min", "executor", "storage", "workdir", "tracking", "heartbeat_s",
+               "stale_after_s", "max_retry", "max_failures", "resources", "description")
 
 
 @dataclass
@@ -162,31 +176,36 @@ def find_sweep_file(path: str | Path) -> Path:
     raise SweepError(f"sweep file not found: {path} (looked in the working directory and {SWEEPS_DIR})")
 
 
-def _apply_cli(raw: dict[str, Any], overrides: Sequence[str], where: str) -> dict[str, Any]:
+def _shorthands(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """``sampler: tpe`` -> ``{name: tpe}``; ``objectives: m`` / ``[m, {metric: ...}]`` -> a list of mappings."""
+    out = dict(layer)
+    for key in ("sampler", "pruner"):
+        if isinstance(out.get(key), str):
+            out[key] = {"name": out[key]}
+    objectives = out.get("objectives")
+    if objectives is not None:
+        if isinstance(objectives, (str, Mapping)):
+            objectives = [objectives]
+        if isinstance(objectives, (list, tuple)):
+            out["objectives"] = [{"metric": o} if isinstance(o, str) else o for o in objectives]
+    return out
+
+
+def _cli_layers(overrides: Sequence[str]) -> tuple[DictConfig, dict[str, Any]]:
+    """The command line as a dotlist layer, and the ``search_space.<param>=...`` items apart:
+    parameter names hold dots themselves (``model.vision.norm``), and an entry is set whole."""
+    space, rest = {}, []
     for item in overrides:
-        if "=" not in item or item.startswith("="):
-            raise SweepError(f"command line: expected key=value (e.g. n_trials=4), got '{item}'")
         key, _, text = item.partition("=")
-        try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError:
-            value = text
-        node = raw
-        parts = key.split(".")
-        top = parts[0]
-        if top == "search_space" and len(parts) > 1:
-            # Parameter names hold dots themselves (model.vision.norm): the rest is one key.
-            parts = [top, key[len(top) + 1:]]
-        if top not in _TOP_KEYS:
-            close = difflib.get_close_matches(top, sorted(_TOP_KEYS), n=3)
-            hint = f" Did you mean: {', '.join(close)}?" if close else ""
-            raise SweepError(f"command line: unknown sweep key '{key}' for {where}.{hint}")
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
-                node[part] = {}
-            node = node[part]
-        node[parts[-1]] = value
-    return raw
+        if key.startswith("search_space.") and text:
+            space[key[len("search_space."):]] = OmegaConf.to_container(parse_overrides([f"value={text}"]))["value"]
+        else:
+            rest.append(item)
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise SweepError(f"command line: expected key=value (e.g. n_trials=4), got '{bad[0]}'")
+    layer = parse_overrides(rest) if rest else OmegaConf.create({})
+    return OmegaConf.create(_shorthands(OmegaConf.to_container(layer))), space
 
 
 def _need(cond: bool, where: str, msg: str) -> None:
@@ -226,76 +245,74 @@ def _parse_param(name: str, entry: Any, where: str) -> Param:
     return Param(name, kind, low=low, high=high, log=log, step=step)
 
 
-def _parse_base(data: Any, where: str) -> Base:
-    _need(isinstance(data, dict), where, "'base' must be a mapping (kind/stages + rung, or function)")
-    extra = sorted(set(data) - _BASE_KEYS)
-    _need(not extra, where, f"unknown key(s) base.{', base.'.join(extra)}; valid: {', '.join(sorted(_BASE_KEYS))}")
+def _parse_base(data: Mapping[str, Any] | None, where: str) -> Base:
+    _need(data is not None, where, "'base' must be a mapping (kind/stages + rung, or function)")
     if data.get("function"):
         fn = str(data["function"])
         _need(re.fullmatch(r"[\w.]+:[\w.]+", fn) is not None, where,
               f"base.function must look like 'package.module:callable'; got {fn!r}")
         return Base(function=fn, stages=[])
     stages = data.get("stages") or ([data["kind"]] if data.get("kind") else [])
-    _need(bool(stages), where, "base needs 'kind' (mim | clip), 'stages' (e.g. [mim, clip]) or 'function'")
-    bad = [s for s in stages if s not in STAGE_METRICS]
-    _need(not bad, where, f"unknown stage kind(s) {bad} in base.stages; use mim and/or clip")
+    _need(bool(stages), where, f"base needs 'kind' ({' | '.join(KINDS)}), 'stages' (e.g. {list(KINDS)}) or 'function'")
+    bad = [s for s in stages if s not in KINDS]
+    _need(not bad, where, f"unknown stage kind(s) {bad} in base.stages; use {' and/or '.join(KINDS)}")
     _need(len(set(stages)) == len(stages), where, f"base.stages repeats a stage: {stages}")
-    _need(stages in (["mim"], ["clip"], ["mim", "clip"]), where,
-          f"base.stages must be [mim], [clip] or [mim, clip]; got {stages}")
+    _need(stages in PIPELINES, where, f"base.stages must be one of {', '.join(map(str, PIPELINES))}; got {stages}")
     stage_overrides = data.get("stage_overrides") or {}
-    _need(isinstance(stage_overrides, dict) and set(stage_overrides) <= set(stages), where,
+    _need(set(stage_overrides) <= set(stages), where,
           f"base.stage_overrides keys must be stages of the pipeline ({', '.join(stages)})")
     teacher = None
     t = data.get("teacher")
     if t is not None:
-        _need(isinstance(t, dict) and set(t) <= {"rung", "checkpoint", "overrides", "proxy"}, where,
-              "base.teacher must be {rung: R, overrides: [...]} or {checkpoint: PATH}")
         _need(bool(t.get("rung")) != bool(t.get("checkpoint")), where,
               "base.teacher needs exactly one of 'rung' (trained once, before the workers) or 'checkpoint'")
         teacher = Teacher(rung=t.get("rung"), checkpoint=t.get("checkpoint"),
-                          overrides=[str(o) for o in t.get("overrides") or []], proxy=t.get("proxy"))
+                          overrides=list(t.get("overrides") or []), proxy=t.get("proxy"))
     _need(stages[0] != "mim" or teacher is not None, where,
           "a pipeline starting with mim needs base.teacher (a CLIP rung to train once, or a checkpoint)")
     return Base(
         stages=list(stages),
-        rung=str(data.get("rung", "B16")),
-        proxy=bool(data.get("proxy", True)),
-        files=[str(f) for f in data.get("files") or []],
-        overrides=[str(o) for o in data.get("overrides") or []],
-        stage_overrides={k: [str(o) for o in v or []] for k, v in stage_overrides.items()},
+        rung=str(data["rung"]),
+        proxy=bool(data["proxy"]),
+        files=list(data.get("files") or []),
+        overrides=list(data.get("overrides") or []),
+        stage_overrides={k: list(v or []) for k, v in stage_overrides.items()},
         teacher=teacher,
     )
 
 
-def _parse_objectives(data: Any, base: Base, where: str) -> list[Objective]:
-    if isinstance(data, (str, dict)):
-        data = [data]
-    _need(isinstance(data, list) and data, where, "'objectives' must list at least one {metric, direction}")
+def _parse_objectives(data: Sequence[Mapping[str, Any]], base: Base, where: str) -> list[Objective]:
+    _need(bool(data), where, "'objectives' must list at least one {metric, direction}")
     out = []
     for i, entry in enumerate(data):
         at = f"{where}: objectives[{i}]"
-        if isinstance(entry, str):
-            entry = {"metric": entry}
-        _need(isinstance(entry, dict) and entry.get("metric"), at, "needs 'metric'")
-        extra = sorted(set(entry) - {"metric", "direction", "stage"})
-        _need(not extra, at, f"unknown field(s) {', '.join(extra)}; valid: metric, direction, stage")
-        direction = entry.get("direction", "maximize")
+        _need(bool(entry.get("metric")), at, "needs 'metric'")
+        direction = entry["direction"]
         _need(direction in DIRECTIONS, at, f"'direction' must be maximize or minimize; got {direction!r}")
         metric, stage = str(entry["metric"]), entry.get("stage")
         if base.function is None and not metric.startswith("cost/"):
             stage = stage or base.stages[-1]
             _need(stage in base.stages, at, f"stage '{stage}' is not in the pipeline {base.stages}")
         out.append(Objective(metric, direction, stage if base.prefixed else None))
-        if base.function is None:
-            known = COST_METRICS if metric.startswith("cost/") else STAGE_METRICS[stage]
-            if metric not in known:
-                close = difflib.get_close_matches(metric, known, n=3, cutoff=0.4)
-                hint = f" Did you mean: {', '.join(close)}?" if close else ""
-                raise SweepError(f"{at}: the {stage or 'runner'} stage never logs '{metric}'.{hint} "
-                                 f"Known: {', '.join(known)}")
     keys = [o.key for o in out]
     _need(len(set(keys)) == len(keys), where, f"an objective is listed twice: {keys}")
     return out
+
+
+def check_objectives(spec: SweepSpec, configs: Mapping[str, DictConfig]) -> None:
+    """Every objective is a metric its stage logs with the base's resolved config ``configs[stage]``
+    (``scaling.stages.logged_metrics``: the eval sets it is configured with, real ones named
+    after their folder) or a ``cost/`` metric the runner computes."""
+    for i, objective in enumerate(spec.objectives):
+        metric = objective.metric
+        if metric.startswith("cost/"):
+            known, who = COST_METRICS, "the runner"
+        else:
+            stage = objective.stage or spec.base.stages[-1]
+            known, who = logged_metrics(configs[stage]), f"the {stage} stage"
+        if metric not in known:
+            raise SweepError(f"{spec.path}: objectives[{i}]: {who} never logs '{metric}'.{suggest(metric, known, 0.4)} "
+                             f"Known: {', '.join(known)}")
 
 
 def _parse_sampler(data: Any, params: list[Param], n_objectives: int, where: str) -> dict[str, Any]:
@@ -331,51 +348,36 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     path = find_sweep_file(path)
     where = str(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SweepError(f"{where}: not valid YAML: {exc}") from None
-    _need(isinstance(raw, dict), where, "expected a mapping at the top level")
-    extra = sorted(set(raw) - _TOP_KEYS)
-    if extra:
-        close = {k: difflib.get_close_matches(k, sorted(_TOP_KEYS), n=1) for k in extra}
-        hints = "; ".join(f"'{k}' (did you mean '{c[0]}'?)" if c else f"'{k}'" for k, c in close.items())
-        raise SweepError(f"{where}: unknown key(s) {hints}; valid: {', '.join(sorted(_TOP_KEYS))}")
-    raw = _apply_cli(raw, overrides, where)
-    base = _parse_base(raw.get("base"), where)
-    space = raw.get("search_space") or {}
-    _need(isinstance(space, dict) and space, where, "'search_space' must map parameter names to ranges")
+        data = load_yaml(path)
+    except ConfigError as exc:
+        raise SweepError(str(exc)) from None
+    cli, space_cli = _cli_layers(overrides)
+    cfg = load_structured(SweepFile, [(_shorthands(OmegaConf.to_container(data)), where), (cli, "command line")],
+                          error=SweepError)
+    raw: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    raw["search_space"].update(space_cli)
+    base = _parse_base(raw["base"], where)
+    space = raw["search_space"]
+    _need(bool(space), where, "'search_space' must map parameter names to ranges")
     params = [_parse_param(str(k), v, where) for k, v in space.items()]
-    objectives = _parse_objectives(raw.get("objectives"), base, where)
-    sampler = _parse_sampler(raw.get("sampler"), params, len(objectives), where)
-    pruner = _parse_pruner(raw.get("pruner"), len(objectives), where)
-    n_trials = raw.get("n_trials", grid_size(params) if sampler["name"] == "grid" else 10)
-    _need(isinstance(n_trials, int) and n_trials > 0, where, f"'n_trials' must be a positive integer; got {n_trials!r}")
-    workers = raw.get("workers", 1)
-    _need(isinstance(workers, int) and workers > 0, where, f"'workers' must be a positive integer; got {workers!r}")
-    executor = raw.get("executor", "auto")
-    _need(executor in EXECUTORS, where, f"'executor' must be one of {', '.join(EXECUTORS)}; got {executor!r}")
+    objectives = _parse_objectives(raw["objectives"], base, where)
+    sampler = _parse_sampler(raw["sampler"], params, len(objectives), where)
+    pruner = _parse_pruner(raw["pruner"], len(objectives), where)
+    n_trials = raw["n_trials"] or (grid_size(params) if sampler["name"] == "grid" else 10)
+    _need(n_trials > 0, where, f"'n_trials' must be a positive integer; got {raw['n_trials']!r}")
+    _need(raw["workers"] > 0, where, f"'workers' must be a positive integer; got {raw['workers']!r}")
+    _need(raw["executor"] in EXECUTORS, where,
+          f"'executor' must be one of {', '.join(EXECUTORS)}; got {raw['executor']!r}")
     spec = SweepSpec(
         path=path,
-        name=str(raw.get("name") or path.stem),
+        name=str(raw["name"] or path.stem),
         base=base,
         params=params,
         objectives=objectives,
         sampler=sampler,
         pruner=pruner,
-        report=[str(r) for r in raw.get("report") or []],
         n_trials=n_trials,
-        workers=workers,
-        timeout_min=float(raw.get("timeout_min", 60)),
-        executor=executor,
-        storage=raw.get("storage"),
-        workdir=raw.get("workdir"),
-        tracking=dict(raw.get("tracking") or {}),
-        heartbeat_s=float(raw.get("heartbeat_s", 10)),
-        stale_after_s=float(raw.get("stale_after_s", 60)),
-        max_retry=int(raw.get("max_retry", 3)),
-        max_failures=raw.get("max_failures"),
-        resources=dict(raw.get("resources") or {}),
-        description=str(raw.get("description", "")),
+        **{k: raw[k] for k in _AS_WRITTEN},
         raw=raw,
     )
     _need(spec.stale_after_s > 2 * spec.heartbeat_s, where,
@@ -389,5 +391,10 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     _need(not storage.startswith("postgres://"), where,
           f"storage '{spec.storage_label()}': the scheme is spelled 'postgresql://' (user@host:port/database)")
     if base.function is None:
+        try:
+            configs = {s: base_config(spec, s, {}) for s in base.stages}
+        except ConfigError as exc:
+            raise SweepError(f"{where}: the base does not load: {exc}") from None
+        check_objectives(spec, configs)
         check_param_keys(spec)
     return spec

@@ -23,6 +23,7 @@ from scaling.config_schema import StageConfig
 from scaling.data.errors import DataError
 from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
 from scaling.models import UnknownRungError
+from scaling.stages import KINDS
 from scaling.tracking import MlflowLogger, standard_tags, start_run
 from scaling.train import run_stage
 from scaling.train.errors import StageError
@@ -50,7 +51,7 @@ def parser() -> argparse.ArgumentParser:
                + "\n\nexamples:\n  python -m scaling.train --stage clip --rung B16 --out runs/clip train.samples=4096"
                  "\n  python -m scaling.train --stage mim --rung L14 --teacher runs/clip --out runs/mim",
     )
-    p.add_argument("--stage", required=True, choices=("mim", "clip"), help="stage kind")
+    p.add_argument("--stage", required=True, choices=KINDS, help="stage kind")
     p.add_argument("--rung", required=True, help="rung name or alias (B16, L14, E14, 8B, 18B, ...)")
     p.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
                    help="tiny CPU proxy of the rung (default) or the real sizes (--no-proxy)")

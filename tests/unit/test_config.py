@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import pytest
+import re
+from pathlib import Path
 
+import pytest
+from omegaconf import DictConfig
+
+import scaling
 from scaling.config import (
+    FREE_DICTS,
     ConfigError,
     fingerprint,
     flatten,
     load_stage_config,
     recipe_files,
     save_resolved,
+    schema,
 )
 
 
@@ -119,3 +126,70 @@ def test_recipe_files_exist_for_every_rung():
     for rung in ("B16", "L14", "E14", "8B", "18B"):
         files = recipe_files("clip", rung, proxy=True)
         assert files[0].name == "clip.yaml" and files[-1].parent.name == "proxy"
+
+
+# Keys read by a name the walk below cannot tie to their section, each with who reads it.
+READ_BY_NAME = {
+    "resources.account": "launch.executors.slurm_parameters loops over (partition, account, qos, constraint)",
+    "resources.qos": "launch.executors.slurm_parameters loops over (partition, account, qos, constraint)",
+    "resources.constraint": "launch.executors.slurm_parameters loops over (partition, account, qos, constraint)",
+}
+
+
+def _schema_leaves(cfg, prefix=""):
+    for key in cfg:
+        full, node = f"{prefix}{key}", cfg._get_node(key)
+        if isinstance(node, DictConfig) and full not in FREE_DICTS:
+            yield from _schema_leaves(node, full + ".")
+        else:
+            yield full
+
+
+def _is_read(key: str, sources: dict[str, str]) -> bool:
+    """``section.leaf`` spelled out (``cfg.optim.lr``, ``"optim.lr"``); the leaf read from a name
+    bound to the section (``res = cfg.resources`` ... ``res.nodes``); or the section handed on
+    whole (``cfg.resources``) and the leaf read by its name (``res.get("mem_gb")``)."""
+    section, _, leaf = key.rpartition(".")
+    spelled = re.compile(rf"\b{re.escape(key)}\b")
+    bound = re.compile(rf"^\s*(\w+) = [\w.]*\.{re.escape(section)}$", re.M)
+    whole = re.compile(rf"\.{re.escape(section)}\b(?![.\w])")
+    by_name = re.compile(rf"(?:get\(|\[)[\"']{leaf}[\"']")
+    for text in sources.values():
+        if spelled.search(text) or any(re.search(rf"\b{v}\.{leaf}\b", text) for v in bound.findall(text)):
+            return True
+    return any(whole.search(t) for t in sources.values()) and any(by_name.search(t) for t in sources.values())
+
+
+def _package_sources() -> dict[str, str]:
+    root = Path(scaling.__file__).parent
+    return {str(p): p.read_text() for p in root.rglob("*.py") if p.name != "config_schema.py"}
+
+
+def test_every_schema_key_is_read_somewhere():
+    sources = _package_sources()
+    dead = [k for k in _schema_leaves(schema()) if k not in READ_BY_NAME and not _is_read(k, sources)]
+    assert not dead, f"schema keys nothing reads (remove them, or read them): {dead}"
+    stale = [k for k in READ_BY_NAME if k not in set(_schema_leaves(schema()))]
+    assert not stale, f"allow-list entries for keys the schema no longer has: {stale}"
+
+
+def test_dead_key_check_catches_a_key_only_the_schema_names():
+    sources = _package_sources()
+    # the text tower's context length comes from the rung spec (rung.text.context_length)
+    assert not _is_read("data.context_length", sources)
+    assert _is_read("resources.mem_gb", sources) and _is_read("optim.lamb_trust_clip", sources)
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("resources.nodes=0", "'resources.nodes' must be >= 1; got 0"),
+    ("resources.tasks_per_node=0", "'resources.tasks_per_node' must be >= 1"),
+    ("resources.cpus_per_task=0", "'resources.cpus_per_task' must be >= 1"),
+    ("resources.gpus_per_node=-1", "'resources.gpus_per_node' must be >= 0"),
+    ("resources.timeout_min=0", "'resources.timeout_min' must be > 0"),
+    ("resources.mem_gb=-4", "'resources.mem_gb' must be >= 0"),
+    ("resources.nodes=two", "'resources.nodes' has a bad value"),
+])
+def test_resources_are_validated_at_load(override, message):
+    with pytest.raises(ConfigError, match=re.escape(f"command line: {message}")):
+        load_stage_config("clip", "B16", overrides=[override])
+    assert load_stage_config("clip", "B16", overrides=["resources.gpus_per_node=0", "resources.mem_gb=0"])

@@ -231,3 +231,38 @@ def test_tower_spec_validation():
         )
     spec = TowerSpec(image_size=32, patch_size=4, width=64, depth=2, heads=2, mlp_hidden=128)
     assert (spec.grid, spec.num_patches, spec.num_tokens, spec.head_dim) == (8, 64, 65, 32)
+
+
+GOOD_RUNG = ("name: Good\naliases: [GOOD]\nembed_dim: 8\nsource: test\npublished: {vision: 1M, text: 1M}\n"
+             "vision: {image_size: 32, patch_size: 4, width: 64, depth: 2, heads: 2, mlp_hidden: 128}\n"
+             "text: {context_length: 8, vocab_size: 100, width: 32, depth: 1, heads: 2}\n"
+             "proxy: {vision: {depth: 1}}\n")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("aliass: [X]\n", r"child\.yaml: unknown config key 'aliass'.*Did you mean: aliases"),
+    ("published: 3\n", r"child\.yaml: 'published' has a bad value"),
+    ("proxy: {vison: {depth: 1}}\n", r"child\.yaml: unknown config key 'proxy\.vison'.*Did you mean: proxy\.vision"),
+    ("embed_dim: wide\n", r"child\.yaml: 'embed_dim' has a bad value"),
+    ("vision: 3\n", r"child\.yaml: 'vision' has a bad value"),
+])
+def test_bad_rung_file_key_or_type_names_file_and_key(tmp_path, monkeypatch, text, message):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "good.yaml").write_text(GOOD_RUNG)
+    (tmp_path / "models" / "child.yaml").write_text(f"name: Child\naliases: [CHILD]\nextends: good.yaml\n{text}")
+    monkeypatch.setattr(paths, "EXPERIMENTS_DIR", tmp_path)
+    assert get_rung("GOOD").name == "Good"  # a file is checked when its rung is used
+    with pytest.raises(SpecError, match=message):
+        get_rung("CHILD")
+
+
+def test_extends_merges_towers_and_replaces_names_and_counts(tmp_path, monkeypatch):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "good.yaml").write_text(GOOD_RUNG)
+    (tmp_path / "models" / "child.yaml").write_text(
+        "name: Child\naliases: [CHILD]\nextends: good.yaml\npublished: {vision: 2M}\nvision: {depth: 4}\ntext: null\n")
+    monkeypatch.setattr(paths, "EXPERIMENTS_DIR", tmp_path)
+    child, good = get_rung("CHILD"), get_rung("GOOD")
+    assert child.aliases == ("CHILD",) and dict(child.published) == {"vision": "2M"}
+    assert child.vision.depth == 4 and child.vision.width == good.vision.width and child.text is None
+    assert get_rung("CHILD", proxy=True).vision.depth == 1  # the parent's proxy section applies

@@ -10,6 +10,7 @@ import torch
 
 from scaling.config import load_stage_config
 from scaling.metrics import JsonlLogger
+from scaling.stages import logged_metrics
 from scaling.train import checkpoint as ckpt
 from scaling.train import run_stage
 from scaling.train.errors import StageInputError
@@ -47,6 +48,8 @@ def test_clip_stage_logs_every_metric_and_saves_final(clip_stage):
                 "eval/synth_ret/image_r10", "eval/synth_ret/text_r5"):
         assert key in keys, key
     assert [r["step"] for r in rows if "train/loss" in r] == [1, 2, 3, 4]
+    # the names sweep objectives are checked against are the names the stage logs
+    assert keys - {"step"} == set(logged_metrics(stage_cfg("clip", out, "unused")))
     assert [r["step"] for r in rows if "eval/synth_cls/top1" in r] == [2, 4]  # every 32 samples + end
     text_lr = [r["train/lr/text"] / r["train/lr/vision"] for r in rows if "train/loss" in r]
     cfg = stage_cfg("clip", out, "unused")
@@ -107,6 +110,7 @@ def test_mim_stage_learns_from_a_clip_teacher_and_initialises_a_clip(clip_stage,
     losses = [r["train/loss"] for r in logger.read() if "train/loss" in r]
     assert losses[-1] < losses[0] - 0.05, losses  # negative cosine similarity falls
     assert "eval/mim/loss" in result.metrics
+    assert set().union(*logger.read()) - {"step"} == set(logged_metrics(stage_cfg("mim", tmp_path / "mim", synth)))
 
     from scaling.train.stage_models import build_stage_model
 

@@ -8,6 +8,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
 from scaling.analysis.plots.style import COLORS, CYCLE, figure, human, note
+from scaling.stages import KINDS
 
 RESULT_METRICS = {"clip": "eval/synth_cls/top1", "mim": "eval/mim/loss"}
 STATUS_MARK = {"FINISHED": "✓", "FAILED": "✗", "KILLED": "✗", "RUNNING": "…", "SCHEDULED": "…"}
@@ -150,7 +151,7 @@ def training_curves(stages: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     metrics and ``train/samples_seen`` (used as the x axis when present).
     """
     fig, axes = figure(2, 2, figsize=(11, 7))
-    kinds = ("mim", "clip")
+    kinds = KINDS
     panels = {(0, k): "train/loss" for k in kinds} | {(1, k): RESULT_METRICS[k] for k in kinds}
     for (r, kind), key in panels.items():
         ax = axes[r][kinds.index(kind)]

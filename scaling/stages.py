@@ -1,0 +1,82 @@
+"""What a stage is called and what it logs: the stage kinds, stage names, override scopes and
+metric names, defined once for the loaders, the planners, the trainer and the evaluator.
+
+Torch-free: a sweep file's objectives are checked against :func:`logged_metrics` before any
+worker starts, so the names must be known without building a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+KINDS: tuple[str, ...] = ("mim", "clip")  # MIM pre-training of a vision tower; contrastive CLIP
+ALL = "all"  # ladder layer target: every stage
+LADDER_SCOPE = "ladder"  # command-line scope of the ladder file's own keys: ladder.teacher_checkpoint=PATH
+
+
+def stage_name(kind: str, rung: str) -> str:
+    """``clip@18B``: how plans, tags and scoped overrides name one stage."""
+    return f"{kind}@{rung}"
+
+
+def split_stage_name(text: str) -> tuple[str, str] | None:
+    """``'clip@18B'`` -> ``('clip', '18B')``; ``None`` unless a known kind, '@' and a rung."""
+    kind, sep, rung = text.partition("@")
+    return (kind, rung) if sep and kind in KINDS and rung else None
+
+
+# --- metric names -------------------------------------------------------------------------
+# Logged by every stage's training loop (``train.loop.Stage._log_train``) every train.log_every steps.
+TRAIN_METRICS: tuple[str, ...] = (
+    "train/loss", "train/grad_norm", "train/samples_seen", "train/samples_per_s", "train/flops_per_s",
+    "train/mfu", "train/step", "train/phase", "data/skipped",
+)  # fmt: skip
+# ``train/lr/<group>``: one per optimiser tower (``train.optim.TowerGroups.name``) and stray parameter.
+LR_GROUPS: dict[str, tuple[str, ...]] = {"mim": ("vision", "head"), "clip": ("vision", "text", "logit_scale")}
+KIND_TRAIN_METRICS: dict[str, tuple[str, ...]] = {"mim": (), "clip": ("train/temperature",)}
+# Evaluation (``eval.runner.StageEvaluator``): a MIM stage's held-out loss; a CLIP's per-set metrics.
+MIM_EVAL_METRIC = "eval/mim/loss"
+CLASSIFICATION_METRICS: tuple[str, ...] = ("top1", "top5", "chance_top1")
+RETRIEVAL_KS: tuple[int, ...] = (1, 5, 10)
+# Computed by the sweep runner from a trial's resolved configs (``scaling.costs``), not logged by a stage.
+COST_METRICS: tuple[str, ...] = ("cost/train_flops", "cost/params")
+
+
+def retrieval_metrics(ks: tuple[int, ...] = RETRIEVAL_KS) -> tuple[str, ...]:
+    """``image_r<k>`` (text -> image) and ``text_r<k>`` (image -> text); no '@': MLflow refuses it."""
+    return (*(f"image_r{k}" for k in ks), *(f"text_r{k}" for k in ks))
+
+
+def eval_set_name(path: str | None, synthetic: bool, kind: str) -> str:
+    """Metric name of an eval set: ``synth_cls``/``synth_ret`` for the synthetic world, else its folder."""
+    if synthetic:
+        return "synth_cls" if kind == "classification" else "synth_ret"
+    return Path(path or "").name or kind
+
+
+def eval_metric(set_name: str, metric: str) -> str:
+    return f"eval/{set_name}/{metric}"
+
+
+def logged_metrics(cfg: Any) -> tuple[str, ...]:
+    """Every metric a stage with resolved config ``cfg`` logs (rank 0), in the stage's own names.
+
+    The eval sets are the ones the stage will load (``train.stage_data.resolve_sources``): the
+    synthetic world's held-out sets unless ``data.train`` is set, then ``eval.classification`` /
+    ``eval.retrieval``, named by :func:`eval_set_name`.
+    """
+    kind = str(cfg.stage.kind)
+    synthetic = cfg.data.train is None
+    classification = cfg.eval.classification or ("synthetic" if synthetic else None)
+    retrieval = cfg.eval.retrieval or ("synthetic" if synthetic else None)
+    out = [*TRAIN_METRICS, *(f"train/lr/{g}" for g in LR_GROUPS[kind]), *KIND_TRAIN_METRICS[kind]]
+    if kind == "mim":
+        return (*out, MIM_EVAL_METRIC) if classification else tuple(out)
+    if classification:
+        name = eval_set_name(classification, synthetic, "classification")
+        out += [eval_metric(name, m) for m in CLASSIFICATION_METRICS]
+    if retrieval:
+        name = eval_set_name(retrieval, synthetic, "retrieval")
+        out += [eval_metric(name, m) for m in retrieval_metrics()]
+    return tuple(out)

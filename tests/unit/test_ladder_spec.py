@@ -1,0 +1,88 @@
+"""Ladder files and scoped overrides load as typed configs: errors name the file (or the command
+line) and the key, with close matches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from scaling.config import ConfigError
+from scaling.ladder import load_ladder, plan_ladder
+from scaling.ladder.overrides import split_overrides
+from scaling.ladder.spec import DEFAULT_LADDER
+
+
+def ladder_file(tmp_path: Path, old: str, new: str) -> Path:
+    text = DEFAULT_LADDER.read_text()
+    assert old in text
+    path = tmp_path / "bad.yaml"
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+def test_shipped_ladders_load_as_written():
+    spec = load_ladder()
+    assert spec.keys() == ["g14", "B16", "L14", "E14", "8B", "18B"]
+    assert spec.rungs[0].stages == ("clip",) and spec.rungs[1].stages == ("mim", "clip")
+    assert spec.rung("18B").text_init == "teacher" and spec.rung("B16").text_init is None
+    assert spec.layers["proxy"]["clip@18B"] == {"train": {"samples": 15000}}
+    assert spec.text_from_scratch["proxy"] == {"optim": {"text_lr": 1.0e-3}}
+    study = load_ladder("study")
+    assert study.experiment == "ladder-study" and study.rung("18B").teacher == "8B"
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("experiment: ladder-eva", "experimnt: ladder-eva", r"bad\.yaml: unknown config key 'experimnt'.*Did you mean: experiment"),
+    ("18B: {teacher: E14,", "18B: {teachr: E14,", r"bad\.yaml: unknown config key 'rungs\.18B\.teachr'.*Did you mean: rungs\.18B\.teacher"),
+    ("  clip@18B: {train: {samples: 15000}}", "  clip@18B: {train: {sample: 15000}}",
+     r"bad\.yaml: proxy\.clip@18B: unknown config key 'train\.sample'.*Did you mean: train\.samples"),
+    ("B16: {teacher: g14,", "B16: {stages: mim, teacher: g14,", r"bad\.yaml: 'rungs\.B16\.stages' has a bad value"),
+    ("  clip@18B: {train", "  clip@18B: 3\n  x: {train", r"bad\.yaml: 'proxy\.clip@18B' has a bad value"),
+    ("  clip@18B: {train", "  sft@18B: {train", r"bad\.yaml: 'proxy\.sft@18B' must be 'all', a stage kind"),
+    ("  clip@18B: {train: {samples: 15000}}", "  clip@18B: {train: {samples: lots}}",
+     r"bad\.yaml: proxy\.clip@18B: 'train\.samples' has a bad value"),
+])
+def test_bad_ladder_file_names_file_and_key(tmp_path, old, new, message):
+    with pytest.raises(ConfigError, match=message):
+        load_ladder(ladder_file(tmp_path, old, new))
+
+
+def test_ladder_overrides_merge_on_the_file():
+    spec = load_ladder(None, ["teacher_checkpoint=/ckpt/e14", "rungs.L14.text_init=/ckpt/openai-l14.pt"])
+    assert spec.teacher_checkpoint == "/ckpt/e14" and spec.rung("L14").text_init == "/ckpt/openai-l14.pt"
+    with pytest.raises(ConfigError, match=r"command line: unknown config key 'ladder\.teacher_checkpont'.*"
+                                          r"Did you mean: ladder\.teacher_checkpoint"):
+        load_ladder(None, ["teacher_checkpont=/x"])
+
+
+@pytest.mark.parametrize(("item", "message"), [
+    ("clip@18B.optim.lrr=1", r"command line: unknown config key 'clip@18B\.optim\.lrr'.*Did you mean: clip@18B\.optim\.lr"),
+    ("mim.train.samples=many", r"command line: 'mim\.train\.samples' has a bad value"),
+    ("optim.betaz=[0.9,0.9]", r"unknown config key 'optim\.betaz'.*Did you mean: optim\.betas"),
+    ("sft@18B.optim.lr=1", r"'sft@18B\.optim\.lr=1': a stage override looks like clip@18B"),
+    ("clip@18B=1", r"'clip@18B=1': a stage override looks like"),
+    ("ladder=1", "names no ladder setting"),
+    ("clip@18B.phases.0.fraction=1", r"cannot merge clip@18B\.phases.*set whole"),
+])
+def test_bad_scoped_override_names_it_as_typed(item, message):
+    with pytest.raises(ConfigError, match=message):
+        split_overrides([item])
+
+
+def test_scoped_overrides_split_by_target():
+    split = split_overrides(["optim.lr=1", "mim.optim.lr=2", "clip@18B.train.samples=3", "ladder.name=x",
+                             "model.vision.norm=rmsnorm"])
+    assert split.common == ["optim.lr=1", "model.vision.norm=rmsnorm"] and split.by_kind == {"mim": ["optim.lr=2"]}
+    assert split.by_stage == {"clip@18B": ["train.samples=3"]} and split.ladder == ["name=x"]
+    assert split.for_stage("clip", ["clip@18B"]) == [["optim.lr=1", "model.vision.norm=rmsnorm"], ["train.samples=3"]]
+
+
+@pytest.mark.parametrize("item", ["resources.nodes=0", "clip@18B.resources.tasks_per_node=0",
+                                  "resources.timeout_min=0", "mim.resources.cpus_per_task=0",
+                                  "resources.gpus_per_node=-1"])
+def test_plan_refuses_impossible_resources(tmp_path, item):
+    key = "resources." + item.partition("resources.")[2].partition("=")[0]  # as the stage config names it
+    with pytest.raises(ConfigError, match=rf"command line: '{key}' must be >"):
+        plan_ladder("E14", "18B", runs_dir=tmp_path / "runs", overrides=[item])
+    assert not (tmp_path / "runs").exists()
