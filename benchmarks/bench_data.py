@@ -316,13 +316,21 @@ def run_real(work: Path, args) -> dict:
     if "workers" in parts:
         out["workers"] = w = data_real.bench_workers(work, args.real_samples, 2 * args.real_batches,
                                                      max(2, args.real_repeats // 2))
-        busy = w["cores_busy"]
-        print(f"loader workers, 224 px from 256 px JPEG: 1 worker {w['one_worker_samples_per_s']:.0f} samples/s, "
-              f"2 workers {w['two_workers_samples_per_s']:.0f} samples/s -> {w['ratio']:.2f}x (target >= 1.8x "
-              f"on {w['cpus']} cores; load {w['load_average_1min_before']:.1f} before, "
-              f"{w['load_average_1min_after']:.1f} after); per CPU-second of the main process and its "
-              f"workers {w['one_worker_samples_per_cpu_s']:.0f} vs {w['two_workers_samples_per_cpu_s']:.0f}, "
-              f"cores kept busy {busy[1]:.2f} vs {busy[2]:.2f}")
+        print(f"loader workers, 224 px from 256 px JPEG, batch {w['batch']} (load {w['load_average_1min_before']:.1f} "
+              f"before, {w['load_average_1min_after']:.1f} after; target >= 1.8x on {w['cpus']} cores):")
+        for v, r in w["variants"].items():
+            what = "uint8, normalised by the consumer" if v == "uint8" else "float, normalised in the workers"
+            ms, cores, busy = r["main_cpu_ms_per_batch"], r["main_cores"], r["cores_busy"]
+            print(f"  {what}: 1 worker {r['one_worker_samples_per_s']:.0f} samples/s, 2 workers "
+                  f"{r['two_workers_samples_per_s']:.0f} -> {r['ratio']:.2f}x; main process CPU per batch "
+                  f"{ms[1]:.1f} / {ms[2]:.1f} ms (share of a core {cores[1]:.3f} / {cores[2]:.3f}); workers' "
+                  f"CPU per batch {r['worker_cpu_ms_per_batch'][1]:.0f} / {r['worker_cpu_ms_per_batch'][2]:.0f} ms, "
+                  f"of it their queue threads {r['worker_feeder_cpu_ms_per_batch'][1]:.1f} / "
+                  f"{r['worker_feeder_cpu_ms_per_batch'][2]:.1f} ms; "
+                  f"samples per CPU-second {r['samples_per_cpu_s'][1]:.0f} / {r['samples_per_cpu_s'][2]:.0f}; "
+                  f"cores busy {busy[1]:.2f} / {busy[2]:.2f}")
+        print(f"  normalize_on_device on the CPU (a consumer without a GPU): {w['normalize_cpu_ms_per_batch']:.1f} ms "
+              "CPU per batch")
     if "restore" not in parts:
         return out
     out["restore"] = r = data_real.bench_restore(work, args.real_samples, args.positions, args.real_repeats)

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from scaling.config import Phase, stage_phases
+from scaling.data.transforms import normalize_on_device
 from scaling.metrics import MetricLogger
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
@@ -225,7 +226,7 @@ class Stage:
 
     # -- steps ---------------------------------------------------------------------------------
     def micro_loss(self, batch: dict) -> torch.Tensor:
-        images = batch["image"].to(self.device, non_blocking=True)
+        images = normalize_on_device(batch["image"], self.device)  # the stream ships uint8
         model = self.engine.model
         if self.kind == "mim":
             mask = batch["mask"].to(self.device).bool()
