@@ -305,9 +305,11 @@ def run_real(work: Path, args) -> dict:
               f"{r['toolkit_samples_per_cpu_s']:4.0f} samples per CPU-s ({r['toolkit_samples_per_s']:.0f}/s), "
               f"open_clip-style webdataset {r['open_clip_samples_per_cpu_s']:4.0f} per CPU-s "
               f"({r['open_clip_samples_per_s']:.0f}/s) -> {r['ratio_per_core']:.2f}x per core "
-              f"(wall {r['ratio_wall']:.2f}x; target >= 1.3x; load {r['load_average_1min']:.1f})")
-    figures = {r["crop"]: r["toolkit_samples_per_cpu_s"] for r in rows if r["format"] == "jpg"}
-    path = None if not figures else throughput.write_figures(figures, args.throughput_out, source="JPEG shards, crops "
+              f"(wall {r['ratio_wall']:.2f}x; target >= 1.3x; load {r['load_average_1min']:.1f}); "
+              f"a stage's stream (uint8, normalised on the device) {r['toolkit_uint8_samples_per_cpu_s']:.0f} per CPU-s")
+    # the loader-cores column prices a stage's stream, which ships uint8
+    figures = {r["crop"]: r["toolkit_uint8_samples_per_cpu_s"] for r in rows if r["format"] == "jpg"}
+    path = None if not figures else throughput.write_figures(figures, args.throughput_out, source="a stage's stream (uint8 batches) on JPEG shards, crops "
                                     + ", ".join(f"{c} from {data_real.SOURCE[c]} px" for c in figures),
                                     cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                                     load_average_1min=os.getloadavg()[0])

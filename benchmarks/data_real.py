@@ -85,7 +85,10 @@ def bench_vs_openclip(work: Path, sizes: list[int], samples: int, batches: int, 
     for crop in sizes:
         for fmt in ("jpg", "webp") if crop == 224 else ("jpg",):
             pattern = _shards(work, SOURCE[crop], fmt, samples)
+            # "toolkit" normalises as open_clip's pipeline does (the like-for-like ratio);
+            # "toolkit_uint8" is a stage's stream, which leaves normalising to the device
             t = _turns({"toolkit": lambda p=pattern, c=crop: toolkit_stream(p, c),
+                        "toolkit_uint8": lambda p=pattern, c=crop: toolkit_stream(p, c, normalize=False),
                         "open_clip": lambda p=pattern, c=crop: openclip_stream(p, c)}, batches, repeats)
             n = batches * BATCH
             row = {"crop": crop, "source": SOURCE[crop], "format": fmt, "samples_per_turn": n,
