@@ -134,6 +134,18 @@ def test_uint8_batches_normalised_by_the_consumer_are_the_float_batches(world, w
     assert _same(floats, [b | {"image": normalize_on_device(b["image"])} for b in raw])
 
 
+def test_pinning_passes_the_position_record_through_whole(world):
+    """The loader's pin step walks every list it is given; a batch's position record (the
+    shuffle buffer's [shard, offset] pairs) is handed over as it is."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from scaling.data.stream import WorkerStream
+
+    s = _stream(world, shuffle_buffer=20)
+    meta = next(WorkerStream(s.cfg, 0, None).batches())["__meta__"]
+    assert len(meta["seek"]["buffer"]) > 10 and pin_memory(meta) is meta
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs an accelerator")
 def test_pinned_batches_are_the_same_batches(world):
     kw = dict(transform=train_transform(16, normalize=False), num_workers=2)
