@@ -28,15 +28,17 @@ def to_normalized_tensor(img: Image.Image) -> torch.Tensor:
     return normalize_batch([arr])[0]
 
 
-def stack_channels_first(images: list[np.ndarray]) -> torch.Tensor:
+def stack_channels_first(images: list[np.ndarray], shared: bool | None = None) -> torch.Tensor:
     """Same-sized ``uint8[H, W, 3]`` arrays -> contiguous ``uint8[B, 3, H, W]``: what a loader
     worker ships (a quarter of the bytes of the float batch), normalised by the consumer.
 
-    In a loader worker the batch is written straight into shared memory (as torch's
-    ``default_collate`` does): otherwise the worker's queue thread copies it there while
-    pickling, in parallel with the worker, which made one worker use ~1.2 cores."""
+    ``shared`` (default: when called in a loader worker) writes the batch straight into shared
+    memory, as torch's ``default_collate`` does: otherwise the worker's queue thread copies it
+    there while pickling, in parallel with the worker, which made one worker use ~1.2 cores."""
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    if torch.utils.data.get_worker_info() is None:
+    if shared is None:
+        shared = torch.utils.data.get_worker_info() is not None
+    if not shared:
         return x.contiguous()
     out = torch.empty(0, dtype=torch.uint8)
     out.set_(torch.UntypedStorage._new_shared(x.numel()), 0, x.shape)
@@ -50,7 +52,7 @@ def normalize_batch(images: list[np.ndarray]) -> torch.Tensor:
     more than the arithmetic (~60 us an image against ~20 batched)."""
     # channels first while still uint8 (a quarter of the bytes to move), then the float
     # arithmetic: at 224 px half the time of normalising channels last and permuting
-    return normalize_on_device(stack_channels_first(images))
+    return normalize_on_device(stack_channels_first(images, shared=False))
 
 
 _CONSTANTS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
