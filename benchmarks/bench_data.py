@@ -13,7 +13,9 @@ Then single-thread figures (best of ``--repeat`` runs): the generator's samples/
 written: scene, drawing, caption, PNG, tar), the same split into parts, the pipeline's
 samples/s, and the cost of restoring a stream position. Then real sizes (``data_real.py``): the
 stream at 224 px (336, 448 on request) from 256 px JPEG and WebP shards beside an open_clip-style
-webdataset pipeline on the same shards, per core; 1 against 2 loader workers; and the restore
+webdataset pipeline on the same shards, per core; 1 against 2 loader workers, with batches
+shipped as uint8 (a stage's stream) and as normalised floats (before), and the CPU per batch of
+the main process that receives them and of the workers' queue threads; and the restore
 time at 10k, 100k and 1M samples. The stream's samples per CPU-second at each real size go to
 ``scaling.data.throughput``'s file, which the ladder's dry run reads for its loader-cores column.
 """
