@@ -13,7 +13,9 @@ Then single-thread figures (best of ``--repeat`` runs): the generator's samples/
 written: scene, drawing, caption, PNG, tar), the same split into parts, the pipeline's
 samples/s, and the cost of restoring a stream position. Then real sizes (``data_real.py``): the
 stream at 224 px (336, 448 on request) from 256 px JPEG and WebP shards beside an open_clip-style
-webdataset pipeline on the same shards, per core; 1 against 2 loader workers; and the restore
+webdataset pipeline on the same shards, per core; 1 against 2 loader workers, with batches
+shipped as uint8 (a stage's stream) and as normalised floats (before), and the CPU per batch of
+the main process that receives them and of the workers' queue threads; and the restore
 time at 10k, 100k and 1M samples. The stream's samples per CPU-second at each real size go to
 ``scaling.loader_costs``'s file, which the ladder's dry run reads for its loader-cores column.
 """
@@ -305,9 +307,11 @@ def run_real(work: Path, args) -> dict:
               f"{r['toolkit_samples_per_cpu_s']:4.0f} samples per CPU-s ({r['toolkit_samples_per_s']:.0f}/s), "
               f"open_clip-style webdataset {r['open_clip_samples_per_cpu_s']:4.0f} per CPU-s "
               f"({r['open_clip_samples_per_s']:.0f}/s) -> {r['ratio_per_core']:.2f}x per core "
-              f"(wall {r['ratio_wall']:.2f}x; target >= 1.3x; load {r['load_average_1min']:.1f})")
-    figures = {r["crop"]: r["toolkit_samples_per_cpu_s"] for r in rows if r["format"] == "jpg"}
-    path = None if not figures else throughput.write_figures(figures, args.throughput_out, source="JPEG shards, crops "
+              f"(wall {r['ratio_wall']:.2f}x; target >= 1.3x; load {r['load_average_1min']:.1f}); "
+              f"a stage's stream (uint8, normalised on the device) {r['toolkit_uint8_samples_per_cpu_s']:.0f} per CPU-s")
+    # the loader-cores column prices a stage's stream, which ships uint8
+    figures = {r["crop"]: r["toolkit_uint8_samples_per_cpu_s"] for r in rows if r["format"] == "jpg"}
+    path = None if not figures else throughput.write_figures(figures, args.throughput_out, source="a stage's stream (uint8 batches) on JPEG shards, crops "
                                     + ", ".join(f"{c} from {data_real.SOURCE[c]} px" for c in figures),
                                     cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
                                     load_average_1min=os.getloadavg()[0])
@@ -316,13 +320,21 @@ def run_real(work: Path, args) -> dict:
     if "workers" in parts:
         out["workers"] = w = data_real.bench_workers(work, args.real_samples, 2 * args.real_batches,
                                                      max(2, args.real_repeats // 2))
-        busy = w["cores_busy"]
-        print(f"loader workers, 224 px from 256 px JPEG: 1 worker {w['one_worker_samples_per_s']:.0f} samples/s, "
-              f"2 workers {w['two_workers_samples_per_s']:.0f} samples/s -> {w['ratio']:.2f}x (target >= 1.8x "
-              f"on {w['cpus']} cores; load {w['load_average_1min_before']:.1f} before, "
-              f"{w['load_average_1min_after']:.1f} after); per CPU-second of the main process and its "
-              f"workers {w['one_worker_samples_per_cpu_s']:.0f} vs {w['two_workers_samples_per_cpu_s']:.0f}, "
-              f"cores kept busy {busy[1]:.2f} vs {busy[2]:.2f}")
+        print(f"loader workers, 224 px from 256 px JPEG, batch {w['batch']} (load {w['load_average_1min_before']:.1f} "
+              f"before, {w['load_average_1min_after']:.1f} after; target >= 1.8x on {w['cpus']} cores):")
+        for v, r in w["variants"].items():
+            what = "uint8, normalised by the consumer" if v == "uint8" else "float, normalised in the workers"
+            ms, cores, busy = r["main_cpu_ms_per_batch"], r["main_cores"], r["cores_busy"]
+            print(f"  {what}: 1 worker {r['one_worker_samples_per_s']:.0f} samples/s, 2 workers "
+                  f"{r['two_workers_samples_per_s']:.0f} -> {r['ratio']:.2f}x; main process CPU per batch "
+                  f"{ms[1]:.1f} / {ms[2]:.1f} ms (share of a core {cores[1]:.3f} / {cores[2]:.3f}); workers' "
+                  f"CPU per batch {r['worker_cpu_ms_per_batch'][1]:.0f} / {r['worker_cpu_ms_per_batch'][2]:.0f} ms, "
+                  f"of it their queue threads {r['worker_feeder_cpu_ms_per_batch'][1]:.1f} / "
+                  f"{r['worker_feeder_cpu_ms_per_batch'][2]:.1f} ms; "
+                  f"samples per CPU-second {r['samples_per_cpu_s'][1]:.0f} / {r['samples_per_cpu_s'][2]:.0f}; "
+                  f"cores busy {busy[1]:.2f} / {busy[2]:.2f}")
+        print(f"  normalize_on_device on the CPU (a consumer without a GPU): {w['normalize_cpu_ms_per_batch']:.1f} ms "
+              "CPU per batch")
     if "restore" not in parts:
         return out
     out["restore"] = r = data_real.bench_restore(work, args.real_samples, args.positions, args.real_repeats)

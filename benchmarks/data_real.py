@@ -32,12 +32,14 @@ def _tokenizer():
     return get_tokenizer(77)
 
 
-def toolkit_stream(pattern: str, crop: int, **kw):
+def toolkit_stream(pattern: str, crop: int, normalize: bool = True, **kw):
+    """The stream, normalising (float batches, as open_clip's pipeline gives) or not (uint8
+    batches, as a stage's stream ships them to be normalised on the device)."""
     from scaling.data.shards import ShardStream
     from scaling.data.transforms import train_transform
 
-    return ShardStream(pattern, batch_size=BATCH, transform=train_transform(crop, scale=(0.9, 1.0)),
-                       tokenizer=_tokenizer(), seed=0, shuffle_buffer=1000, **kw)
+    return ShardStream(pattern, batch_size=BATCH, tokenizer=_tokenizer(), seed=0, shuffle_buffer=1000,
+                       transform=train_transform(crop, scale=(0.9, 1.0), normalize=normalize), **kw)
 
 
 def openclip_stream(pattern: str, crop: int):
@@ -83,7 +85,10 @@ def bench_vs_openclip(work: Path, sizes: list[int], samples: int, batches: int, 
     for crop in sizes:
         for fmt in ("jpg", "webp") if crop == 224 else ("jpg",):
             pattern = _shards(work, SOURCE[crop], fmt, samples)
+            # "toolkit" normalises as open_clip's pipeline does (the like-for-like ratio);
+            # "toolkit_uint8" is a stage's stream, which leaves normalising to the device
             t = _turns({"toolkit": lambda p=pattern, c=crop: toolkit_stream(p, c),
+                        "toolkit_uint8": lambda p=pattern, c=crop: toolkit_stream(p, c, normalize=False),
                         "open_clip": lambda p=pattern, c=crop: openclip_stream(p, c)}, batches, repeats)
             n = batches * BATCH
             row = {"crop": crop, "source": SOURCE[crop], "format": fmt, "samples_per_turn": n,
@@ -97,51 +102,88 @@ def bench_vs_openclip(work: Path, sizes: list[int], samples: int, batches: int, 
     return results
 
 
-def bench_workers(work: Path, samples: int, batches: int, repeats: int, passes: int = 2) -> dict:
-    """The stream with 1 and 2 loader workers (224 px from 256 px JPEG), wall samples/s. One
-    setting runs at a time (a live loader's workers keep working ahead in the background), in
-    passes 1, 2, 1, 2...; each pass times ``repeats`` runs of ``batches`` batches after warm-up."""
+def _normalize_cpu_s(pattern: str, repeats: int = 20) -> float:
+    """CPU seconds of ``normalize_on_device`` on one uint8 batch on the CPU: what a consumer
+    without an accelerator pays in the training process (on a GPU it runs on the device)."""
+    from scaling.data.transforms import normalize_on_device
+
+    images = next(iter(toolkit_stream(pattern, 224, normalize=False)))["image"]
+    normalize_on_device(images)
+    c0 = time.process_time()
+    for _ in range(repeats):
+        normalize_on_device(images)
+    return (time.process_time() - c0) / repeats
+
+
+def bench_workers(work: Path, samples: int, batches: int, repeats: int, passes: int = 2,
+                  variants: tuple[str, ...] = ("uint8", "float")) -> dict:
+    """The stream with 1 and 2 loader workers (224 px from 256 px JPEG), wall samples/s, for
+    batches shipped as ``uint8`` (a stage's stream: normalised on the device by the consumer)
+    and as normalised ``float`` (the stream before). One setting runs at a time (a live loader's
+    workers keep working ahead in the background), in passes; each pass times ``repeats`` runs
+    of ``batches`` batches after warm-up. The main process's CPU (it receives the batches) is
+    measured apart from its workers', and in the workers the threads besides the one that
+    builds batches (the queue's feeder, which pickles each batch into shared memory)."""
     import psutil
 
     me = psutil.Process()
 
-    def cpu() -> float:  # this process and its loader workers
-        procs = [me, *me.children(recursive=True)]
-        total = 0.0
-        for proc in procs:
+    def cpu() -> tuple[float, float, float]:  # (this process, its loader workers, their other threads)
+        workers = feeders = 0.0
+        for proc in me.children(recursive=True):
             try:
-                t = proc.cpu_times()
-                total += t.user + t.system
+                threads = sorted(t.user_time + t.system_time for t in proc.threads())
             except psutil.NoSuchProcess:
-                pass
-        return total
+                continue
+            workers += sum(threads)
+            feeders += sum(threads[:-1])  # all but the busiest: the one that builds batches
+        return time.process_time(), workers, feeders
 
     pattern = _shards(work, 256, "jpg", samples)
     load0 = os.getloadavg()[0]
-    walls: dict[int, list[float]] = {1: [], 2: []}
-    cpus: dict[int, list[float]] = {1: [], 2: []}
+    settings = [(v, w) for v in variants for w in (1, 2)]
+    walls: dict = {s: [] for s in settings}
+    mains: dict = {s: [] for s in settings}
+    totals: dict = {s: [] for s in settings}
+    feeds: dict = {s: [] for s in settings}
     for _ in range(passes):
-        for w in (1, 2):
-            it = iter(toolkit_stream(pattern, 224, num_workers=w))
+        for v, w in settings:
+            it = iter(toolkit_stream(pattern, 224, normalize=v == "float", num_workers=w))
             for _ in range(2 * w):  # every worker's shuffle buffer filled, the prefetch going
                 next(it)
             for _ in range(repeats):
-                t0, c0 = time.perf_counter(), cpu()
+                t0, (m0, w0, f0) = time.perf_counter(), cpu()
                 for _ in range(batches):
                     next(it)
-                walls[w].append(time.perf_counter() - t0)
-                cpus[w].append(cpu() - c0)
+                walls[v, w].append(time.perf_counter() - t0)
+                m1, w1, f1 = cpu()
+                mains[v, w].append(m1 - m0)
+                totals[v, w].append(m1 - m0 + w1 - w0)
+                feeds[v, w].append(f1 - f0)
             del it  # stops the workers
     n = batches * BATCH
-    rate = {w: n / statistics.median(v) for w, v in walls.items()}
-    per_cpu = {w: n / statistics.median(v) for w, v in cpus.items()}
-    return {"samples_per_turn": n, "turns": repeats * passes, "walls": walls, "cpus_used": cpus,
+    out: dict = {"samples_per_turn": n, "batch": BATCH, "turns": repeats * passes, "cpus": os.cpu_count(),
+                 "load_average_1min_before": load0, "variants": {}}
+    for v in variants:
+        rate = {w: n / statistics.median(walls[v, w]) for w in (1, 2)}
+        out["variants"][v] = {
+            "walls": {w: walls[v, w] for w in (1, 2)},
+            "main_cpus": {w: mains[v, w] for w in (1, 2)},
+            "cpus_used": {w: totals[v, w] for w in (1, 2)},
             "one_worker_samples_per_s": rate[1], "two_workers_samples_per_s": rate[2],
-            "ratio": rate[2] / rate[1], "cpus": os.cpu_count(),
-            "one_worker_samples_per_cpu_s": per_cpu[1], "two_workers_samples_per_cpu_s": per_cpu[2],
-            "cores_busy": {w: statistics.median(c) / statistics.median(t)
-                           for (w, c), t in zip(cpus.items(), walls.values(), strict=True)},
-            "load_average_1min_before": load0, "load_average_1min_after": os.getloadavg()[0]}
+            "ratio": rate[2] / rate[1],
+            "samples_per_cpu_s": {w: n / statistics.median(totals[v, w]) for w in (1, 2)},
+            "cores_busy": {w: statistics.median(totals[v, w]) / statistics.median(walls[v, w]) for w in (1, 2)},
+            # the main process's CPU per batch received, and its share of a core per worker's output
+            "main_cpu_ms_per_batch": {w: 1e3 * statistics.median(mains[v, w]) / batches for w in (1, 2)},
+            "main_cores": {w: statistics.median(mains[v, w]) / statistics.median(walls[v, w]) for w in (1, 2)},
+            "worker_feeder_cpu_ms_per_batch": {w: 1e3 * statistics.median(feeds[v, w]) / batches for w in (1, 2)},
+            "worker_cpu_ms_per_batch": {w: 1e3 * (statistics.median(totals[v, w]) - statistics.median(mains[v, w]))
+                                        / batches for w in (1, 2)},
+        }
+    out["normalize_cpu_ms_per_batch"] = 1e3 * _normalize_cpu_s(pattern)
+    out["load_average_1min_after"] = os.getloadavg()[0]
+    return out
 
 
 def bench_restore(work: Path, samples: int, positions: list[int], repeats: int) -> dict:

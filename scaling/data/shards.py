@@ -53,7 +53,8 @@ class _WorkerDataset(torch.utils.data.IterableDataset):
 
 
 class ShardStream:
-    """Iterable of batches ``{'image': float[B,3,H,W], 'text': long[B,L] (with a tokenizer),
+    """Iterable of batches ``{'image': float[B,3,H,W] (uint8 from a transform built with
+    ``normalize=False``), 'text': long[B,L] (with a tokenizer),
     'mask': bool[B,N] (with a mask generator), 'key': list[str], 'caption': list[str]}``.
 
     Iterating again continues from the current position. See the module docstring for the
@@ -76,6 +77,7 @@ class ShardStream:
         num_workers: int = 0,
         epochs: int | None = None,
         drop_last: bool = False,
+        pin_memory: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -103,6 +105,9 @@ class ShardStream:
         # validate the shard split now rather than in a worker process
         WorkerStream(self.cfg, 0, None)
         self._workers = max(num_workers, 1)
+        # loader workers' batches copied to page-locked memory by the loader's thread, so that
+        # a non_blocking copy to the GPU is asynchronous; the batches do not change
+        self.pin_memory = bool(pin_memory)
         self._state: dict = {
             "workers": [{} for _ in range(self._workers)],
             "next_worker": 0,
@@ -190,6 +195,7 @@ class ShardStream:
                 batch_size=None,
                 num_workers=self.cfg.num_workers,
                 in_order=True,
+                pin_memory=self.pin_memory,
             )
             source = iter(loader)
         yield from self._round_robin(source)

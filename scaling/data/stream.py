@@ -44,6 +44,15 @@ class StreamConfig:
     drop_last: bool
 
 
+class BatchMeta(dict):
+    """A batch's position record (``__meta__``). A loader that pins batches (``pin_memory``)
+    passes it through whole: walking its shuffle buffer's ~1,000 [shard, offset] pairs took
+    ~4 ms a batch of Python in the training process."""
+
+    def pin_memory(self, device: Any = None) -> BatchMeta:
+        return self
+
+
 def _batched(transform: Callable) -> bool:
     """Whether ``transform`` comes in two halves: ``crop(img, rng)`` per image (it must also
     accept ``rng``) and ``collate(list) -> batch`` (``RandomResizedCrop``)."""
@@ -240,8 +249,8 @@ class WorkerStream:
             batch["text"] = self.cfg.tokenizer(texts)
         if self.cfg.mask_generator is not None:
             batch["mask"] = torch.from_numpy(np.stack([it["mask"] for it in items]))
-        batch["__meta__"] = {"worker": self.worker, "pos": pos, "stats": self.stats.snapshot(),
-                             "seek": self._seek_state()}
+        batch["__meta__"] = BatchMeta(worker=self.worker, pos=pos, stats=self.stats.snapshot(),
+                                      seek=self._seek_state())
         return batch
 
     def _deliver(self, chunk: list[tuple[int, dict]], pending: list[dict]) -> Iterator[dict]:
@@ -307,10 +316,7 @@ class WorkerStream:
             yield self._collate(pending, pos)
         self.stats.quiet = False
         yield {
-            "__meta__": {
-                "worker": self.worker,
-                "pos": max(pos, skip),
-                "stats": self.stats.snapshot(),
-                "end": True,
-            }
+            "__meta__": BatchMeta(
+                worker=self.worker, pos=max(pos, skip), stats=self.stats.snapshot(), end=True
+            )
         }

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig
 
 from scaling.data.masking import mask_generator
+from scaling.data.transforms import normalize_on_device
 from scaling.eval import sets
 from scaling.eval.zeroshot import classification, retrieval, text_classifier
 from scaling.models.losses import mim_loss, teacher_targets
@@ -87,7 +88,7 @@ class StageEvaluator:
             images, masks = self._mim_set()
             total, count = 0.0, 0
             for i in range(0, len(images), self.batch):
-                x = images[i : i + self.batch].to(self.device)
+                x = normalize_on_device(images[i : i + self.batch], self.device)
                 m = masks[i : i + self.batch].to(self.device)
                 loss = mim_loss(model(x, m), teacher_targets(self.teacher, x, self.teacher_image_size), m)
                 total += float(loss) * len(x)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from open_clip import build_zero_shot_classifier
 from torch import nn
 
+from scaling.data.transforms import normalize_on_device
 from scaling.stages import RETRIEVAL_KS
 
 
@@ -36,7 +37,7 @@ def classification(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     correct = {1: 0, 5: 0}
     total = 0
     for images, labels in batches:
-        feats = F.normalize(model.encode_image(images.to(device)).float(), dim=-1)
+        feats = F.normalize(model.encode_image(normalize_on_device(images, device)).float(), dim=-1)
         hits = topk_correct(feats @ classifier.float(), labels.to(device))
         for k in correct:
             correct[k] += hits[k]
@@ -61,7 +62,7 @@ def retrieval(model: nn.Module, image_batches: Iterable[torch.Tensor], captions:
     """``image_r<k>``: text query -> image (the caption's own image among the k best);
     ``text_r<k>``: image query -> any of its captions among the k best texts.
     (No ``@`` in the names: MLflow rejects it in metric keys.)"""
-    image_feats = torch.cat([F.normalize(model.encode_image(b.to(device)).float(), dim=-1)
+    image_feats = torch.cat([F.normalize(model.encode_image(normalize_on_device(b, device)).float(), dim=-1)
                              for b in image_batches])
     texts = [t for caps in captions for t in caps]
     owner = torch.tensor([i for i, caps in enumerate(captions) for _ in caps], device=device)

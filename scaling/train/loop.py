@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from scaling.config import Phase, stage_phases
 from scaling.data.tokenizer import get_tokenizer
+from scaling.data.transforms import normalize_on_device
 from scaling.eval.runner import StageEvaluator
 from scaling.metrics import MetricLogger
 from scaling.models.build import text_layer_id, vision_layer_id
@@ -225,7 +226,7 @@ class TrainingLoop:
 
     # -- steps ---------------------------------------------------------------------------------
     def micro_loss(self, batch: dict) -> torch.Tensor:
-        images = batch["image"].to(self.device, non_blocking=True)
+        images = normalize_on_device(batch["image"], self.device)  # the stream ships uint8
         model = self.engine.model
         if self.kind == "mim":
             mask = batch["mask"].to(self.device).bool()

@@ -41,15 +41,23 @@ def resolve_sources(cfg: DictConfig, image_size: int, progress: bool = False) ->
 
 
 def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokenizer, micro_batch: int,
-                 rank: int, world_size: int, seed_offset: int = 0):
+                 rank: int, world_size: int, seed_offset: int = 0, pin_memory: bool | None = None):
     """The rank's infinite (resampled) stream of micro-batches, resumable via state_dict.
 
+    Images come as ``uint8[B, 3, S, S]`` (cropped, not normalised): the consumer calls
+    ``scaling.data.transforms.normalize_on_device`` after moving them, so the process that
+    receives the loader workers' batches gets a quarter of the bytes and does no float work.
+    With loader workers and a CUDA device, batches arrive in pinned memory (an asynchronous copy).
     ``seed_offset`` (the phase index) gives each phase of a stage its own data order."""
     masks = mask_generator(cfg, grid) if cfg.stage.kind == "mim" else None
+    if pin_memory is None:  # the stage trains on the GPU when there is one
+        import torch
+
+        pin_memory = torch.cuda.is_available()
     return ShardStream(
         urls,
         batch_size=micro_batch,
-        transform=train_transform(image_size, tuple(cfg.data.crop_scale)),
+        transform=train_transform(image_size, tuple(cfg.data.crop_scale), normalize=False),
         tokenizer=tokenizer if cfg.stage.kind == "clip" else None,
         mask_generator=masks,
         seed=cfg.train.seed + seed_offset,
@@ -58,4 +66,5 @@ def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokeniz
         shuffle_buffer=cfg.data.shuffle_buffer,
         num_workers=cfg.data.workers,
         resampled=cfg.data.resampled,
+        pin_memory=pin_memory,
     )

@@ -19,7 +19,7 @@ from scaling.data.shards import ShardStream
 from scaling.data.synth import write_world
 from scaling.data.tario import BadDataWarning
 from scaling.data.tokenizer import get_tokenizer
-from scaling.data.transforms import train_transform
+from scaling.data.transforms import normalize_on_device, train_transform
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +122,36 @@ def test_batched_transform_gives_the_per_image_batches(world):
     fast = _take(_stream(world, mask_generator=BlockMaskGenerator((4, 4))), 6)
     slow = _take(_stream(world, transform=_PerImage(16), mask_generator=BlockMaskGenerator((4, 4))), 6)
     assert _same(fast, slow)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_uint8_batches_normalised_by_the_consumer_are_the_float_batches(world, workers):
+    """A stage's stream ships uint8 (normalised on the device): the same batches, bit for bit."""
+    kw = dict(tokenizer=get_tokenizer(24), mask_generator=BlockMaskGenerator((4, 4)), num_workers=workers)
+    floats = _take(_stream(world, **kw), 6)
+    raw = _take(_stream(world, transform=train_transform(16, normalize=False), **kw), 6)
+    assert all(b["image"].dtype == torch.uint8 and b["image"].is_contiguous() for b in raw)
+    assert _same(floats, [b | {"image": normalize_on_device(b["image"])} for b in raw])
+
+
+def test_pinning_passes_the_position_record_through_whole(world):
+    """The loader's pin step walks every list it is given; a batch's position record (the
+    shuffle buffer's [shard, offset] pairs) is handed over as it is."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from scaling.data.stream import WorkerStream
+
+    s = _stream(world, shuffle_buffer=20)
+    meta = next(WorkerStream(s.cfg, 0, None).batches())["__meta__"]
+    assert len(meta["seek"]["buffer"]) > 10 and pin_memory(meta) is meta
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs an accelerator")
+def test_pinned_batches_are_the_same_batches(world):
+    kw = dict(transform=train_transform(16, normalize=False), num_workers=2)
+    pinned = _take(_stream(world, pin_memory=True, **kw), 4)
+    assert all(b["image"].is_pinned() for b in pinned)
+    assert _same(pinned, _take(_stream(world, **kw), 4))
 
 
 def test_stream_leaves_the_global_rngs_alone(world):

@@ -9,7 +9,14 @@ import torch
 from PIL import Image
 
 from scaling.data.tokenizer import get_tokenizer
-from scaling.data.transforms import CLIP_MEAN, CLIP_STD, eval_transform, train_transform
+from scaling.data.transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    eval_transform,
+    normalize_on_device,
+    stack_channels_first,
+    train_transform,
+)
 
 
 def test_tokenizer_shape_and_special_tokens():
@@ -105,3 +112,32 @@ def test_train_transform_halves_give_the_whole():
     assert batch.shape == (3, 3, 16, 16) and batch.is_contiguous()
     for i in range(3):
         assert torch.equal(batch[i], t(img, rng=random.Random(i)))
+
+
+def test_uint8_crops_normalised_by_the_consumer_are_the_float_ones():
+    import numpy as np
+
+    t, raw = train_transform(16, scale=(0.2, 1.0)), train_transform(16, scale=(0.2, 1.0), normalize=False)
+    crops = [t.crop(_gradient(), random.Random(i)) for i in range(4)]
+    batch = raw.collate(crops)
+    assert batch.dtype == torch.uint8 and batch.shape == (4, 3, 16, 16) and batch.is_contiguous()
+    assert torch.equal(batch, stack_channels_first(crops))
+    # the same bits as the float pipeline: float32 (x - 255 mean) / (255 std), constants in float32
+    mean255 = (torch.tensor(CLIP_MEAN) * 255).view(3, 1, 1)
+    std255 = (torch.tensor(CLIP_STD) * 255).view(3, 1, 1)
+    expected = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().sub(mean255).div(std255)
+    assert torch.equal(normalize_on_device(batch), expected)
+    assert torch.equal(normalize_on_device(batch), t.collate(crops))
+    assert torch.equal(normalize_on_device(raw(_gradient(), rng=random.Random(1))), t(_gradient(), rng=random.Random(1)))
+    assert torch.equal(normalize_on_device(expected, "cpu"), expected)  # already normalised: only moved
+    with pytest.raises(TypeError, match="uint8 images"):
+        normalize_on_device(batch.long())
+    with pytest.raises(TypeError, match="uint8 images"):
+        normalize_on_device(batch.permute(0, 2, 3, 1).contiguous())  # channels last
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_normalising_on_the_gpu_gives_the_cpu_bits():
+    batch = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    on_gpu = normalize_on_device(batch.pin_memory(), "cuda")
+    assert on_gpu.device.type == "cuda" and torch.equal(on_gpu.cpu(), normalize_on_device(batch))
