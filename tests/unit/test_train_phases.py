@@ -266,3 +266,30 @@ def test_the_plan_counts_each_phase_at_its_image_size(tmp_path):
     problems = rows(f"clip@B16.{phases}", "clip@B16.distributed.deepspeed=true")["clip@B16"]["problems"]
     assert any("clip@B16 phase 'phase1': image size 32 -> 48 needs distributed.deepspeed=false" in p
                for p in problems), problems
+
+
+def test_a_stage_starts_from_a_checkpoint_of_another_image_size(whole, synth, tmp_path):
+    """The papers' "+" runs as their own stage: a 32 px CLIP initialised from the 48 px one gets its
+    position table resampled from the 12x12 grid; the L14+ recipe carries EVA-02 Table 26's L+ column."""
+    from timm.layers import resample_abs_pos_embed
+
+    from scaling.train.inputs import build_stage_model
+
+    cfg = load_stage_config("clip", "B16", proxy=True, overrides=[
+        f"out_dir={tmp_path}", f"data.cache_dir={synth}", f"inputs.init_vision={whole[0]}",
+        f"inputs.init_text={whole[0]}"])
+    model, _, _ = build_stage_model(cfg, torch.device("cpu"))
+    saved = torch.load(whole[0] / "final" / ckpt.MODEL_FILE, weights_only=True)
+    assert saved["visual.trunk.pos_embed"].shape[1] == 145
+    expected = resample_abs_pos_embed(saved["visual.trunk.pos_embed"], (8, 8), num_prefix_tokens=1)
+    assert torch.equal(model.visual.trunk.pos_embed.detach(), expected)
+    assert torch.equal(model.visual.trunk.blocks[0].attn.proj.weight.detach(),
+                       saved["visual.trunk.blocks.0.attn.proj.weight"])
+    plus = load_stage_config("clip", "L14+", proxy=False)
+    assert (plus.optim.lr, plus.optim.layer_decay, plus.optim.text_lr, plus.optim.text_layer_decay) == \
+        (4e-4, 0.75, 4e-5, 0.65)
+    assert (plus.train.samples, plus.train.batch_size) == (2_000_000_000, 61_440)
+    from scaling.train.inputs import stage_rung
+
+    assert stage_rung(plus).vision.image_size == 336 and stage_rung(load_stage_config(
+        "clip", "L14+", proxy=True)).vision.image_size == 32  # the proxy keeps its size
