@@ -86,6 +86,7 @@ class Stage:
         # the size the towers are built at; a phase may run at another (checked before any build)
         self.base_image_size = built.image_size
         self._check_phase_sizes(built.patch_size)
+        self.engine: Engine | None = None
 
         seed_all(cfg.train.seed)  # identical initial weights on every rank
         self.module, self.teacher, info = build_stage_model(cfg, device)
@@ -93,6 +94,8 @@ class Stage:
         spec = self.rung.mim if self.kind == "mim" else self.rung.vision
         self.image_size, self.grid = spec.image_size, spec.grid  # the size the towers run at now
         self.teacher_image_size = info.get("teacher_image_size")
+        self.teacher_spec = info.get("teacher_spec")
+        self._move_towers(self._phase_size(self.phase))  # a first phase may set its own size
         self.engine = self._engine()
         if cfg.train.compile:
             self.engine.compile()  # compiles at the first step; evaluation runs the eager module
@@ -102,7 +105,6 @@ class Stage:
 
         self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
         self.sources = resolve_sources(cfg, self.image_size, progress=self.rank == 0)
-        self.teacher_spec = info.get("teacher_spec")
         self.stream = self._stream(0)
         self.flops_per_sample = flops_per_sample(self.kind, self.rung, self.phase.patch_dropout,
                                                  cfg.loss.mask_ratio, self.teacher_spec)
@@ -128,13 +130,14 @@ class Stage:
         return phase.image_size or self.base_image_size
 
     def _check_phase_sizes(self, patch: int) -> None:
+        first = self._phase_size(self.phases[0])  # the size the engine starts at
         for phase in self.phases:
             size, key = self._phase_size(phase), f"{self._where(phase.index)}.image_size"
             if size % patch:
                 raise StageConfigError(f"{key}={size} is not a multiple of the tower's patch size ({patch})")
-            if size != self.base_image_size and self.cfg.distributed.deepspeed:
+            if size != first and self.cfg.distributed.deepspeed:
                 raise StageConfigError(
-                    f"{key}={size}: a phase that changes the image size ({self.base_image_size} -> {size}) runs "
+                    f"{key}={size}: a phase that changes the image size ({first} -> {size}) runs "
                     "without DeepSpeed (distributed.deepspeed=false; DDP on several processes): DeepSpeed "
                     "keeps the weights and optimizer state in flat buffers sized when its engine starts, "
                     "which the resampled position table no longer fits. Or run the new size as its own "
@@ -146,26 +149,33 @@ class Stage:
         return StageEvaluator(self.cfg, self.sources, self.image_size, self.grid, self.tokenizer,
                               self.device, self.teacher, self.teacher_image_size)
 
-    def _set_image_size(self, size: int) -> None:
-        """Run at ``size`` from now on: the trained tower's position table (and its optimizer
-        moments) resampled, RoPE rebuilt, the teacher fed the matching size, evaluation at it."""
+    def _move_towers(self, size: int) -> bool:
+        """Run the towers at ``size``: the trained tower's position table (and its optimizer
+        moments, once there is an optimizer) resampled, RoPE rebuilt, the teacher fed the matching
+        size. True if the size changed."""
         from scaling.models import apply_overrides
         from scaling.train.resize import set_teacher_grid, set_tower_image_size
 
         tower = self.module.encoder if self.kind == "mim" else self.module.visual
         old = self.image_size
-        if not set_tower_image_size(tower, size, self.engine.client_optimizer):
-            return
-        self.engine.params_changed()
+        optimizer = self.engine.client_optimizer if self.engine is not None else None
+        if not set_tower_image_size(tower, size, optimizer):
+            return False
         self.image_size, self.grid = size, tower.spec.grid
         self.rung = apply_overrides(self.rung, {"image_size": size})
         if self.teacher is not None:
             set_teacher_grid(self.teacher, self.grid)
             self.teacher_image_size, self.teacher_spec = self.teacher.spec.image_size, self.teacher.spec
-        self.evaluator = self._evaluator()
         if self.rank == 0:
-            log.info("%s: image size %d -> %d (a %dx%d grid): position table and its moments resampled",
-                     self.cfg.stage.name, old, size, self.grid, self.grid)
+            log.info("%s: image size %d -> %d (a %dx%d grid): position table%s resampled", self.cfg.stage.name,
+                     old, size, self.grid, self.grid, " and its moments" if optimizer else "")
+        return True
+
+    def _set_image_size(self, size: int) -> None:
+        """Train and evaluate at ``size`` from now on (a phase boundary, or a resume into a phase)."""
+        if self._move_towers(size):
+            self.engine.params_changed()
+            self.evaluator = self._evaluator()
 
     def _phase_at(self, step: int) -> Phase:
         """The phase that optimiser step ``step`` (0-based, about to be taken) belongs to."""

@@ -293,3 +293,14 @@ def test_a_stage_starts_from_a_checkpoint_of_another_image_size(whole, synth, tm
 
     assert stage_rung(plus).vision.image_size == 336 and stage_rung(load_stage_config(
         "clip", "L14+", proxy=True)).vision.image_size == 32  # the proxy keeps its size
+
+
+def test_a_first_phase_may_set_its_own_size(synth, tmp_path):
+    cfg = stage_cfg(tmp_path, synth, "train.samples=32", "train.ckpt_every=1",
+                    "phases=[{samples: 16, image_size: 48}, {}]")  # 48 px, then the rung's 32 px
+    assert run_stage(cfg).status == "finished"
+    first = json.loads((tmp_path / "checkpoints" / "step_1" / ckpt.MANIFEST).read_text())
+    final = json.loads((tmp_path / "final" / ckpt.MANIFEST).read_text())
+    assert (first["phase"], first["image_size"], final["phase"], final["image_size"]) == (0, 48, 1, 32)
+    weights = torch.load(tmp_path / "checkpoints" / "step_1" / ckpt.MODEL_FILE, weights_only=True)
+    assert weights["visual.trunk.pos_embed"].shape[1] == 145
