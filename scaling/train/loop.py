@@ -104,7 +104,8 @@ class Stage:
         from scaling.data.tokenizer import get_tokenizer
 
         self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
-        self.sources = resolve_sources(cfg, self.image_size, progress=self.rank == 0)
+        # the synthetic world at the rung's size whatever the phases: the transforms resize to theirs
+        self.sources = resolve_sources(cfg, self.base_image_size, progress=self.rank == 0)
         self.stream = self._stream(0)
         self.flops_per_sample = flops_per_sample(self.kind, self.rung, self.phase.patch_dropout,
                                                  cfg.loss.mask_ratio, self.teacher_spec)
