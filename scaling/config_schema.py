@@ -32,6 +32,8 @@ class ModelSection:
     grad_checkpointing: bool = False
     patch_dropout: float = 0.0  # clip: fraction of patch tokens dropped (class token kept)
     drop_path: float = 0.0
+    # mim: BAAI's EVA-02 init of sub-LN towers: block projections x sqrt(ln(2 depth)) after xavier
+    subln_rescale: bool = False
 
 
 @dataclass

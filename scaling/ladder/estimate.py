@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from scaling import costs, loader_costs
 from scaling.config import Phase, stage_phases
-from scaling.models.registry import RungSpec, get_rung
+from scaling.models.registry import RungSpec, apply_overrides, get_rung
 
 if TYPE_CHECKING:  # the plan calls the estimate; the estimate only reads the plan's types
     from scaling.ladder.plan import Plan, PlannedStage
@@ -142,6 +142,18 @@ def _phase_config(cfg: DictConfig, phase: Phase) -> DictConfig:
     return cfg
 
 
+def _phase_rungs(spec: RungSpec, teacher: RungSpec | None, phase: Phase) -> tuple[RungSpec, RungSpec | None]:
+    """The rungs as they train during ``phase``: at its image size (the MIM teacher fed the size
+    that gives it the student's grid)."""
+    if phase.image_size is None:
+        return spec, teacher
+    spec = apply_overrides(spec, {"image_size": phase.image_size})
+    if teacher is not None:
+        grid = spec.mim.grid
+        teacher = apply_overrides(teacher, {"vision.image_size": grid * teacher.vision.patch_size})
+    return spec, teacher
+
+
 def _phase_check(cfg: DictConfig, label: str, spec: RungSpec, teacher: RungSpec | None) -> dict[str, Any]:
     """One phase's batch layout, memory per GPU and what is wrong with them."""
     res = cfg.resources
@@ -185,6 +197,17 @@ def _stage_problems(name: str, cfg: DictConfig, phases: list[Phase], per_phase: 
     return out
 
 
+def _resize_problems(name: str, cfg: DictConfig, phases: list[Phase], rung_size: int) -> list[str]:
+    """A phase that changes the image size cannot run under DeepSpeed (the loop refuses it)."""
+    sizes = [p.image_size or rung_size for p in phases]
+    if len(set(sizes)) == 1 or not cfg.distributed.deepspeed:
+        return []
+    p = next(p for p, size in zip(phases, sizes, strict=True) if size != sizes[0])
+    return [f"{name} phase '{p.name}': image size {sizes[0]} -> {sizes[p.index]} needs "
+            "distributed.deepspeed=false (DeepSpeed's flat buffers are sized for the first grid's "
+            "position table); or run the new size as its own clip stage"]
+
+
 def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     cfg = stage.cfg
     spec, teacher = _rungs(cfg, stage.teacher_rung)
@@ -197,13 +220,16 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         target_dim = costs.mim_target_dim(teacher, spec.mim)
         n_params = costs.params(spec.mim) + costs.mim_head_params(spec.mim, target_dim)
         gflops_fwd = costs.eva02_gflops(spec.mim)
-    # FLOPs summed over the phases at each one's patch dropout; layout and memory checked per
-    # phase, and the table shows the phase that needs the most memory (or does not divide)
+    # FLOPs summed over the phases at each one's patch dropout and image size; layout and memory
+    # checked per phase, and the table shows the phase that needs the most memory (or does not divide)
     phases = stage_phases(cfg)
-    total = sum(costs.train_flops(spec, stage.kind, 1, p.patch_dropout if stage.kind == "clip" else 0.0,
-                                  mask_ratio, teacher) * p.samples for p in phases)
+    total = 0.0
+    for p in phases:
+        drop = p.patch_dropout if stage.kind == "clip" else 0.0
+        p_spec, p_teacher = _phase_rungs(spec, teacher, p)
+        total += costs.train_flops(p_spec, stage.kind, 1, drop, mask_ratio, p_teacher) * p.samples
     per_sample = total / samples
-    checks = [_phase_check(_phase_config(cfg, p), stage.name, spec, teacher) for p in phases]
+    checks = [_phase_check(_phase_config(cfg, p), stage.name, *_phase_rungs(spec, teacher, p)) for p in phases]
     worst = max(checks, key=lambda c: (not c["divides"], c["memory"]["total"] if c["memory"] else 0.0))
     res = cfg.resources
     nodes, gpus_per_node, procs = _world(res)
@@ -231,7 +257,8 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         "fits": None,
         "gpu_hours": None,
         "wall_hours": None,
-        "problems": _stage_problems(stage.name, cfg, phases, [c["problems"] for c in checks]),
+        "problems": _stage_problems(stage.name, cfg, phases, [c["problems"] for c in checks])
+        + _resize_problems(stage.name, cfg, phases, (spec.vision if stage.kind == "clip" else spec.mim).image_size),
     }
     if gpus_per_node > 0:
         memory = worst["memory"]

@@ -61,13 +61,16 @@ def build_vision(
     patch_dropout: float = 0.0,
     grad_checkpointing: bool = False,
     drop_path: float = 0.0,
+    subln_rescale: bool = False,
 ) -> EvaVisionTower:
-    """One EVA vision tower (with the CLIP projection when ``spec.embed_dim`` is set)."""
+    """One EVA vision tower (with the CLIP projection when ``spec.embed_dim`` is set).
+    ``subln_rescale``: BAAI's EVA-02 MIM init of sub-LN towers (``vision.subln_init_rescale``)."""
     check_attention(attn, device)
     _check_rate("patch_dropout", patch_dropout)
     _check_rate("drop_path", drop_path)
     with _init_context(device):
-        tower = EvaVisionTower(spec, attn=attn, patch_dropout=patch_dropout, drop_path=drop_path)
+        tower = EvaVisionTower(spec, attn=attn, patch_dropout=patch_dropout, drop_path=drop_path,
+                               subln_rescale=subln_rescale)
     tower.set_grad_checkpointing(grad_checkpointing)
     return tower
 
@@ -80,6 +83,7 @@ def build_clip(
     patch_dropout: float = 0.0,
     grad_checkpointing: bool = False,
     drop_path: float = 0.0,
+    subln_rescale: bool = False,
 ) -> EvaClip:
     """The EVA CLIP of a rung. ``device='meta'`` allocates nothing (any rung in seconds)."""
     if spec.text is None:
@@ -93,6 +97,7 @@ def build_clip(
         patch_dropout=patch_dropout,
         grad_checkpointing=grad_checkpointing,
         drop_path=drop_path,
+        subln_rescale=subln_rescale,
     )
     with _init_context(device):
         text = build_text_tower(spec.text)
@@ -109,6 +114,7 @@ def build_mim(
     attn: str = "sdpa",
     grad_checkpointing: bool = False,
     drop_path: float = 0.0,
+    subln_rescale: bool = False,
 ) -> MimStudent:
     """The MIM form of a rung's vision tower, predicting ``target_dim``-wide features (the
     teacher CLIP's embedding dim: ``scaling.costs.mim_target_dim``)."""
@@ -120,6 +126,7 @@ def build_mim(
         attn=attn,
         grad_checkpointing=grad_checkpointing,
         drop_path=drop_path,
+        subln_rescale=subln_rescale,
     )
     with _init_context(device):
         return MimStudent(encoder, target_dim)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -95,6 +97,7 @@ class EvaVisionTower(nn.Module):
         attn: str = "sdpa",
         patch_dropout: float = 0.0,
         drop_path: float = 0.0,
+        subln_rescale: bool = False,
     ):
         super().__init__()
         self.spec = spec
@@ -103,6 +106,8 @@ class EvaVisionTower(nn.Module):
         self.set_attention(attn)
         if spec.init == "xavier":
             xavier_init(self.trunk)
+        if subln_rescale and spec.ln_mode == "sub":
+            subln_init_rescale(self.trunk)
 
     @property
     def num_layers(self) -> int:
@@ -120,6 +125,22 @@ class EvaVisionTower(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.trunk.set_grad_checkpointing(enable)
+
+    def set_image_size(self, image_size: int) -> tuple[nn.Parameter, nn.Parameter] | None:
+        """Run at ``image_size`` from now on (timm's ``set_input_size``): the absolute position
+        table is resampled to the new grid (a new parameter) and the RoPE tables are rebuilt for it.
+
+        Returns ``(old, new)`` position-table parameters when the table changed (an optimizer that
+        holds ``old`` must move to ``new``), else None."""
+        if image_size % self.spec.patch_size:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {self.spec.patch_size}")
+        if image_size == self.spec.image_size:
+            return None
+        old = self.trunk.pos_embed
+        self.trunk.set_input_size(img_size=(image_size, image_size))
+        self.spec = dataclasses.replace(self.spec, image_size=image_size)
+        new = self.trunk.pos_embed
+        return None if old is None or new is old else (old, new)
 
     def attention_context(self, x: torch.Tensor) -> contextlib.AbstractContextManager:
         """Restrict SDPA to the FlashAttention-2 kernel when ``attn='flash'``."""
@@ -165,6 +186,31 @@ def xavier_init(module: nn.Module) -> None:
             nn.init.xavier_normal_(m.weight)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
+
+
+# Parameter names (timm's) that BAAI's sub-LN rescale multiplies: its SwiGLU's w1/w2/w3 are timm's
+# mlp.fc1_g/fc1_x/fc2, a GELU MLP's fc1/fc2 the same, and the attention's v and output projections.
+_SUBLN_RESCALED = ("mlp.fc", "attn.proj", "attn.v_proj")
+
+
+def subln_init_rescale(trunk: Eva) -> float:
+    """BAAI's EVA-02 MIM init for sub-LN towers: after the xavier init, every block's MLP
+    weights, attention output projection and value projection are multiplied by
+    ``sqrt(ln(2 * depth))`` (``EVA-02/asuka/modeling_pretrain.py``, ``if subln:``; its ``jax_init``
+    towers skip BEiT's ``fix_init_weight`` 1/sqrt(2 * layer_id)). Returns the factor."""
+    scale = math.sqrt(math.log(2 * len(trunk.blocks)))
+    with torch.no_grad():
+        for name, param in trunk.named_parameters():
+            if name.startswith("blocks.") and any(key in name for key in _SUBLN_RESCALED):
+                param.mul_(scale)
+        for block in trunk.blocks:
+            qkv = getattr(block.attn, "qkv", None)
+            if isinstance(qkv, nn.Linear):  # a fused qkv: its value third is BAAI's v_proj
+                width = qkv.out_features // 3
+                qkv.weight[2 * width :].mul_(scale)
+                if qkv.bias is not None:
+                    qkv.bias[2 * width :].mul_(scale)
+    return scale
 
 
 def vision_layer_id(param_name: str, num_layers: int) -> int:

@@ -48,10 +48,14 @@ class Engine:
         self.device = device
         self.model: nn.Module = module
         self.ddp: DistributedDataParallel | None = None
+        self.compiled = False
         if world_size > 1:
-            ids = [device.index] if device.type == "cuda" else None
-            self.model = self.ddp = DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+            self._wrap_ddp()
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def _wrap_ddp(self) -> None:
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.model = self.ddp = DistributedDataParallel(self.module, device_ids=ids, broadcast_buffers=False)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
@@ -60,6 +64,15 @@ class Engine:
         """Compile the forward (and so the backward) with ``torch.compile``; the weights stay in
         ``module``, so checkpoints and evaluation are unchanged."""
         self.model = torch.compile(self.model)
+        self.compiled = True
+
+    def params_changed(self) -> None:
+        """A parameter was replaced (a phase's image size resampled the position table): DDP's
+        gradient buckets and a compiled graph hold the old one, so both are built again."""
+        if self.ddp is not None:
+            self._wrap_ddp()
+        if self.compiled:
+            self.model = torch.compile(self.ddp if self.ddp is not None else self.module)
 
     def set_batch(self, batch: int, micro: int, accum: int) -> None:
         """A new batch layout (a stage phase); the loop itself runs the accumulation here."""
@@ -152,6 +165,11 @@ class DeepSpeedEngine(Engine):
 
     def compile(self) -> None:
         self.model.compile()  # DeepSpeed's own: compiles the module inside its hooks
+
+    def params_changed(self) -> None:
+        # its flat fp32 buffers (and ZeRO partitions) were sized for the old parameters
+        raise StageSetupError("a parameter changed shape under DeepSpeed: a phase that changes the image "
+                              "size needs distributed.deepspeed=false")
 
     def set_batch(self, batch: int, micro: int, accum: int) -> None:
         # DeepSpeed keeps the layout in its config: micro batch first (it keeps the accumulation

@@ -20,6 +20,7 @@ from scaling.data.tokenizer import get_tokenizer
 from scaling.data.transforms import normalize_on_device
 from scaling.eval.runner import StageEvaluator
 from scaling.metrics import MetricLogger
+from scaling.models import apply_overrides
 from scaling.models.build import text_layer_id, vision_layer_id
 from scaling.models.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train import checkpoint as ckpt
@@ -33,9 +34,10 @@ from scaling.train.optim import (
     param_groups,
     tower_lrs,
 )
+from scaling.train.resize import set_teacher_grid, set_tower_image_size
 from scaling.train.result import StageResult
 from scaling.train.stage_data import resolve_sources, train_stream
-from scaling.train.stage_models import build_stage_model
+from scaling.train.stage_models import build_stage_model, stage_rung
 from scaling.train.throughput import flops_per_sample, peak_flops
 
 log = logging.getLogger(__name__)
@@ -88,27 +90,28 @@ class TrainingLoop:
         self.step = 0
         self.samples_seen = 0
         self.metrics: dict[str, float] = {}
+        built = stage_rung(cfg).mim if self.kind == "mim" else stage_rung(cfg).vision
+        # the size the towers are built at; a phase may run at another (checked before any build)
+        self.base_image_size = built.image_size
+        self._check_phase_sizes(built.patch_size)
+        self.engine: Engine | None = None
 
         seed_all(cfg.train.seed)  # identical initial weights on every rank
         self.module, self.teacher, info = build_stage_model(cfg, device)
         self.rung = info["rung"]
         spec = self.rung.mim if self.kind == "mim" else self.rung.vision
-        self.image_size, self.grid = spec.image_size, spec.grid
-        for phase in self.phases:
-            if phase.image_size is not None and phase.image_size != self.image_size:
-                raise StageConfigError(
-                    f"{self._where(phase.index)}.image_size={phase.image_size}: a phase cannot change the "
-                    f"tower's image size ({self.image_size}) yet; run the higher resolution as its own "
-                    "clip stage with inputs.init_vision/init_text from this one and data.image_size")
+        self.image_size, self.grid = spec.image_size, spec.grid  # the size the towers run at now
         self.teacher_image_size = info.get("teacher_image_size")
+        self.teacher_spec = info.get("teacher_spec")
+        self._move_towers(self._phase_size(self.phase))  # a first phase may set its own size
         self.engine = self._engine()
         if cfg.train.compile:
             self.engine.compile()  # compiles at the first step; evaluation runs the eager module
         self.loss_fn = ContrastiveLoss(self.rank, self.world) if self.kind == "clip" else None
 
         self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
-        self.sources = resolve_sources(cfg, self.image_size, progress=self.rank == 0)
-        self.teacher_spec = info.get("teacher_spec")
+        # the synthetic world at the rung's size whatever the phases: the transforms resize to theirs
+        self.sources = resolve_sources(cfg, self.base_image_size, progress=self.rank == 0)
         self.stream = self._stream(0)
         self.flops_per_sample = flops_per_sample(self.kind, self.rung, self.phase.patch_dropout,
                                                  cfg.loss.mask_ratio, self.teacher_spec)
@@ -119,17 +122,62 @@ class TrainingLoop:
                      self.micro, self.accum, self.world, self.peak, self.peak_source)
             if len(self.phases) > 1:
                 log.info("%s: phases %s", cfg.stage.name, ", ".join(
-                    f"{p.name} ({p.steps} steps of {p.batch_size}, patch dropout {p.patch_dropout})"
+                    f"{p.name} ({p.steps} steps of {p.batch_size}, patch dropout {p.patch_dropout}, "
+                    f"{self._phase_size(p)} px)"
                     for p in self.phases))
-
-        self.evaluator = StageEvaluator(cfg, self.sources, self.image_size, self.grid, self.tokenizer,
-                                        device, self.teacher, self.teacher_image_size)
+        self.evaluator = self._evaluator()
         # Per-rank randomness (drop path, patch dropout) after the shared init.
         seed_all(cfg.train.seed + 1_000_003 * self.rank)
 
     # -- phases ------------------------------------------------------------------------------
     def _where(self, index: int) -> str:
         return f"phases[{index}]" if self.cfg.phases else "train"
+
+    def _phase_size(self, phase: Phase) -> int:
+        return phase.image_size or self.base_image_size
+
+    def _check_phase_sizes(self, patch: int) -> None:
+        first = self._phase_size(self.phases[0])  # the size the engine starts at
+        for phase in self.phases:
+            size, key = self._phase_size(phase), f"{self._where(phase.index)}.image_size"
+            if size % patch:
+                raise StageConfigError(f"{key}={size} is not a multiple of the tower's patch size ({patch})")
+            if size != first and self.cfg.distributed.deepspeed:
+                raise StageConfigError(
+                    f"{key}={size}: a phase that changes the image size ({first} -> {size}) runs "
+                    "without DeepSpeed (distributed.deepspeed=false; DDP on several processes): DeepSpeed "
+                    "keeps the weights and optimizer state in flat buffers sized when its engine starts, "
+                    "which the resampled position table no longer fits. Or run the new size as its own "
+                    "clip stage (data.image_size, inputs.init_vision/init_text from this one)")
+
+    def _evaluator(self) -> StageEvaluator:
+        return StageEvaluator(self.cfg, self.sources, self.image_size, self.grid, self.tokenizer,
+                              self.device, self.teacher, self.teacher_image_size)
+
+    def _move_towers(self, size: int) -> bool:
+        """Run the towers at ``size``: the trained tower's position table (and its optimizer
+        moments, once there is an optimizer) resampled, RoPE rebuilt, the teacher fed the matching
+        size. True if the size changed."""
+        tower = self.module.encoder if self.kind == "mim" else self.module.visual
+        old = self.image_size
+        optimizer = self.engine.client_optimizer if self.engine is not None else None
+        if not set_tower_image_size(tower, size, optimizer):
+            return False
+        self.image_size, self.grid = size, tower.spec.grid
+        self.rung = apply_overrides(self.rung, {"image_size": size})
+        if self.teacher is not None:
+            set_teacher_grid(self.teacher, self.grid)
+            self.teacher_image_size, self.teacher_spec = self.teacher.spec.image_size, self.teacher.spec
+        if self.rank == 0:
+            log.info("%s: image size %d -> %d (a %dx%d grid): position table%s resampled", self.cfg.stage.name,
+                     old, size, self.grid, self.grid, " and its moments" if optimizer else "")
+        return True
+
+    def _set_image_size(self, size: int) -> None:
+        """Train and evaluate at ``size`` from now on (a phase boundary, or a resume into a phase)."""
+        if self._move_towers(size):
+            self.engine.params_changed()
+            self.evaluator = self._evaluator()
 
     def _phase_at(self, step: int) -> Phase:
         """The phase that optimiser step ``step`` (0-based, about to be taken) belongs to."""
@@ -143,8 +191,9 @@ class TrainingLoop:
                             self.micro, self.rank, self.world, seed_offset=index)
 
     def _enter_phase(self, phase: Phase) -> None:
-        """Switch to ``phase``: batch layout, patch dropout and a new data stream."""
+        """Switch to ``phase``: batch layout, patch dropout, image size and a new data stream."""
         self.phase = phase
+        self._set_image_size(self._phase_size(phase))
         self.micro, self.accum = batch_layout(phase.batch_size, phase.micro_batch, self.world,
                                               self._where(phase.index))
         self.engine.set_batch(phase.batch_size, self.micro, self.accum)
@@ -154,9 +203,9 @@ class TrainingLoop:
         self.flops_per_sample = flops_per_sample(self.kind, self.rung, phase.patch_dropout,
                                                  self.cfg.loss.mask_ratio, self.teacher_spec)
         if self.rank == 0:
-            log.info("%s: phase %d/%d '%s' from step %d: %d steps of %d, patch dropout %s",
+            log.info("%s: phase %d/%d '%s' from step %d: %d steps of %d, patch dropout %s, %d px",
                      self.cfg.stage.name, phase.index + 1, len(self.phases), phase.name, self.step,
-                     phase.steps, phase.batch_size, phase.patch_dropout)
+                     phase.steps, phase.batch_size, phase.patch_dropout, self.image_size)
 
     # -- setup -------------------------------------------------------------------------------
     def _engine(self) -> Engine:
@@ -190,6 +239,9 @@ class TrainingLoop:
         if found is None:
             return None
         manifest = ckpt.read_manifest(found)
+        # the weights are at the size of the phase the checkpoint was saved in
+        self._set_image_size(int(manifest.get("image_size") or
+                                 self._phase_size(self.phases[int(manifest.get("phase", 0))])))
         self.engine.load(found)
         self.step, self.samples_seen = int(manifest["step"]), int(manifest["samples_seen"])
         phase = self._phase_at(self.step)
@@ -214,6 +266,7 @@ class TrainingLoop:
         manifest = {"kind": self.kind, "rung": self.cfg.stage.rung, "proxy": self.cfg.stage.proxy,
                     "step": self.step, "samples_seen": self.samples_seen, "world_size": self.world,
                     "deepspeed": self.engine.deepspeed, "final": final, "phase": self.phase.index,
+                    "image_size": self.image_size,
                     "metrics": self.metrics if final else {}}
         rank_state = {"rng": ckpt.rng_state(), "stream": self.stream.state_dict(), "phase": self.phase.index}
         path = ckpt.save(target, self.rank, dist_utils.barrier,

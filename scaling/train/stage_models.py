@@ -96,11 +96,28 @@ def _load_into(module: nn.Module, state: dict[str, torch.Tensor], key: str, path
 
 
 def resample_pos_embed(state: dict[str, torch.Tensor], key: str, grid: int, prefix_tokens: int) -> None:
-    """Resize an absolute position table to a new patch grid (teacher fed larger images)."""
+    """Resize an absolute position table to a new patch grid (teacher fed larger images, or an
+    init from a checkpoint trained at another image size)."""
     if key not in state:
         return
 
     state[key] = resample_abs_pos_embed(state[key], (grid, grid), num_prefix_tokens=prefix_tokens)
+
+
+def _fit_pos_embed(state: dict[str, torch.Tensor], spec, key: str, path: str) -> None:
+    """Resample ``state``'s position table to the grid of ``spec`` (a ``TowerSpec``) when it was
+    trained at another image size: a later phase's size, or the papers' "+" runs, which start
+    from a 224 px checkpoint. A table of another width is left for ``_load_into`` to name."""
+    table = state.get("trunk.pos_embed")
+    prefix = int(spec.class_token)
+    if table is None or table.dim() != 3 or table.shape[1] == spec.num_tokens or table.shape[-1] != spec.width:
+        return
+    side = int(round((table.shape[1] - prefix) ** 0.5))
+    if side * side != table.shape[1] - prefix:
+        return
+    log.info("%s: position table of %s resampled from a %dx%d to a %dx%d grid", key, path, side, side,
+             spec.grid, spec.grid)
+    resample_pos_embed(state, "trunk.pos_embed", spec.grid, prefix)
 
 
 def build_teacher(cfg: DictConfig, student_spec, device: torch.device) -> tuple[nn.Module, int]:
@@ -126,9 +143,12 @@ def build_teacher(cfg: DictConfig, student_spec, device: torch.device) -> tuple[
     image_size = student_spec.grid * spec.patch_size
     if image_size != spec.image_size:
         spec = dataclasses.replace(spec, image_size=image_size)
-        resample_pos_embed(state, "trunk.pos_embed", spec.grid, int(spec.class_token))
+    source_table = state.get("trunk.pos_embed")
+    _fit_pos_embed(state, spec, "inputs.teacher", path)
     teacher = build_vision(spec, device=device, attn=cfg.model.attn)
     _load_into(teacher, state, "inputs.teacher", path)
+    # kept so that a phase at another image size resamples the checkpoint's table once, not twice
+    teacher.source_pos_embed = source_table
     teacher.requires_grad_(False).eval()
     return teacher, image_size
 
@@ -137,7 +157,7 @@ def build_stage_model(cfg: DictConfig, device: torch.device) -> tuple[nn.Module,
     """(trained model, frozen teacher or None, info) for the stage kind in ``cfg``."""
     rung = stage_rung(cfg)
     common = dict(device=device, attn=cfg.model.attn, grad_checkpointing=cfg.model.grad_checkpointing,
-                  drop_path=cfg.model.drop_path)
+                  drop_path=cfg.model.drop_path, subln_rescale=cfg.model.subln_rescale)
     if cfg.stage.kind == "mim":
         teacher, teacher_image = build_teacher(cfg, rung.mim, device)
         model = build_mim(rung, mim_target_dim(teacher.spec, rung.mim), **common)
@@ -153,6 +173,7 @@ def build_stage_model(cfg: DictConfig, device: torch.device) -> tuple[nn.Module,
         if not state:
             raise StageInputError(f"'inputs.init_vision': {path} holds neither a MIM encoder ('encoder.*') "
                                   "nor a CLIP vision tower ('visual.*')")
+        _fit_pos_embed(state, model.visual.spec, "inputs.init_vision", path)
         # A MIM encoder has no CLIP projection: the head starts fresh.
         _load_into(model.visual, state, "inputs.init_vision", path, allowed_missing=("trunk.head.",),
                    projection="trunk.head.weight")

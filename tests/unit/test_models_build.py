@@ -272,3 +272,43 @@ def test_mim_rejects_a_mask_of_the_wrong_shape():
         student(torch.randn(2, 3, 32, 32), torch.zeros(2, 10, dtype=torch.bool))
     with pytest.raises(ValueError, match="MIM-only"):
         build_clip(get_rung("EVA02-B", proxy=True))
+
+
+def test_subln_rescale_is_baais_eva02_mim_init():
+    """BAAI's EVA-02 MIM towers (``EVA-02/asuka/modeling_pretrain.py``, ``jax_init`` + ``subln``):
+    xavier normal, then every block's MLP weights, attention output and value projections times
+    sqrt(ln(2 depth)); no BEiT 1/sqrt(2 layer_id) rescale. Pre-LN towers (Ti/S) are left alone."""
+    import math
+
+    spec = apply_overrides(get_rung("B16", proxy=True), {"depth": 12}).mim  # sub-LN, 12 blocks like B
+    torch.manual_seed(0)
+    plain = build_vision(spec).trunk.state_dict()
+    torch.manual_seed(0)
+    scaled = build_vision(spec, subln_rescale=True).trunk.state_dict()
+    factor = math.sqrt(math.log(2 * 12))
+    rescaled = {n for n in plain if n.startswith("blocks.") and
+                any(k in n for k in ("mlp.fc", "attn.proj", "attn.v_proj"))}
+    assert {"blocks.0.attn.proj.weight", "blocks.11.mlp.fc2.weight", "blocks.3.mlp.fc1_g.weight",
+            "blocks.3.mlp.fc1_x.weight", "blocks.5.attn.v_proj.weight"} <= rescaled
+    for name, value in plain.items():
+        assert torch.equal(scaled[name], value * factor if name in rescaled else value), name
+    for name in sorted(n for n in rescaled if n.endswith("weight")):
+        w = scaled[name]  # xavier normal's std sqrt(2 / (fan_in + fan_out)), times the factor
+        assert float(w.std()) == pytest.approx(math.sqrt(2 / sum(w.shape)) * factor, rel=0.06), name
+    for name in ("blocks.4.attn.q_proj.weight", "blocks.4.attn.k_proj.weight"):
+        w = scaled[name]
+        assert float(w.std()) == pytest.approx(math.sqrt(2 / sum(w.shape)), rel=0.06), name
+    # no depth-dependent rescale: the last block's output projection is as large as the first's
+    first, last = (float(scaled[f"blocks.{i}.attn.proj.weight"].std()) for i in (0, 11))
+    assert last == pytest.approx(first, rel=0.1)
+    torch.manual_seed(0)
+    student = build_mim(get_rung("B16", proxy=True), 16, subln_rescale=True)
+    torch.manual_seed(0)
+    tower = build_vision(get_rung("B16", proxy=True).mim, subln_rescale=True)
+    assert torch.equal(student.encoder.trunk.blocks[1].mlp.fc2.weight, tower.trunk.blocks[1].mlp.fc2.weight)
+    ti = get_rung("Ti14", proxy=True).mim  # pre-LN: BAAI rescales only sub-LN towers
+    torch.manual_seed(0)
+    a = build_vision(ti).state_dict()
+    torch.manual_seed(0)
+    b = build_vision(ti, subln_rescale=True).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
