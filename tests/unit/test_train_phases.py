@@ -160,7 +160,7 @@ def test_the_tower_and_its_adam_moments_move_to_the_new_grid(synth, tmp_path):
     """timm's set_input_size resamples the position table and rebuilds RoPE for the new grid; the
     optimizer holds the new table, its first moment resampled like the weight and its second
     through the square root (non-negative)."""
-    from scaling.train.inputs import build_stage_model
+    from scaling.train.stage_models import build_stage_model
     from timm.layers import resample_abs_pos_embed
 
     from scaling.train.resize import set_tower_image_size
@@ -271,7 +271,7 @@ def test_the_plan_counts_each_phase_at_its_image_size(tmp_path):
 def test_a_stage_starts_from_a_checkpoint_of_another_image_size(whole, synth, tmp_path):
     """The papers' "+" runs as their own stage: a 32 px CLIP initialised from the 48 px one gets its
     position table resampled from the 12x12 grid; the L14+ recipe carries EVA-02 Table 26's L+ column."""
-    from scaling.train.inputs import build_stage_model
+    from scaling.train.stage_models import build_stage_model
     from timm.layers import resample_abs_pos_embed
 
     cfg = load_stage_config("clip", "B16", proxy=True, overrides=[
@@ -288,7 +288,7 @@ def test_a_stage_starts_from_a_checkpoint_of_another_image_size(whole, synth, tm
     assert (plus.optim.lr, plus.optim.layer_decay, plus.optim.text_lr, plus.optim.text_layer_decay) == \
         (4e-4, 0.75, 4e-5, 0.65)
     assert (plus.train.samples, plus.train.batch_size) == (2_000_000_000, 61_440)
-    from scaling.train.inputs import stage_rung
+    from scaling.train.stage_models import stage_rung
 
     assert stage_rung(plus).vision.image_size == 336 and stage_rung(load_stage_config(
         "clip", "L14+", proxy=True)).vision.image_size == 32  # the proxy keeps its size
