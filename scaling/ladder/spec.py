@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from scaling.config import schema
 from scaling.config_dialect import (
@@ -152,14 +152,14 @@ def _rungs(path: Path, raw: Mapping[str, Any]) -> list[RungEntry]:
     return entries
 
 
-def _check_layer(path: Path, where: str, layer: Mapping[str, Any]) -> dict[str, Any]:
-    """A layer's keys and types against the stage-config schema (values are checked per stage)."""
+def _check_layer(path: Path, where: str, layer: Mapping[str, Any], base: DictConfig) -> dict[str, Any]:
+    """A layer's keys and types against the stage-config schema ``base`` (values are checked per stage)."""
     if layer:
-        merge_layer(schema(), layer, f"{path}: {where}")
+        merge_layer(base, layer, f"{path}: {where}")  # merge copies ``base``: one serves every layer
     return dict(layer)
 
 
-def _layers(path: Path, data: Mapping[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+def _layers(path: Path, data: Mapping[str, Any], base: DictConfig) -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for section in LAYER_SECTIONS:
         out[section] = {}
@@ -167,7 +167,7 @@ def _layers(path: Path, data: Mapping[str, Any]) -> dict[str, dict[str, dict[str
             if target not in (ALL, *KINDS) and split_stage_name(target) is None:
                 raise _fail(path, f"{section}.{target}", f"must be '{ALL}', a stage kind ({', '.join(KINDS)}) "
                             "or a stage like 'clip@18B'")
-            out[section][target] = _check_layer(path, f"{section}.{target}", layer or {})
+            out[section][target] = _check_layer(path, f"{section}.{target}", layer or {}, base)
     return out
 
 
@@ -176,14 +176,15 @@ def parse_ladder(data: Mapping[str, Any], path: Path) -> LadderSpec:
     rungs = _rungs(path, data.get("rungs") or {})
     name = str(data.get("name") or path.stem)
     scratch = data.get("text_from_scratch") or {}
+    base = schema()
     return LadderSpec(
         path=path,
         name=name,
         experiment=str(data.get("experiment") or f"ladder-{name}"),
         rungs=rungs,
         teacher_checkpoint=data.get("teacher_checkpoint") or None,
-        layers=_layers(path, data),
-        text_from_scratch={k: _check_layer(path, f"text_from_scratch.{k}", v or {}) for k, v in scratch.items()},
+        layers=_layers(path, data, base),
+        text_from_scratch={k: _check_layer(path, f"text_from_scratch.{k}", v or {}, base) for k, v in scratch.items()},
     )
 
 

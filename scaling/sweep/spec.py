@@ -300,18 +300,22 @@ def _parse_objectives(data: Sequence[Mapping[str, Any]], base: Base, where: str)
 
 
 def check_objectives(spec: SweepSpec, configs: Mapping[str, DictConfig]) -> None:
-    """Every objective is a metric its stage logs with the base's resolved config ``configs[stage]``
-    (``scaling.stages.logged_metrics``: the eval sets it is configured with, real ones named
-    after their folder) or a ``cost/`` metric the runner computes."""
-    for i, objective in enumerate(spec.objectives):
-        metric = objective.metric
+    """Every objective and ``report`` column is a metric its stage logs with the base's resolved
+    config ``configs[stage]`` (``scaling.stages.logged_metrics``: the eval sets it is configured
+    with, real ones named after their folder) or a ``cost/`` metric the runner computes."""
+    wanted = [(f"objectives[{i}]", o.metric, o.stage) for i, o in enumerate(spec.objectives)]
+    for i, item in enumerate(spec.report):  # "stage:metric" or "metric" (the last stage's)
+        stage, _, metric = item.rpartition(":")
+        wanted.append((f"report[{i}]", metric, stage or None))
+    for where, metric, stage in wanted:
         if metric.startswith("cost/"):
             known, who = COST_METRICS, "the runner"
         else:
-            stage = objective.stage or spec.base.stages[-1]
+            stage = stage or spec.base.stages[-1]
+            _need(stage in configs, f"{spec.path}: {where}", f"stage '{stage}' is not in the pipeline {spec.base.stages}")
             known, who = logged_metrics(configs[stage]), f"the {stage} stage"
         if metric not in known:
-            raise SweepError(f"{spec.path}: objectives[{i}]: {who} never logs '{metric}'.{suggest(metric, known, 0.4)} "
+            raise SweepError(f"{spec.path}: {where}: {who} never logs '{metric}'.{suggest(metric, known, 0.4)} "
                              f"Known: {', '.join(known)}")
 
 

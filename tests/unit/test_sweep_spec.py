@@ -263,3 +263,11 @@ def test_bad_command_line_key_suggests(tmp_path: Path) -> None:
         load_sweep(write(tmp_path, TOY), ["n_trial=3"])
     with pytest.raises(SweepError, match="expected key=value"):
         load_sweep(write(tmp_path, TOY), ["n_trials"])
+
+
+def test_report_columns_are_checked_like_objectives(tmp_path: Path) -> None:
+    with pytest.raises(SweepError, match=r"report\[0\]: the clip stage never logs 'eval/synth_ret/image_r2'"):
+        load_sweep(write(tmp_path, {**CLIP, "report": ["eval/synth_ret/image_r2"]}))
+    with pytest.raises(SweepError, match=r"report\[0\]: stage 'mim' is not in the pipeline \['clip'\]"):
+        load_sweep(write(tmp_path, {**CLIP, "report": ["mim:eval/mim/loss"]}))
+    assert load_sweep(write(tmp_path, {**CLIP, "report": ["eval/synth_ret/image_r1"]})).report
