@@ -6,7 +6,8 @@ Layout of one checkpoint (``<out>/checkpoints/step_<N>/`` or ``<out>/final/``)::
     train_state.pt      optimizer, schedule, grad scaler (plain torch runs)
     deepspeed/          the DeepSpeed engine's own checkpoint (DeepSpeed runs)
     rank_<r>.pt         per-rank RNG states (python, numpy, torch) and data stream position
-    manifest.json       step, samples seen, world size, files and sizes - written last
+    manifest.json       step, samples seen, world size, phase, the image size the weights are at,
+                        files and sizes - written last
 
 All ranks write into ``.tmp-<name>``; rank 0 writes the manifest and renames the folder, so a
 reader sees either a complete checkpoint or none. A folder without a valid manifest, or whose

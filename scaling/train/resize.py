@@ -8,8 +8,9 @@ positions it interpolates, as its weight does. ``exp_avg`` is resampled like the
 interpolation is linear, so it is the interpolated mean gradient); ``exp_avg_sq`` through its
 square root, which keeps it non-negative (bicubic weights can be negative) and keeps each
 position's Adam denominator at the scale of its neighbours'. Reset moments with the stage's step
-count would leave Adam's bias correction at ~1 for a zero-started average: the table's first
-steps after the boundary would be ~0.7 x sign(g), far larger than the steps it took before.
+count would leave Adam's bias correction at ~1 for averages restarted from zero: the table's
+first step after the boundary would be (1 - b1) / sqrt(1 - b2) lr x sign(g) at every position
+(0.71 lr at the recipes' b2 = 0.98), larger than the steps that noisy gradients give it later.
 """
 
 from __future__ import annotations
