@@ -160,10 +160,10 @@ def test_the_tower_and_its_adam_moments_move_to_the_new_grid(synth, tmp_path):
     """timm's set_input_size resamples the position table and rebuilds RoPE for the new grid; the
     optimizer holds the new table, its first moment resampled like the weight and its second
     through the square root (non-negative)."""
-    from scaling.train.stage_models import build_stage_model
     from timm.layers import resample_abs_pos_embed
 
     from scaling.train.resize import set_tower_image_size
+    from scaling.train.stage_models import build_stage_model
 
     model, _, _ = build_stage_model(stage_cfg(tmp_path, synth), torch.device("cpu"))
     model.visual.trunk.patch_drop = None
@@ -271,8 +271,9 @@ def test_the_plan_counts_each_phase_at_its_image_size(tmp_path):
 def test_a_stage_starts_from_a_checkpoint_of_another_image_size(whole, synth, tmp_path):
     """The papers' "+" runs as their own stage: a 32 px CLIP initialised from the 48 px one gets its
     position table resampled from the 12x12 grid; the L14+ recipe carries EVA-02 Table 26's L+ column."""
-    from scaling.train.stage_models import build_stage_model
     from timm.layers import resample_abs_pos_embed
+
+    from scaling.train.stage_models import build_stage_model
 
     cfg = load_stage_config("clip", "B16", proxy=True, overrides=[
         f"out_dir={tmp_path}", f"data.cache_dir={synth}", f"inputs.init_vision={whole[0]}",
