@@ -30,7 +30,7 @@ SWEEP_TAGS = ("optuna_study", "optuna_trial_number", "optuna_state")
 FILTERS = {
     "ladder": "tags.ladder",
     "rung": "rung",
-    "stage": "label",  # e.g. clip@18B (the stage tag itself may hold only the kind)
+    "stage": "label",  # e.g. clip@18B (runs logged before the tags were unified may tag the kind only)
     "kind": "kind",
     "study": "optuna_study",
     "status": "status",
@@ -101,7 +101,7 @@ def _row(run, exp_name: str) -> dict[str, Any]:
 
 
 def stage_label(stage: Any, kind: Any, rung: Any, run_name: Any) -> str:
-    """A run's display name: ``clip@18B`` style when known (the stage tag may hold the kind only)."""
+    """A run's display name: ``clip@18B`` style when known (an older run's stage tag may hold the kind only)."""
     for text in (stage, run_name):
         if isinstance(text, str) and "@" in text:
             return text

@@ -23,8 +23,8 @@ from scaling.config import (
 from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
-from scaling.launch.state import read_state
 from scaling.models.registry import get_rung
+from scaling.stage_state import read_state
 
 TEACHER_KEY = "ladder.teacher_checkpoint"
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from scaling import tracking
 from scaling.config import fingerprint, flatten
 from scaling.launch import LaunchError, make_executor, resolve_executor
+from scaling.stage_state import stage_tags
 from scaling.sweep import runs
 from scaling.sweep.accounting import count
 from scaling.sweep.pipeline import teacher_config, teacher_dir
@@ -89,7 +90,7 @@ def ensure_teacher(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> 
 
 def train_teacher(cfg: Any, uri: str, experiment: str, parent_run_id: str) -> str:
     """Job body: the teacher stage with its own child run of the study's parent run."""
-    tags = tracking.standard_tags(rung=cfg.stage.rung, stage="clip", fingerprint=fingerprint(cfg),
+    tags = tracking.standard_tags(**stage_tags("clip", cfg.stage.rung), fingerprint=fingerprint(cfg),
                                   sweep_role="teacher")
     found = tracking.find_stage_run(uri, experiment, fingerprint(cfg))
     run_id = found[0] if found else tracking.start_run(uri, experiment, str(cfg.stage.name),
