@@ -160,7 +160,6 @@ def _identity(cfg: DictConfig, internal: dict[str, str]) -> dict[str, Any]:
 def _same_text_trunk(teacher_rung: str, rung: str, proxy: bool) -> bool:
     """Whether the teacher CLIP's text tower can initialise the rung's (the projection may differ:
     the stage re-initialises a projection of another width)."""
-
     a, b = get_rung(teacher_rung, proxy=proxy).text, get_rung(rung, proxy=proxy).text
     if a is None or b is None:
         return False
