@@ -73,7 +73,7 @@ def bench_local_noop(folder: Path, repeat: int) -> dict:
 def bench_local_stage(folder: Path, samples: int) -> dict:
     from scaling.config import load_stage_config
     from scaling.launch import StageJob, make_executor
-    from scaling.launch.state import read_progress, read_state
+    from scaling.stage_state import read_progress, read_state
 
     out_dir = folder / "stage"
     cfg = load_stage_config("clip", "E14", proxy=True, overrides=[

@@ -21,7 +21,7 @@ import pandas as pd
 
 from scaling import costs
 from scaling.models.registry import get_rung
-from scaling.stages import KINDS
+from scaling.stages import KINDS, stage_name
 from scaling.tracking import store
 from scaling.tracking.store import PARENT_TAG
 
@@ -31,7 +31,7 @@ SWEEP_TAGS = ("optuna_study", "optuna_trial_number", "optuna_state")
 FILTERS = {
     "ladder": "tags.ladder",
     "rung": "rung",
-    "stage": "label",  # e.g. clip@18B (the stage tag itself may hold only the kind)
+    "stage": "label",  # e.g. clip@18B (runs logged before the tags were unified may tag the kind only)
     "kind": "kind",
     "study": "optuna_study",
     "status": "status",
@@ -102,12 +102,12 @@ def _row(run, exp_name: str) -> dict[str, Any]:
 
 
 def stage_label(stage: Any, kind: Any, rung: Any, run_name: Any) -> str:
-    """A run's display name: ``clip@18B`` style when known (the stage tag may hold the kind only)."""
+    """A run's display name: ``clip@18B`` style when known (an older run's stage tag may hold the kind only)."""
     for text in (stage, run_name):
         if isinstance(text, str) and "@" in text:
             return text
     if isinstance(kind, str) and isinstance(rung, str) and kind and rung:
-        return f"{kind}@{rung}"
+        return stage_name(kind, rung)
     return str(run_name or stage or "")
 
 

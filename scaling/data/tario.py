@@ -117,9 +117,8 @@ class ShardStats:
 
 def _open(url: str):
     if is_remote(url):
-        from webdataset.gopen import (
-            gopen,  # webdataset takes 1.2 s to import: only for remote shards
-        )
+        # webdataset takes 1.2 s to import: only for remote shards
+        from webdataset.gopen import gopen
 
         return gopen(url, "rb")
     return open(url, "rb")

@@ -31,7 +31,7 @@ from scaling.config import flatten
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.launch.executors import LaunchError, job_id_of, make_executor
 from scaling.launch.job import StageJob
-from scaling.launch.state import read_progress, write_state
+from scaling.stage_state import read_progress, stage_run_id, stage_tags, write_state
 
 SLURM_DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
               "BOOT_FAIL", "DEADLINE", "FINISHED", "INTERRUPTED"}
@@ -116,7 +116,7 @@ class Dispatcher:
                 run_id = tracking.start_run(
                     uri, plan.experiment, stage.name, parent_run_id=parent, params=params,
                     tags=tracking.standard_tags(
-                        rung=stage.rung, stage=stage.name, kind=stage.kind, fingerprint=stage.fingerprint,
+                        **stage_tags(stage.kind, stage.rung, stage.name), fingerprint=stage.fingerprint,
                         teacher_run_id=ids.get(teacher or ""), init_run_id=ids.get(stage.init.get("vision", "")),
                         teacher_checkpoint=None if teacher in ids or teacher in plan_names(plan) else teacher,
                         teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy,
@@ -150,7 +150,7 @@ class Dispatcher:
 
     def _reuse_run(self, uri: str, stage: PlannedStage) -> str | None:
         """The stage's earlier MLflow run (same fingerprint), to resume in it."""
-        known = stage.state().get("run_id")
+        known = stage_run_id(stage.out_dir)
         if known:
             try:
                 tracking.run_status(uri, known)
@@ -299,7 +299,7 @@ class Dispatcher:
         for stage in plan.stages:
             if stage.state().get("state") == "finished":
                 self.outcome.states[stage.name] = "skipped"
-                self.outcome.run_ids[stage.name] = stage.state().get("run_id", "")
+                self.outcome.run_ids[stage.name] = stage_run_id(stage.out_dir) or ""
                 self.say(f"[{stage.name}] finished earlier (fingerprint {stage.fingerprint}): skipped")
             else:
                 todo.append(stage)

@@ -23,8 +23,8 @@ from scaling.config import (
 from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
-from scaling.launch.state import read_state
 from scaling.models.registry import get_rung
+from scaling.stage_state import read_state
 from scaling.stages import split_stage_name, stage_name
 
 TEACHER_KEY = "ladder.teacher_checkpoint"
@@ -161,7 +161,6 @@ def _identity(cfg: DictConfig, internal: dict[str, str]) -> dict[str, Any]:
 def _same_text_trunk(teacher_rung: str, rung: str, proxy: bool) -> bool:
     """Whether the teacher CLIP's text tower can initialise the rung's (the projection may differ:
     the stage re-initialises a projection of another width)."""
-
     a, b = get_rung(teacher_rung, proxy=proxy).text, get_rung(rung, proxy=proxy).text
     if a is None or b is None:
         return False

@@ -6,7 +6,7 @@ from typing import Any
 
 from scaling.ladder.plan import Plan
 from scaling.launch.slurm_info import job_report
-from scaling.launch.state import read_progress
+from scaling.stage_state import read_progress
 
 # Stages whose job may have died without saying so (a lost node): ask SLURM too.
 _ASK_SLURM = ("submitted", "running", "preempted", "failed")

@@ -1,6 +1,6 @@
 """Dispatch stages as submitit jobs: ``local`` (subprocesses), ``slurm`` and ``debug`` (in process).
 
-``resolve_executor`` and the stage state files (``scaling.launch.state``) import nothing heavy;
+``resolve_executor`` imports nothing heavy (the stage state files are ``scaling.stage_state``'s);
 ``make_executor`` and ``StageJob`` load submitit (and the job loads the training stack) on use.
 """
 

@@ -24,8 +24,8 @@ import submitit
 from omegaconf import DictConfig, OmegaConf
 
 from scaling.launch.distributed_env import run_distributed_env
-from scaling.launch.state import ProgressLogger, write_state
 from scaling.metrics import MultiLogger
+from scaling.stage_state import ProgressLogger, write_state
 from scaling.tracking import MlflowLogger
 from scaling.train import run_stage
 

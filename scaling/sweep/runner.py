@@ -21,6 +21,7 @@ from tqdm import tqdm
 from scaling import tracking
 from scaling.config import fingerprint, flatten
 from scaling.launch import LaunchError, make_executor, resolve_executor
+from scaling.stage_state import stage_tags
 from scaling.sweep import runs
 from scaling.sweep.accounting import count
 from scaling.sweep.pipeline import teacher_config, teacher_dir
@@ -54,7 +55,6 @@ def worker_resources(spec: SweepSpec) -> dict[str, Any]:
 def prepare(spec: SweepSpec, executor: str | None = None, create: bool = True) -> tuple[SweepSpec, Any, str]:
     """Checks that need the outside world (storage, executor, function import); opens the study
     (creates it when ``create``, else only opens the storage)."""
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = absolutize(spec)
     if spec.base.function:
@@ -89,7 +89,7 @@ def ensure_teacher(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> 
 
 def train_teacher(cfg: Any, uri: str, experiment: str, parent_run_id: str) -> str:
     """Job body: the teacher stage with its own child run of the study's parent run."""
-    tags = tracking.standard_tags(rung=cfg.stage.rung, stage="clip", fingerprint=fingerprint(cfg),
+    tags = tracking.standard_tags(**stage_tags("clip", cfg.stage.rung), fingerprint=fingerprint(cfg),
                                   sweep_role="teacher")
     found = tracking.find_stage_run(uri, experiment, fingerprint(cfg))
     run_id = found[0] if found else tracking.start_run(uri, experiment, str(cfg.stage.name),
@@ -115,7 +115,6 @@ def submit_workers(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> 
 
 def wait(study: Any, spec: SweepSpec, jobs: list[Any], poll_s: float = 2.0) -> list[str]:
     """Follow the study (progress bar on stderr) until every worker job ended; returns errors."""
-
     bar = tqdm(total=spec.n_trials, desc=f"sweep {spec.name}", unit="trial", file=sys.stderr,
                disable=not sys.stderr.isatty())
     try:
@@ -149,7 +148,6 @@ def finalize(study: Any, spec: SweepSpec, uri: str, parent_run_id: str | None) -
 
 def run_sweep(spec: SweepSpec, executor: str | None = None, detach: bool = False) -> dict[str, Any]:
     """Create/resume the study and run it to ``n_trials`` finished trials (see module doc)."""
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     spec, study, kind = prepare(spec, executor)

@@ -16,13 +16,13 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 from scaling.config import ConfigError, fingerprint, flatten, load_stage_config
 from scaling.config_schema import StageConfig
 from scaling.data.errors import DataError
 from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
 from scaling.models import UnknownRungError
+from scaling.stage_state import remember_run_id, stage_run_id, stage_tags
 from scaling.stages import KINDS
 from scaling.tracking import MlflowLogger, standard_tags, start_run
 from scaling.train import run_stage
@@ -89,17 +89,14 @@ class ConsoleLogger:
 
 def mlflow_logger(cfg):
     """An MLflow logger for this stage's run: ``tracking.run_id``, else the run a previous attempt
-    of the same ``out_dir`` created, else a new one (params = the flattened config)."""
-
-    marker = Path(cfg.out_dir) / "mlflow_run_id"
-    run_id = cfg.tracking.run_id or (marker.read_text().strip() if marker.is_file() else None)
+    of the same ``out_dir`` recorded in its state file, else a new one (params = the flattened config)."""
+    run_id = cfg.tracking.run_id or stage_run_id(cfg.out_dir)
     if not run_id:
-        tags = standard_tags(rung=cfg.stage.rung, stage=cfg.stage.kind, fingerprint=fingerprint(cfg),
+        tags = standard_tags(**stage_tags(cfg.stage.kind, cfg.stage.rung), fingerprint=fingerprint(cfg),
                              **dict(cfg.tracking.tags))
         run_id = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.stage.name,
                            parent_run_id=cfg.tracking.parent_run_id, tags=tags, params=flatten(cfg))
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text(run_id)
+        remember_run_id(cfg.out_dir, run_id)
     return MlflowLogger(cfg.tracking.uri, run_id)
 
 

@@ -31,32 +31,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from scaling.stage_state import FINAL_DIR, MANIFEST, read_manifest
 from scaling.train.errors import CheckpointError
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-def read_manifest(path: str | os.PathLike) -> dict | None:
-    """The manifest of a complete checkpoint, or None (with a warning when it is broken)."""
-    path = Path(path)
-    manifest = path / MANIFEST
-    if not manifest.is_file():
-        return None
-    try:
-        data = json.loads(manifest.read_text())
-        for name, size in data["files"].items():
-            if (path / name).stat().st_size != size:
-                raise ValueError(f"{name} has {(path / name).stat().st_size} bytes, manifest says {size}")
-        return data
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.warning("ignoring corrupt checkpoint %s: %s", path, exc)
-        return None
 
 
 def is_complete(path: str | os.PathLike) -> bool:
@@ -81,7 +64,7 @@ def list_checkpoints(out_dir: str | os.PathLike) -> list[Path]:
 
 
 def final_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    final = Path(out_dir) / "final"
+    final = Path(out_dir) / FINAL_DIR
     return final if final.is_dir() and is_complete(final) else None
 
 

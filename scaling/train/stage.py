@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -12,6 +11,7 @@ from omegaconf import DictConfig
 
 from scaling.config import save_resolved
 from scaling.metrics import MetricLogger, NullLogger
+from scaling.stage_state import FINAL_DIR, final_manifest
 from scaling.train.errors import StageInputError
 from scaling.train.result import StageResult
 
@@ -19,16 +19,13 @@ log = logging.getLogger(__name__)
 
 
 def finished_result(out_dir: str | os.PathLike) -> StageResult | None:
-    """The result of a stage whose ``final/`` checkpoint is complete, or None."""
-    # a finished stage returns before torch loads
-    from scaling.train.checkpoint import MANIFEST, final_checkpoint
-
-    final = final_checkpoint(out_dir)
-    if final is None:
+    """The result of a stage whose ``final/`` checkpoint is complete, or None (no torch needed)."""
+    manifest = final_manifest(out_dir)
+    if manifest is None:
         return None
-    manifest = json.loads((final / MANIFEST).read_text())
     return StageResult("finished", int(manifest["step"]), int(manifest["samples_seen"]),
-                       {k: float(v) for k, v in manifest.get("metrics", {}).items()}, str(final), str(out_dir))
+                       {k: float(v) for k, v in manifest.get("metrics", {}).items()},
+                       str(Path(out_dir) / FINAL_DIR), str(out_dir))
 
 
 def check_inputs(cfg: DictConfig) -> None:

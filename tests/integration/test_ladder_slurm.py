@@ -87,7 +87,7 @@ def _check_resumed_once(uri: str, run_id: str, samples: int, batch: int = 16) ->
 
 
 def _progress(out_dir: Path) -> float:
-    from scaling.launch.state import read_progress
+    from scaling.stage_state import read_progress
 
     return (read_progress(out_dir).get("metrics") or {}).get("train/samples_seen", 0)
 
@@ -96,7 +96,7 @@ def _progress(out_dir: Path) -> float:
 def test_interrupted_stage_requeues_and_finishes_in_the_same_run(slurm_cluster, mlflow_server, submitit_folder,
                                                                 tmp_path, timeout):
     from scaling.launch import make_executor
-    from scaling.launch.state import read_state
+    from scaling.stage_state import read_state
     from tests.services.jobs import PacedStage
 
     samples = 480
@@ -119,7 +119,7 @@ def test_interrupted_stage_requeues_and_finishes_in_the_same_run(slurm_cluster, 
 def test_stage_past_its_time_limit_requeues_and_finishes(slurm_cluster, mlflow_server, submitit_folder, tmp_path):
     """A real SLURM time limit: USR2 ``signal_delay_s`` before it, checkpoint, requeue, resume."""
     from scaling.launch import StageJob, make_executor
-    from scaling.launch.state import read_state
+    from scaling.stage_state import read_state
     from tests.services.jobs import PacedStage
 
     samples = 1600  # 100 steps held >= 1.5 s each: still training when the USR2 comes 1-2 min in

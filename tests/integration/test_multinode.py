@@ -85,7 +85,7 @@ def test_ladder_stage_on_two_nodes_matches_one_node_two_processes(two_node_clust
     from scaling.config import load_yaml
     from scaling.ladder.cli import main
     from scaling.launch import StageJob, make_executor
-    from scaling.launch.state import read_state
+    from scaling.stage_state import read_state
 
     monkeypatch.chdir(tmp_path)
     uri = node_mlflow_server.uri
@@ -138,7 +138,7 @@ def _stage_job(tmp_path: Path, uri: str, samples: int, stage_fn, *extra: str):
 
 
 def _samples_seen(out_dir: Path) -> float:
-    from scaling.launch.state import read_progress
+    from scaling.stage_state import read_progress
 
     return (read_progress(out_dir).get("metrics") or {}).get("train/samples_seen", 0)
 
@@ -147,7 +147,7 @@ def test_preempted_two_node_stage_resumes_both_nodes_from_one_checkpoint(two_nod
                                                                           submitit_folder, tmp_path, cpu_deepspeed):
     from scaling import tracking
     from scaling.launch import make_executor
-    from scaling.launch.state import read_state
+    from scaling.stage_state import read_state
     from tests.services.jobs import PacedStage
 
     samples = 160
@@ -179,7 +179,7 @@ def test_preempted_two_node_stage_resumes_both_nodes_from_one_checkpoint(two_nod
 
 def test_lost_node_ends_the_stage_and_status_names_it(two_node_cluster, node_mlflow_server, teacher, tmp_path,
                                                       cpu_deepspeed):
-    from scaling.launch.state import read_state
+    from scaling.stage_state import read_state
     from scaling.train.checkpoint import latest_checkpoint, read_manifest
 
     # the ladder in its own process (as a user runs it), checkpointing every step

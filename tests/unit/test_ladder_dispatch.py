@@ -15,7 +15,7 @@ import pytest
 
 from scaling.ladder import plan_ladder
 from scaling.ladder.dispatch import Dispatcher
-from scaling.launch.state import read_state
+from scaling.stage_state import read_state
 from scaling.train.result import StageResult
 
 

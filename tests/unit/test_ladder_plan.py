@@ -9,7 +9,7 @@ import pytest
 from scaling.config import ConfigError
 from scaling.ladder import load_ladder, plan_ladder, rung_path
 from scaling.ladder.estimate import plan_rows
-from scaling.launch.state import write_state
+from scaling.stage_state import write_state
 
 REQUIRED = {"stage", "rung", "kind", "teacher", "init", "params", "train_flops", "gpu_hours", "depends_on",
             "gflops_per_sample", "samples", "nodes", "gpus_per_node", "micro_batch", "memory_per_gpu_gb",

@@ -11,7 +11,7 @@ import pytest
 
 from scaling.launch import LaunchError, make_executor, resolve_executor, run_distributed_env
 from scaling.launch.executors import slurm_parameters
-from scaling.launch.state import (
+from scaling.stage_state import (
     ProgressLogger,
     read_progress,
     read_state,

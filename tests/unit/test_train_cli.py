@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from scaling.paths import REPO_ROOT
+from scaling.stage_state import stage_run_id
 
 
 def cli(*args, cwd=REPO_ROOT, timeout=120):
@@ -47,12 +48,13 @@ def test_a_stage_in_the_foreground_logs_to_mlflow_and_continues_its_run(tmp_path
             "train.batch_size=16", "train.samples=32", "train.log_every=1", "eval.max_samples=16")
     out = cli(*args, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    run_id = (tmp_path / "clip" / "mlflow_run_id").read_text().strip()
+    run_id = stage_run_id(tmp_path / "clip")  # the stage folder's state file remembers its run
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["rung"] == "B16"
+    assert (run.data.tags["stage"], run.data.tags["kind"]) == ("clip@B16", "clip")  # as the ladder tags it
     assert run.data.params["optim.name"] == "lamb"
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
     assert "eval/synth_cls/top1" in run.data.metrics
