@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig
 
 from scaling.data.masking import mask_generator
@@ -51,8 +52,6 @@ def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokeniz
     ``seed_offset`` (the phase index) gives each phase of a stage its own data order."""
     masks = mask_generator(cfg, grid) if cfg.stage.kind == "mim" else None
     if pin_memory is None:  # the stage trains on the GPU when there is one
-        import torch
-
         pin_memory = torch.cuda.is_available()
     return ShardStream(
         urls,
