@@ -6,7 +6,7 @@ The recipe is the one the careful ladders use:
   the *log* residuals (delta 1e-3, so one odd run cannot drag the law) with L-BFGS-B from a grid
   of initial points, keep the best; uncertainty from refitting bootstrap resamples.
 * LAION's reproducible scaling laws (Cherti et al. 2023): fit the compute frontier, the best
-  run per log-spaced compute bin (:func:`binned_frontier`).
+  run per log-spaced compute bin (``scaling.analysis.frontier``).
 * OLMo's task ladders (Bhagia et al. 2024): a two-step prediction, compute -> loss (power law)
   -> accuracy (a sigmoid of the loss), see :func:`fit_two_step`.
 
@@ -409,39 +409,3 @@ def rollout(x: ArrayLike, y: ArrayLike, keys: ArrayLike, *, groups: ArrayLike | 
         lo, hi = fit.band(xk, level)
         steps.append(RolloutStep(key, xk, yk, float(fit.predict(xk)), float(lo[0]), float(hi[0]), fit.n_x))
     return steps, skipped
-
-
-# -- frontier selection -----------------------------------------------------------------------
-
-
-def pareto_frontier(x: ArrayLike, y: ArrayLike, minimize: bool = True) -> np.ndarray:
-    """Indices of the points that no point with less (or equal) ``x`` beats, sorted by ``x``."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    sign = 1.0 if minimize else -1.0
-    order = np.lexsort((sign * y, x))
-    best, keep = math.inf, []
-    for i in order:
-        if not (np.isfinite(x[i]) and np.isfinite(y[i])):
-            continue
-        if sign * y[i] < best:
-            best = sign * y[i]
-            keep.append(i)
-    return np.array(keep, dtype=int)
-
-
-def binned_frontier(
-    x: ArrayLike, y: ArrayLike, bins_per_decade: int = 4, minimize: bool = True
-) -> np.ndarray:
-    """LAION-style selection: the best point per log-spaced ``x`` bin, then its Pareto frontier."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = np.flatnonzero(np.isfinite(x) & np.isfinite(y) & (x > 0))
-    if len(ok) == 0:
-        return np.array([], dtype=int)
-    bins = np.floor(np.log10(x[ok]) * bins_per_decade).astype(int)
-    sign = 1.0 if minimize else -1.0
-    best: dict[int, int] = {}
-    for i, b in zip(ok, bins, strict=True):
-        if b not in best or sign * y[i] < sign * y[best[b]]:
-            best[b] = i
-    chosen = np.array(sorted(best.values()), dtype=int)
-    return chosen[pareto_frontier(x[chosen], y[chosen], minimize)]

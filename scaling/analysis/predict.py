@@ -17,7 +17,8 @@ import pandas as pd
 
 from scaling import costs
 from scaling.analysis import load
-from scaling.analysis.fits import FitError, PowerLawFit, binned_frontier, fit_power_law
+from scaling.analysis.fits import FitError, PowerLawFit, fit_power_law
+from scaling.analysis.frontier import binned_frontier
 from scaling.analysis.two_step import TwoStepFit, fit_two_step
 from scaling.models.registry import LADDER_ORDER, get_rung
 

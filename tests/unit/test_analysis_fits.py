@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from scaling.analysis.arms import bootstrap_mean_difference
-from scaling.analysis.fits import (
-    FitError,
-    binned_frontier,
-    fit_power_law,
-    pareto_frontier,
-    rollout,
-)
+from scaling.analysis.fits import FitError, fit_power_law, rollout
+from scaling.analysis.frontier import binned_frontier, pareto_frontier
 from scaling.analysis.two_step import fit_sigmoid, fit_two_step, sigmoid
 
 
