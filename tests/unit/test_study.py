@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from scaling.config import ConfigError
@@ -98,7 +99,7 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     from scaling.analysis.report import running_seconds
 
     args = ["--from", "E14", "--to", "18B", "--seeds", "2", "--arms", "mim_init,random_init",
-            "--executor", "local", *TINY]
+            "--executor", "local", "--parallel", "2", *TINY]
     first = _study(tmp_path, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
@@ -122,6 +123,15 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     own, fallback = running_seconds(stages)
     assert not fallback and (own > 0).all()
     assert own["clip@18B.random_init.s1"] < 0.8 * stages.loc["clip@18B.random_init.s1", "duration_s"]
+    # --parallel 2: the random_init arm needs only the teacher, so it runs beside mim@18B, never
+    # before its upstream clip@E14 ends
+    start = pd.to_numeric(stages["tags.stage_started_at"])
+    end = pd.to_datetime(stages["end_time"], utc=True).map(lambda t: t.timestamp())
+    assert start["clip@18B.random_init.s0"] >= end["clip@E14"] - 1
+    assert start["clip@18B"] >= end["mim@18B"] - 1
+    overlaps = [(a, b) for a in stages.index for b in stages.index
+                if a < b and start[a] < end[b] - 1 and start[b] < end[a] - 1]
+    assert overlaps, "no two stages ran at once under --parallel 2"
 
     report = (tmp_path / "reports" / "ladder-eva" / "report.md").read_text()
     assert "## Weak-to-strong: MIM initialisation against its controls" in report
