@@ -140,3 +140,16 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
 
     again = _study(tmp_path, *args)
     assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout[-2000:]
+
+
+def test_attribute_split_tells_colour_from_shape() -> None:
+    from scaling.study.attributes import split_accuracy
+
+    names = ["blue circle", "blue square", "red circle", "red square"]
+    # right colour, wrong shape twice; both right once; wrong colour, right shape once
+    acc = split_accuracy([1, 0, 2, 2], [0, 1, 2, 0], names)
+    assert acc == {"top1": 0.25, "colour": 0.75, "shape": 0.5}
+    with pytest.raises(ValueError, match="as many predictions"):
+        split_accuracy([0], [0, 1], names)
+    with pytest.raises(ValueError, match="<colour> <shape>"):
+        split_accuracy([0], [0], ["circle"])
