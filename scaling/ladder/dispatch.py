@@ -1,7 +1,8 @@
 """Run a plan: skip finished stages, open MLflow runs, submit one job per stage, follow them.
 
-* ``local`` / ``debug``: the LocalExecutor has no job dependencies, so stages are submitted one at
-  a time, each after its upstream finished.
+* ``local`` / ``debug``: the LocalExecutor has no job dependencies, so a stage is submitted once its
+  upstream finished; ``parallel`` local stages whose upstream is done run at once (1 by default:
+  one after another; a study's control arms are independent and fill the cores).
 * ``slurm``: every stage is submitted up front with ``afterok`` dependencies on its upstream jobs;
   when a stage fails its dependants are cancelled (the cluster's ``kill_invalid_depend`` does the
   same; doing it here covers clusters without it).
@@ -55,8 +56,10 @@ class Outcome:
 class Dispatcher:
     def __init__(self, plan: Plan, executor: str, tracking_uri: str | None = None,
                  jobs_dir: str | Path | None = None, stage_fn: Callable[..., Any] | None = None,
-                 poll_s: float = 2.0, out: TextIO | None = None, argv: list[str] | None = None) -> None:
+                 poll_s: float = 2.0, out: TextIO | None = None, argv: list[str] | None = None,
+                 parallel: int = 1) -> None:
         self.plan = plan
+        self.parallel = max(1, int(parallel)) if executor == "local" else 1
         self.executor = executor
         self.tracking_uri = tracking_uri
         self.jobs_dir = Path(jobs_dir) if jobs_dir else plan.runs_dir / plan.experiment / "jobs"
@@ -273,8 +276,9 @@ class Dispatcher:
             self.outcome.states[other] = "cancelled"
             self.say(f"[{other}] cancelled: upstream {name} did not finish")
 
-    def _wait(self, jobs: dict[str, Any]) -> None:
-        while jobs:
+    def _wait(self, jobs: dict[str, Any], until_below: int = 1) -> None:
+        """Follow ``jobs`` until fewer than ``until_below`` are left running."""
+        while len(jobs) >= until_below:
             for name, job in list(jobs.items()):
                 if name not in jobs:
                     continue
@@ -288,7 +292,7 @@ class Dispatcher:
                         self._cancel_downstream(name, jobs)
                 else:
                     self._progress(stage, job)
-            if jobs:
+            if len(jobs) >= until_below:
                 time.sleep(self.poll_s)
 
     # -- entry ----------------------------------------------------------------------------------
@@ -315,11 +319,19 @@ class Dispatcher:
                     jobs[stage.name] = self._submit(stage, deps)
                 self._wait(jobs)
             else:
-                for stage in todo:
-                    if stage.name in self.outcome.states:  # cancelled by a failed upstream
+                pending = list(todo)
+                while pending:
+                    pending = [s for s in pending if s.name not in self.outcome.states]  # cancelled upstream
+                    ready = [s for s in pending if all(d in self.outcome.states for d in s.depends_on)]
+                    if ready and len(jobs) < self.parallel:
+                        stage = ready[0]
+                        pending.remove(stage)
+                        jobs[stage.name] = self._submit(stage, [])
                         continue
-                    jobs[stage.name] = self._submit(stage, [])
-                    self._wait(jobs)
+                    if not jobs:
+                        break  # nothing running and nothing ready: only stages of failed upstreams are left
+                    self._wait(jobs, until_below=len(jobs))  # until one of them ends
+                self._wait(jobs)
         except LaunchError:
             for job in jobs.values():
                 job.cancel(check=False)

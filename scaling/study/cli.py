@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3; 2 gives an interval, barely)")
     parser.add_argument("--arms", default="mim_init,random_init,scratch",
                         help="comma-separated arms (default: mim_init,random_init,scratch)")
+    parser.add_argument("--parallel", type=int, default=min(os.cpu_count() or 1, 8), metavar="N",
+                        help="local executor: run up to N stages at once whose upstream finished (default: "
+                             "the CPU count, at most 8; the arms are independent, one thread each)")
     return parser
 
 
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     from scaling.ladder.dispatch import Dispatcher
 
     dispatcher = Dispatcher(study.plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
-                            argv=["python -m scaling.study", *sys.argv[1:]])
+                            argv=["python -m scaling.study", *sys.argv[1:]], parallel=args.parallel)
     try:
         outcome = dispatcher.run()
     except KeyboardInterrupt:

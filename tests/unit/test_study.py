@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from scaling.config import ConfigError
@@ -98,7 +99,7 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     from scaling.analysis.report import running_seconds
 
     args = ["--from", "E14", "--to", "18B", "--seeds", "2", "--arms", "mim_init,random_init",
-            "--executor", "local", *TINY]
+            "--executor", "local", "--parallel", "2", *TINY]
     first = _study(tmp_path, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
@@ -122,6 +123,15 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     own, fallback = running_seconds(stages)
     assert not fallback and (own > 0).all()
     assert own["clip@18B.random_init.s1"] < 0.8 * stages.loc["clip@18B.random_init.s1", "duration_s"]
+    # --parallel 2: the random_init arm needs only the teacher, so it runs beside mim@18B, never
+    # before its upstream clip@E14 ends
+    start = pd.to_numeric(stages["tags.stage_started_at"])
+    end = pd.to_datetime(stages["end_time"], utc=True).map(lambda t: t.timestamp())
+    assert start["clip@18B.random_init.s0"] >= end["clip@E14"] - 1
+    assert start["clip@18B"] >= end["mim@18B"] - 1
+    overlaps = [(a, b) for a in stages.index for b in stages.index
+                if a < b and start[a] < end[b] - 1 and start[b] < end[a] - 1]
+    assert overlaps, "no two stages ran at once under --parallel 2"
 
     report = (tmp_path / "reports" / "ladder-eva" / "report.md").read_text()
     assert "## Weak-to-strong: MIM initialisation against its controls" in report
@@ -130,3 +140,16 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
 
     again = _study(tmp_path, *args)
     assert again.returncode == 0 and "nothing to run" in again.stdout, again.stdout[-2000:]
+
+
+def test_attribute_split_tells_colour_from_shape() -> None:
+    from scaling.study.attributes import split_accuracy
+
+    names = ["blue circle", "blue square", "red circle", "red square"]
+    # right colour, wrong shape twice; both right once; wrong colour, right shape once
+    acc = split_accuracy([1, 0, 2, 2], [0, 1, 2, 0], names)
+    assert acc == {"top1": 0.25, "colour": 0.75, "shape": 0.5}
+    with pytest.raises(ValueError, match="as many predictions"):
+        split_accuracy([0], [0, 1], names)
+    with pytest.raises(ValueError, match="<colour> <shape>"):
+        split_accuracy([0], [0], ["circle"])
