@@ -14,6 +14,17 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from scaling.data.tokenizer import get_tokenizer
+from scaling.eval import sets
+from scaling.eval.zeroshot import text_classifier
+from scaling.train.checkpoint import final_checkpoint, load_model_state
+from scaling.train.stage_data import resolve_sources
+from scaling.train.stage_models import build_stage_model
+
 
 def split_accuracy(pred: Sequence[int], labels: Sequence[int], classnames: Sequence[str]) -> dict[str, float]:
     """Top-1, colour-word and shape-word accuracy of class predictions (names "<colour> <shape>")."""
@@ -32,17 +43,6 @@ def split_accuracy(pred: Sequence[int], labels: Sequence[int], classnames: Seque
 
 def stage_predictions(stage_dir: str | Path) -> tuple[list[int], list[int], list[str]]:
     """A finished CLIP stage's top-1 predictions on its synthetic classification set."""
-    import torch
-    import torch.nn.functional as F
-    from omegaconf import OmegaConf
-
-    from scaling.data.tokenizer import get_tokenizer
-    from scaling.eval import sets
-    from scaling.eval.zeroshot import text_classifier
-    from scaling.train.checkpoint import final_checkpoint, load_model_state
-    from scaling.train.inputs import build_stage_model
-    from scaling.train.stage_data import resolve_sources
-
     stage_dir = Path(stage_dir)
     final = final_checkpoint(stage_dir)
     if final is None or not (stage_dir / "config.yaml").is_file():
