@@ -61,7 +61,7 @@ def stage_predictions(stage_dir: str | Path) -> tuple[list[int], list[int], list
         raise ValueError(f"{stage_dir}: the stage has no classification set (eval.classification)")
     data = sets.load_classification(source, size)
     classifier = text_classifier(model, data.classnames, data.templates,
-                                 get_tokenizer(int(cfg.data.context_length)), device)
+                                 get_tokenizer(info["rung"].text.context_length), device)
     with torch.no_grad():
         feats = F.normalize(model.encode_image(data.images).float(), dim=-1)
     return (feats @ classifier.float()).argmax(1).tolist(), data.labels.tolist(), list(data.classnames)

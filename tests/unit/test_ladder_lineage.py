@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from scaling.config import ConfigError
+from scaling.config import RECIPES_DIR, ConfigError
 from scaling.ladder.cli import main
 from scaling.ladder.plan import plan_ladder
 from scaling.ladder.spec import load_ladder
@@ -67,7 +68,8 @@ def test_the_papers_lineage_as_a_path(runs):
     assert not any("ladder file names" in n for n in plan.notes)
     plan = plan_ladder("E14", "18B", runs_dir=runs)
     clip = plan.stage("clip@18B")
-    assert clip.init["text"] == "clip@E14" and clip.cfg.optim.text_lr == 1.0e-3  # proxy recipe's
+    recipe = OmegaConf.load(RECIPES_DIR / "proxy" / "clip.yaml").optim.text_lr
+    assert clip.init["text"] == "clip@E14" and clip.cfg.optim.text_lr == recipe  # the proxy recipe's
 
 
 def test_dry_run_shows_the_phases(capsys, tmp_path, monkeypatch):

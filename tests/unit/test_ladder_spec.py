@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from scaling.config import ConfigError
 from scaling.ladder import load_ladder, plan_ladder
 from scaling.ladder.overrides import split_overrides
-from scaling.ladder.spec import DEFAULT_LADDER
+from scaling.ladder.spec import DEFAULT_LADDER, LADDERS_DIR
 
 
 def ladder_file(tmp_path: Path, old: str, new: str) -> Path:
@@ -27,7 +28,8 @@ def test_shipped_ladders_load_as_written():
     assert spec.rungs[0].stages == ("clip",) and spec.rungs[1].stages == ("mim", "clip")
     assert spec.rung("18B").text_init == "teacher" and spec.rung("B16").text_init is None
     assert spec.layers["proxy"]["clip@18B"] == {"train": {"samples": 15000}}
-    assert spec.text_from_scratch["proxy"] == {"optim": {"text_lr": 1.0e-3}}
+    written = OmegaConf.to_container(OmegaConf.load(LADDERS_DIR / "eva.yaml").text_from_scratch.proxy)
+    assert spec.text_from_scratch["proxy"] == written == {"optim": {"text_lr": written["optim"]["text_lr"]}}
     study = load_ladder("study")
     assert study.experiment == "ladder-study" and study.rung("18B").teacher == "8B"
 
