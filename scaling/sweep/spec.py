@@ -11,6 +11,7 @@ log) is checked here, before any worker is submitted, and reported as one ``Swee
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -88,19 +89,11 @@ class Base:
 
 
 @dataclass
-class SweepFile:
-    """Schema of a sweep file (``sweeps/*.yaml``); shorthands (``sampler: tpe``, ``objectives:
-    metric``, a list or a value as a search-space entry) are expanded before the merge."""
+class RunSettings:
+    """How a sweep runs and reports: a sweep file's keys that its SweepSpec keeps as written."""
 
-    name: str | None = None  # default: the file's stem
     description: str = ""
-    base: Base | None = None
-    search_space: dict[str, Any] = field(default_factory=dict)  # parameter -> range (checked by _parse_param)
-    sampler: dict[str, Any] = field(default_factory=dict)  # name + the Optuna sampler's options
-    pruner: dict[str, Any] = field(default_factory=dict)
-    objectives: list[Objective] = field(default_factory=list)
     report: list[str] = field(default_factory=list)
-    n_trials: int | None = None  # default: the grid's size for the grid sampler, else 10
     workers: int = 1
     timeout_min: float = 60.0
     executor: str = "auto"
@@ -114,13 +107,27 @@ class SweepFile:
     resources: dict[str, Any] = field(default_factory=dict)
 
 
-# SweepFile keys a SweepSpec keeps as the file (and command line) wrote them
-_AS_WRITTEN = ("report", "workers", "timeout_min", "executor", "storage", "workdir", "tracking", "heartbeat_s",
-               "stale_after_s", "max_retry", "max_failures", "resources", "description")
-
-
 @dataclass
-class SweepSpec:
+class SweepFile(RunSettings):
+    """Schema of a sweep file (``sweeps/*.yaml``); shorthands (``sampler: tpe``, ``objectives:
+    metric``, a list or a value as a search-space entry) are expanded before the merge."""
+
+    name: str | None = None  # default: the file's stem
+    base: Base | None = None
+    search_space: dict[str, Any] = field(default_factory=dict)  # parameter -> range (checked by _parse_param)
+    sampler: dict[str, Any] = field(default_factory=dict)  # name + the Optuna sampler's options
+    pruner: dict[str, Any] = field(default_factory=dict)
+    objectives: list[Objective] = field(default_factory=list)
+    n_trials: int | None = None  # default: the grid's size for the grid sampler, else 10
+
+
+_AS_WRITTEN = tuple(f.name for f in dataclasses.fields(RunSettings))
+
+
+@dataclass(kw_only=True)
+class SweepSpec(RunSettings):
+    """A loaded, checked sweep: what the runner, the workers and ``status`` read."""
+
     path: Path
     name: str
     base: Base
@@ -128,20 +135,7 @@ class SweepSpec:
     objectives: list[Objective]
     sampler: dict[str, Any]
     pruner: dict[str, Any]
-    report: list[str] = field(default_factory=list)
     n_trials: int = 10
-    workers: int = 1
-    timeout_min: float = 60.0
-    executor: str = "auto"
-    storage: str | None = None
-    workdir: str | None = None
-    tracking: dict[str, Any] = field(default_factory=dict)
-    heartbeat_s: float = 10.0
-    stale_after_s: float = 60.0
-    max_retry: int = 3
-    max_failures: int | None = None
-    resources: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
     teacher_path: str | None = None  # set by the runner: the teacher every trial of the study uses
 
