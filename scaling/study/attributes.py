@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from omegaconf.errors import ConfigAttributeError
 
 from scaling.data.tokenizer import get_tokenizer
 from scaling.eval import sets
@@ -52,7 +53,11 @@ def stage_predictions(stage_dir: str | Path) -> tuple[list[int], list[int], list
         raise ValueError(f"{stage_dir}: a {cfg.stage.kind} stage; give a clip stage folder")
     cfg.inputs.init_vision = cfg.inputs.init_text = None  # the final weights replace them
     device = torch.device("cpu")
-    model, _, info = build_stage_model(cfg, device)
+    try:
+        model, _, info = build_stage_model(cfg, device)
+    except ConfigAttributeError as exc:  # a folder written before a key was added
+        raise ValueError(f"{stage_dir}/config.yaml lacks '{exc.full_key}', which this version reads: "
+                         "the stage was trained by an older version; rerun it to split its accuracy") from None
     model.load_state_dict(load_model_state(final), strict=False)
     model.eval()
     size = info["rung"].vision.image_size
