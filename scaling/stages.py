@@ -27,7 +27,7 @@ def split_stage_name(text: str) -> tuple[str, str] | None:
 
 
 # --- metric names -------------------------------------------------------------------------
-# Logged by every stage's training loop (``train.loop.Stage._log_train``) every train.log_every steps.
+# Logged by every stage's training loop (``train.loop.TrainingLoop._log_train``) every train.log_every steps.
 TRAIN_METRICS: tuple[str, ...] = (
     "train/loss", "train/grad_norm", "train/samples_seen", "train/samples_per_s", "train/flops_per_s",
     "train/mfu", "train/step", "train/phase", "data/skipped",
