@@ -175,20 +175,30 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
         print(f"{where} and {'SLURM' if executor == 'slurm' else 'no SLURM'} here: running the "
               f"{'proxy' if proxy else 'real-size'} ladder on the {executor} executor "
               "(--no-proxy / --executor slurm to change)")
+    outcome = run_plan(plan, executor, args, "python -m scaling.ladder", stage_fn=stage_fn)
+    if isinstance(outcome, int):
+        return outcome
+    _results(plan, sys.stdout, outcome.uri, args.report_dir, args.json)
+    return 0 if outcome.ok else 1
+
+
+def run_plan(plan: Any, executor: str, args: argparse.Namespace, prog: str,
+             stage_fn: Any = None, parallel: int = 1) -> Any:
+    """Dispatch ``plan`` (the ladder's and the study's commands): its ``Outcome``, with ``uri`` set
+    to the store the runs went to, or the exit code when it was interrupted or could not launch."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # the dispatcher loads submitit and the jobs: --help, --dry-run and status stay light
     from scaling.ladder.dispatch import Dispatcher
 
     dispatcher = Dispatcher(plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
-                            stage_fn=stage_fn, argv=["python -m scaling.ladder", *sys.argv[1:]])
+                            stage_fn=stage_fn, argv=[prog, *sys.argv[1:]], parallel=parallel)
     try:
         outcome = dispatcher.run()
     except KeyboardInterrupt:
         return 130
     except (ConfigError, LaunchError) as exc:
-        return _fail(str(exc))
-    uri = outcome.uri
-    if uri is None:
-        uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
-    _results(plan, sys.stdout, uri, args.report_dir, args.json)
-    return 0 if outcome.ok else 1
+        print(f"{prog.removeprefix('python -m ')}: error: {exc}", file=sys.stderr)
+        return 2
+    if outcome.uri is None:
+        outcome.uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
+    return outcome

@@ -16,7 +16,7 @@ from typing import Any
 from scaling import tracking
 from scaling.config import ConfigError
 from scaling.ladder.cli import build_parser as ladder_parser
-from scaling.ladder.cli import gpu_visible, print_status, split_command
+from scaling.ladder.cli import gpu_visible, print_status, run_plan, split_command
 from scaling.ladder.estimate import plan_rows
 from scaling.ladder.plan import plan_ladder
 from scaling.ladder.render import plan_table, status_table
@@ -24,7 +24,6 @@ from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
 from scaling.study.arms import plan_study
-from scaling.tracking import resolve_uri
 
 DESCRIPTION = """\
 Run a weak-to-strong ladder together with its controls, on the same budget, and report the gain.
@@ -150,20 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for note in study.notes:
         print(note, file=sys.stderr)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    # the dispatcher loads submitit and the jobs: --help and --dry-run stay light
-    from scaling.ladder.dispatch import Dispatcher
-
-    dispatcher = Dispatcher(study.plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
-                            argv=["python -m scaling.study", *sys.argv[1:]], parallel=args.parallel)
-    try:
-        outcome = dispatcher.run()
-    except KeyboardInterrupt:
-        return 130
-    except (ConfigError, LaunchError) as exc:
-        return _fail(str(exc))
-
-    uri = outcome.uri or resolve_uri(args.tracking_uri or study.plan.stages[0].cfg.tracking.uri)
+    outcome = run_plan(study.plan, executor, args, "python -m scaling.study", parallel=args.parallel)
+    if isinstance(outcome, int):
+        return outcome
+    uri = outcome.uri
     _tag_runs(uri, study, outcome)
     print("\nresults (zero-shot top-1 on the held-out evaluation set):")
     print(status_table(stage_rows(study.plan)))
