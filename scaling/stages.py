@@ -37,15 +37,24 @@ LR_GROUPS: dict[str, tuple[str, ...]] = {"mim": ("vision", "head"), "clip": ("vi
 KIND_TRAIN_METRICS: dict[str, tuple[str, ...]] = {"mim": (), "clip": ("train/temperature",)}
 # Evaluation (``eval.runner.StageEvaluator``): a MIM stage's held-out loss; a CLIP's per-set metrics.
 MIM_EVAL_METRIC = "eval/mim/loss"
-CLASSIFICATION_METRICS: tuple[str, ...] = ("top1", "top5", "chance_top1")
+# ``loss``: the held-out cross-entropy (classification) and InfoNCE over the whole set (retrieval)
+# at the model's own temperature, which keep falling where an accuracy sits on a plateau.
+CLASSIFICATION_METRICS: tuple[str, ...] = ("top1", "top5", "chance_top1", "loss")
+RETRIEVAL_LOSS = "loss"
 RETRIEVAL_KS: tuple[int, ...] = (1, 5, 10)
+# The arm tag of a proxy ladder's bootstrap teacher (its --from rung's CLIP, trained from scratch):
+# kept off the scaling law, which is fitted on MIM-initialised stages.
+BOOTSTRAP_ARM = "bootstrap"
+# What a ladder's report fits against compute unless its file says ``law_metric``.
+LAW_METRIC = "eval/synth_cls/top1"
 # Computed by the sweep runner from a trial's resolved configs (``scaling.costs``), not logged by a stage.
 COST_METRICS: tuple[str, ...] = ("cost/train_flops", "cost/params")
 
 
 def retrieval_metrics(ks: tuple[int, ...] = RETRIEVAL_KS) -> tuple[str, ...]:
-    """``image_r<k>`` (text -> image) and ``text_r<k>`` (image -> text); no '@': MLflow refuses it."""
-    return (*(f"image_r{k}" for k in ks), *(f"text_r{k}" for k in ks))
+    """``image_r<k>`` (text -> image), ``text_r<k>`` (image -> text) and the held-out contrastive
+    ``loss``; no '@' in a name: MLflow refuses it."""
+    return (*(f"image_r{k}" for k in ks), *(f"text_r{k}" for k in ks), RETRIEVAL_LOSS)
 
 
 def eval_set_name(path: str | None, synthetic: bool, kind: str) -> str:

@@ -15,6 +15,7 @@ from PIL import Image
 from scaling.eval import sets
 from scaling.eval.zeroshot import (
     classification,
+    contrastive_loss,
     recall_at_k,
     retrieval,
     text_classifier,
@@ -73,6 +74,54 @@ def test_retrieval_counts_any_caption_of_the_image():
     shuffled = [["green"], ["blue"], ["red"]]
     out = retrieval(model, [images], shuffled, colour_tokenizer, torch.device("cpu"), ks=(1,))
     assert out["image_r1"] == 0.0 and out["text_r1"] == 0.0
+
+
+class ScaledColourClip(ColourClip):
+    """ColourClip with CLIP's learnable temperature (log-inverse), as EvaClip holds it."""
+
+    def __init__(self, scale: float):
+        super().__init__()
+        self.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(scale))))
+
+
+def test_held_out_losses_at_the_models_own_scale():
+    labels = torch.tensor([0, 1, 2, 2, 1])
+    images = colour_images(labels)
+    losses = {}
+    for scale in (1.0, 4.0):
+        model = ScaledColourClip(scale)
+        classifier = text_classifier(model, ["red", "green", "blue"], ["{}"], colour_tokenizer, "cpu")
+        out = classification(model, [(images, labels)], classifier, torch.device("cpu"))
+        # the true class has cosine 1 and the others 0: -log(e^s / (e^s + 2))
+        assert out["loss"] == pytest.approx(float(np.log1p(2 * np.exp(-scale))), rel=1e-4)
+        losses[scale] = out["loss"]
+    assert losses[4.0] < losses[1.0]  # a sharper model of the same ranking is more certain
+    # a model without a temperature (a bare tower) reports accuracies only
+    assert "loss" not in classification(ColourClip(), [(images, labels)], classifier, torch.device("cpu"))
+
+
+def test_held_out_contrastive_loss_is_open_clips_with_one_caption_each():
+    from open_clip.loss import ClipLoss
+
+    g = torch.Generator().manual_seed(0)
+    img, txt = F.normalize(torch.randn(6, 4, generator=g), dim=-1), F.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    scale = 7.0
+    expected = float(ClipLoss()(img, txt, torch.tensor(scale)))
+    assert contrastive_loss(scale * txt @ img.T, torch.eye(6, dtype=torch.bool)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_retrieval_loss_counts_every_caption_of_an_image_as_its_target():
+    model = ScaledColourClip(5.0)
+    images = colour_images([0, 1, 2])
+    captions = [["a red one", "red"], ["green"], ["blue", "a blue one"]]
+    out = retrieval(model, [images], captions, colour_tokenizer, torch.device("cpu"), ks=(1,))
+    # own pairs at cosine 1, all others at 0, scale 5. Text -> image: 1 of 3 images, for all 5 texts.
+    t2i = np.log1p(2 * np.exp(-5))
+    # image -> text among 5 texts: red and blue own 2 captions each (probabilities add), green 1
+    two, one = -np.log(2 * np.exp(5) / (2 * np.exp(5) + 3)), -np.log(np.exp(5) / (np.exp(5) + 4))
+    assert out["loss"] == pytest.approx((t2i + (2 * two + one) / 3) / 2, rel=1e-5)
+    wrong = retrieval(model, [images], [["green"], ["blue"], ["red"]], colour_tokenizer, torch.device("cpu"), ks=(1,))
+    assert wrong["loss"] > out["loss"]
 
 
 def png(colour):
