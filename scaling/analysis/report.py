@@ -32,10 +32,13 @@ from scaling.analysis.predict import (
     with_loss,
 )
 from scaling.analysis.sweep_frame import importances, sweeps
+from scaling.stages import LAW_METRIC
 
 log = logging.getLogger(__name__)
-DEFAULT_METRIC = "eval/synth_cls/top1"
+DEFAULT_METRIC = LAW_METRIC
 SECTIONS = ("ladder", "sweep", "published")
+# held-out losses a study's arms are also compared on (``scaling.eval.zeroshot``)
+ARM_LOSSES = ("eval/synth_cls/loss", "eval/synth_ret/loss")
 CURVE_KEYS = ["train/loss", "train/samples_seen", "eval/synth_cls/top1", "eval/mim/loss"]
 
 
@@ -224,8 +227,13 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
 
 
 def _two_step_lines(w: _Writer, uri, points: pd.DataFrame, spec: MetricSpec, nxt) -> list[str]:
-    lines = ["## Two-step law: compute -> train loss -> accuracy", ""]
-    pts = with_loss(uri, points)
+    # OLMo's step 1 is the task loss (the held-out cross-entropy of the right answer) at each
+    # evaluation; runs that never logged one fall back to the training loss
+    loss_key = f"{spec.key.rsplit('/', 1)[0]}/loss"
+    pts = with_loss(uri, points, loss_key, window=1)
+    if pts["loss"].isna().all():
+        loss_key, pts = "train/loss", with_loss(uri, points)
+    lines = [f"## Two-step law: compute -> `{loss_key}` -> accuracy", ""]
     try:
         two = fit_two_step_points(pts, spec)
     except FitError as exc:
@@ -265,10 +273,30 @@ def _arms(w: _Writer, runs: pd.DataFrame, metric: str) -> list[str]:
                                for lo, hi in zip(table[f"{key}_low"], table[f"{key}_high"], strict=True)]  # fmt: skip
     out["verdict"] = [verdict(r) for _, r in table.iterrows()]
     lines += [md_table(out), "Cells: mean ± standard deviation over seeds (number of seeds).", ""]
+    lines += _arm_losses(runs)
     if (table["n_scratch"] == 0).any():
         w.notes.append("weak-to-strong: stages without scratch runs train their text tower from scratch in "
                        "the ladder too, so random_init is the scratch arm there")
     return lines
+
+
+def _arm_losses(runs: pd.DataFrame) -> list[str]:
+    """The same comparison on the held-out losses, which keep separating the arms after top-1 has
+    reached the colour plateau (lower is better, so the gain is random_init − mim_init)."""
+    rows = []
+    for key in ARM_LOSSES:
+        table = weak_to_strong(runs, key)
+        for _, r in table.iterrows():
+            gain, lo, hi = -r["mim_init-random_init"], -r["mim_init-random_init_high"], -r["mim_init-random_init_low"]
+            flipped = pd.Series({"g_low": lo, "g_high": hi})
+            rows.append({"stage": r["stage"], "metric": f"`{key}`", "mim_init": f"{r['mean_mim_init']:.4g}",
+                         "random_init": f"{r['mean_random_init']:.4g}", "gain (lower loss)": f"{gain:.4g}",
+                         "90 %": f"[{lo:.4g}, {hi:.4g}]" if not pd.isna(lo) else "–",
+                         "verdict": verdict(flipped, "g")})  # fmt: skip
+    if not rows:
+        return []
+    return ["Held-out losses, same runs (lower is better; gain = mean(random_init) − mean(mim_init)):", "",
+            md_table(pd.DataFrame(rows)), ""]
 
 
 def _sweeps(w: _Writer, runs: pd.DataFrame) -> list[str]:
@@ -352,7 +380,9 @@ def build_report(
     ladder_lines, checks = [], pd.DataFrame()
     if "ladder" in sections and not runs.empty:
         ladder_lines, checks = _ladder(w, uri, runs, metric, record, two_step)
-        ladder_lines += _arms(w, runs, metric)
+        # the gain is in accuracy points: a law fitted on a loss still compares arms by top-1
+        arms_metric = metric if MetricSpec.for_key(metric).higher_is_better else DEFAULT_METRIC
+        ladder_lines += _arms(w, runs, arms_metric)
     sweep_lines = _sweeps(w, runs) if "sweep" in sections and not runs.empty else []
 
     status = children["status"].value_counts().to_dict() if not children.empty else {}

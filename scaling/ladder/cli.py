@@ -106,7 +106,7 @@ def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: b
             return
         try:
             path = write_report(uri, plan.experiment, Path(report_dir or Path("reports") / plan.experiment),
-                                log_artifacts=True)
+                                metric=plan.ladder.law_metric, log_artifacts=True)
             print(f"report: {path}", file=out)
         except Exception as exc:  # a report problem must not turn a finished ladder into an error
             print(f"warning: no report written: {exc}", file=out)

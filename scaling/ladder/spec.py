@@ -27,7 +27,7 @@ from scaling.config_dialect import (
 )
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
-from scaling.stages import ALL, KINDS, LADDER_SCOPE, split_stage_name
+from scaling.stages import ALL, KINDS, LADDER_SCOPE, LAW_METRIC, split_stage_name
 
 LADDERS_DIR = EXPERIMENTS_DIR / "ladders"
 DEFAULT_LADDER = LADDERS_DIR / "eva.yaml"
@@ -58,6 +58,7 @@ class LadderFile:
     experiment: Optional[str] = None  # default: ladder-<name>
     rungs: dict[str, Optional[RungFields]] = field(default_factory=dict)  # in ladder order
     teacher_checkpoint: Optional[str] = None
+    law_metric: Optional[str] = None  # default: scaling.stages.LAW_METRIC
     # target ('all' | kind | 'kind@rung') -> stage-config keys; 'proxy' applies to proxy ladders only
     config: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
     proxy: dict[str, Optional[dict[str, Any]]] = field(default_factory=dict)
@@ -90,6 +91,7 @@ class LadderSpec:
     experiment: str
     rungs: list[RungEntry]
     teacher_checkpoint: str | None = None
+    law_metric: str = LAW_METRIC  # the CLIP metric the report fits against compute
     # section ("config" | "proxy") -> target ("all" | kind | "kind@rung") -> stage-config mapping
     layers: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     # section ("config" | "proxy") -> stage-config mapping for a clip stage whose text tower
@@ -183,9 +185,19 @@ def parse_ladder(data: Mapping[str, Any], path: Path) -> LadderSpec:
         experiment=str(data.get("experiment") or f"ladder-{name}"),
         rungs=rungs,
         teacher_checkpoint=data.get("teacher_checkpoint") or None,
+        law_metric=_law_metric(path, data.get("law_metric")),
         layers=_layers(path, data, base),
         text_from_scratch={k: _check_layer(path, f"text_from_scratch.{k}", v or {}, base) for k, v in scratch.items()},
     )
+
+
+def _law_metric(path: Path, value: Any) -> str:
+    if value is None:
+        return LAW_METRIC
+    if not str(value).startswith("eval/"):
+        raise ConfigError(f"{path}: 'law_metric' must name a CLIP stage's evaluation metric (e.g. {LAW_METRIC} "
+                          f"or eval/synth_cls/loss), got '{value}'")
+    return str(value)
 
 
 def load_ladder(path: str | Path | None = None, overrides: Sequence[str] = ()) -> LadderSpec:

@@ -113,13 +113,13 @@ def _tag_runs(uri: str, study, outcome) -> None:
                                                        "study_seeds": str(len(study.seeds))})
 
 
-def _summary(uri: str, experiment: str, report_dir: Path, out: Any) -> None:
+def _summary(uri: str, experiment: str, report_dir: Path, out: Any, law_metric: str) -> None:
     # pandas and scipy only for the summary
     from scaling.analysis.arms import verdict, weak_to_strong
     from scaling.analysis.load import runs_frame
     from scaling.analysis.report import DEFAULT_METRIC, write_report
 
-    path = write_report(uri, experiment, report_dir, log_artifacts=True)
+    path = write_report(uri, experiment, report_dir, metric=law_metric, log_artifacts=True)
     table = weak_to_strong(runs_frame(uri, experiment, with_costs=False), DEFAULT_METRIC)
     print(f"\nweak-to-strong gain (mim_init - random_init, {DEFAULT_METRIC}, 90 % bootstrap over seeds):", file=out)
     for _, row in table.iterrows():
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     print(status_table(stage_rows(study.plan)))
     report_dir = Path(args.report_dir or Path("reports") / study.plan.experiment)
     try:
-        _summary(uri, study.plan.experiment, report_dir, sys.stdout)
+        _summary(uri, study.plan.experiment, report_dir, sys.stdout, study.plan.ladder.law_metric)
     except Exception as exc:  # a report problem must not turn a finished study into an error
         print(f"warning: no report written: {type(exc).__name__}: {exc}")
     return 0 if outcome.ok else 1

@@ -50,7 +50,8 @@ def _run(mlc, exp_id: str, parent: str, t0: int, rung: str, arm: str | None, see
         err = min(0.99, final_err * (30 / step) ** 0.1)
         metrics += [Metric("train/samples_seen", seen, ts, step), Metric("train/loss", _loss(err), ts, step)]
         if step % 10 == 0:
-            metrics.append(Metric("eval/synth_cls/top1", 1 - err, ts, step))
+            metrics += [Metric("eval/synth_cls/top1", 1 - err, ts, step),
+                        Metric("eval/synth_cls/loss", 0.8 * _loss(err), ts, step)]  # the task loss
     mlc.log_batch(rid, metrics=metrics, params=params)
     mlc.set_terminated(rid, "FINISHED", end_time=t0 + int(1000 * (WAIT_S + RUN_S)))
 
@@ -96,7 +97,11 @@ def test_weak_to_strong_section_has_the_gain_and_its_interval(store, report) -> 
         assert row["mim_init-scratch"] == pytest.approx(PENALTY["scratch"], abs=0.01)
     text = report.path.read_text()
     assert "## Weak-to-strong: MIM initialisation against its controls" in text
-    assert text.count("gain: interval above 0") == 4
+    top1, losses = text.split("Held-out losses, same runs")
+    assert top1.count("gain: interval above 0") == 4
+    # the task loss falls with the error, so the MIM init lowers it with the interval above 0 as well
+    assert losses.split("\n## ")[0].count("`eval/synth_cls/loss` |") == 4
+    assert losses.split("\n## ")[0].count("gain: interval above 0") == 4
 
 
 def test_law_uses_the_ladder_arm_and_rolls_out_to_held_out_stages(report) -> None:
@@ -116,7 +121,8 @@ def test_law_uses_the_ladder_arm_and_rolls_out_to_held_out_stages(report) -> Non
 
 def test_two_step_law_is_fitted_and_rolled_out(report) -> None:
     text = report.path.read_text()
-    assert "## Two-step law: compute -> train loss -> accuracy" in text
+    # step 1 is the held-out task loss of each evaluation (OLMo's), not the training loss
+    assert "## Two-step law: compute -> `eval/synth_cls/loss` -> accuracy" in text
     assert "### Held-out stages (two-step)" in text
     section = text.split("### Held-out stages (two-step)")[1]
     # two held-out stages, each with its relative error (how good a sigmoid extrapolates is the
@@ -155,3 +161,19 @@ def test_fewer_than_three_stages_is_not_a_law(store, tmp_path: Path) -> None:
     text = rep.path.read_text()
     assert "no law drawn" in text and "needs at least 3 points" in text
     assert "exponent [" not in text and not math.isnan(len(rep.figures))
+
+
+def test_law_points_leave_out_the_bootstrap_teacher_and_the_controls() -> None:
+    import pandas as pd
+
+    from scaling.analysis.predict import law_points
+
+    points = pd.DataFrame(
+        [("r0", "clip@B16", "clip@B16", "bootstrap", 8e11, 0.30, True, 10),  # from scratch: another recipe
+         ("r1", "clip@L14", "clip@L14", "", 4e11, 0.12, True, 10),
+         ("r2", "clip@E14", "clip@E14", "mim_init", 9e11, 0.14, True, 10),
+         ("r3", "clip@E14.random_init.s0", "clip@E14", "random_init", 9e11, 0.09, True, 10),
+         ("r4", "clip@8B", "clip@8B", "", 2e12, 0.10, False, 5)],  # not a final evaluation
+        columns=["run_id", "label", "stage", "arm", "flops", "value", "final", "step"])
+    law = law_points(points)
+    assert list(law["stage"]) == ["clip@L14", "clip@E14"] and list(law["value"]) == [0.12, 0.14]
