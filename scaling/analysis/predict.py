@@ -52,7 +52,9 @@ class MetricSpec:
         return self.to_fit(y) if self.higher_is_better else np.asarray(y, dtype=float)
 
 
-LAW_ARMS = ("", "mim_init")  # the ladder's own stages; controls are compared, not fitted
+# The ladder's own MIM-initialised stages; a study's controls are compared, not fitted, and a proxy
+# ladder's bootstrap teacher (arm "bootstrap", a CLIP from scratch) is another recipe.
+LAW_ARMS = ("", "mim_init")
 
 
 def base_stage(run: pd.Series) -> str:

@@ -25,7 +25,7 @@ from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
 from scaling.models.registry import get_rung
 from scaling.stage_state import read_state
-from scaling.stages import split_stage_name, stage_name
+from scaling.stages import BOOTSTRAP_ARM, split_stage_name, stage_name
 
 TEACHER_KEY = "ladder.teacher_checkpoint"
 
@@ -299,6 +299,8 @@ def plan_ladder(
 
     if source == "bootstrap":
         boot = add("clip", first, {}, {}, scratch=True, bootstrap=True, init={"text": "scratch"})
+        # trained from scratch, not from a MIM stage: another recipe than the stages a law is fitted on
+        boot.tags["arm"] = BOOTSTRAP_ARM
         notes.append(f"clip@{first}: text tower trained from scratch (bootstrap) at text lr "
                      f"{boot.cfg.optim.text_lr:g}, layer decay {boot.cfg.optim.text_layer_decay:g}")
         clip_of[first] = f"clip@{first}"

@@ -38,6 +38,8 @@ def test_proxy_plan_bootstraps_the_teacher_and_wires_inputs(runs):
     assert names == ["clip@E14", "mim@18B", "clip@18B"] and plan.teacher_source == "bootstrap"
     boot, mim, clip = plan.stages
     assert boot.bootstrap and boot.cfg.inputs.teacher is None and boot.cfg.inputs.init_text is None
+    # tagged as its own arm: a CLIP from scratch is kept off the law of MIM-initialised stages
+    assert boot.tags == {"arm": "bootstrap"} and mim.tags == {} and clip.tags == {}
     assert mim.teacher == "clip@E14" and mim.cfg.stage.teacher_rung == "E14"
     assert mim.cfg.inputs.teacher == boot.out_dir.as_posix() and mim.depends_on == ["clip@E14"]
     assert clip.init == {"vision": "mim@18B", "text": "clip@E14"}
