@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 
 from scaling import costs
-from scaling.models.registry import get_rung
+from scaling.models.registry import configured_rung, get_rung
 from scaling.stages import KINDS, stage_name
 from scaling.tracking import store
 from scaling.tracking.store import PARENT_TAG
@@ -120,6 +120,21 @@ def _rung(name: str, proxy: bool):
     return get_rung(name, proxy=proxy)
 
 
+def _configured(row: pd.Series, name: str, proxy: bool):
+    """The run's rung with its logged ``model.vision.*`` / ``model.text.*`` / ``data.image_size``
+    params applied, as its stage built it."""
+    parts: dict[str, dict[str, Any]] = {"vision": {}, "text": {}}
+    for col, value in row.items():
+        for part, tower in parts.items():
+            prefix = f"params.model.{part}."
+            if isinstance(col, str) and col.startswith(prefix) and isinstance(value, str) and value:
+                tower[col[len(prefix):]] = value
+    image_size = _first(row, "params.data.image_size")
+    if not parts["vision"] and not parts["text"] and image_size in (None, "None"):
+        return _rung(name, proxy)
+    return configured_rung(name, proxy, parts["vision"], parts["text"], image_size)
+
+
 def _first(row: pd.Series, *columns: str) -> Any:
     for col in columns:
         value = row.get(col)
@@ -143,7 +158,7 @@ def _costs(row: pd.Series) -> tuple[float, float, str]:
         return n_params, flops, source
     try:
         proxy = _truthy(_first(row, "proxy", "params.stage.proxy") or "false")
-        rung = _rung(str(rung_name), proxy)
+        rung = _configured(row, str(rung_name), proxy)
         if math.isnan(n_params):
             n_params = float(costs.clip_params(rung) if kind == "clip" else costs.params(rung.mim))
         if source:

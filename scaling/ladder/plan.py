@@ -24,6 +24,7 @@ from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
 from scaling.models.registry import get_rung
+from scaling.models.specs import apply_overrides
 from scaling.stage_state import read_state
 from scaling.stages import BOOTSTRAP_ARM, split_stage_name, stage_name
 
@@ -158,18 +159,21 @@ def _identity(cfg: DictConfig, internal: dict[str, str]) -> dict[str, Any]:
     return data  # type: ignore[return-value]
 
 
-def _same_text_trunk(teacher_rung: str, rung: str, proxy: bool) -> bool:
-    """Whether the teacher CLIP's text tower can initialise the rung's (the projection may differ:
-    the stage re-initialises a projection of another width)."""
-    a, b = get_rung(teacher_rung, proxy=proxy).text, get_rung(rung, proxy=proxy).text
-    if a is None or b is None:
-        return False
-    return {**asdict(a), "embed_dim": None} == {**asdict(b), "embed_dim": None}
+def _text_trunk(rung: str, proxy: bool, text_overrides: Any = None) -> dict[str, Any] | None:
+    """The rung's text tower as a stage builds it (``model.text`` overrides applied), without
+    the projection width (a stage re-initialises a projection of another width); None: no text tower."""
+    spec = get_rung(rung, proxy=proxy)
+    if spec.text is None:
+        return None
+    if text_overrides:
+        spec = apply_overrides(spec, {"text": dict(OmegaConf.to_container(text_overrides, resolve=True))})
+    return {**asdict(spec.text), "embed_dim": None}
 
 
 def _text_init(spec: LadderSpec, entry, teacher_rung: str, clip_of: dict[str, str | None],
-               proxy: bool) -> tuple[str | None, str]:
-    """(what initialises ``entry``'s CLIP text tower, or None for scratch; why, when None)."""
+               proxy: bool, text_of: dict[str, Any]) -> tuple[str | None, str]:
+    """(what initialises ``entry``'s CLIP text tower, or None for scratch; why, when None).
+    ``text_of``: the ``model.text`` overrides of each planned CLIP stage, and of ``entry``'s."""
     kind = entry.text_init_kind(spec.keys())
     where = f"{spec.path}: rungs.{entry.key}.text_init"
     if kind == "scratch":
@@ -185,7 +189,9 @@ def _text_init(spec: LadderSpec, entry, teacher_rung: str, clip_of: dict[str, st
                           "give a checkpoint path instead")
     if clip_of[source] is None:
         return None, f"{source} trains no CLIP stage"
-    if not _same_text_trunk(source, entry.key, proxy):
+    mine = _text_trunk(entry.key, proxy, text_of.get(stage_name("clip", entry.key)))
+    theirs = _text_trunk(source, proxy, text_of.get(clip_of[source]))
+    if mine is None or mine != theirs:
         return None, f"{source}'s has another shape"
     return clip_of[source], ""
 
@@ -323,7 +329,10 @@ def plan_ladder(
             wiring, internal = {}, {}
             if mim_name:
                 wiring["init_vision"] = internal["init_vision"] = mim_name
-            text_init, why = _text_init(spec, entries[rung], teacher_rung, clip_of, proxy)
+            # the text shape the stage will have (ladder layers and command line included)
+            text_of = {name: st.cfg.model.text for name, st in by_name.items() if st.kind == "clip"}
+            text_of[stage_name("clip", rung)] = _stage_config(spec, split, "clip", rung, proxy, {}).model.text
+            text_init, why = _text_init(spec, entries[rung], teacher_rung, clip_of, proxy, text_of)
             if text_init:
                 wiring["init_text"] = text_init
                 if text_init in by_name:

@@ -38,6 +38,7 @@ __all__ = [
     "TowerSpec",
     "UnknownRungError",
     "apply_overrides",
+    "configured_rung",
     "get_rung",
     "ladder_rungs",
     "list_rungs",
@@ -247,6 +248,20 @@ def reload() -> None:
 def get_rung(name: str, proxy: bool = False) -> RungSpec:
     """The rung called ``name`` (full name or alias, case-insensitive); its CPU proxy if asked."""
     return _registry().get(name, proxy)
+
+
+def configured_rung(name: str, proxy: bool = False, vision: Mapping[str, Any] | None = None,
+                    text: Mapping[str, Any] | None = None, image_size: int | str | None = None) -> RungSpec:
+    """The rung as a stage builds it: ``model.vision`` / ``model.text`` field overrides and
+    ``data.image_size`` applied (vision fields change the CLIP tower and its MIM form alike, so
+    MIM weights keep fitting). Values may be strings, as MLflow params hold them."""
+    rung = get_rung(name, proxy)
+    overrides: dict[str, Any] = dict(vision or {})
+    if image_size not in (None, "", "None"):
+        overrides.setdefault("image_size", int(image_size))
+    if rung.text is not None and text:
+        overrides["text"] = dict(text)
+    return apply_overrides(rung, overrides)
 
 
 def list_rungs(proxy: bool = False) -> list[RungSpec]:

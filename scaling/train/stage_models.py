@@ -14,8 +14,8 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from scaling.costs import mim_target_dim
-from scaling.models import apply_overrides, get_rung
 from scaling.models.build import build_clip, build_mim, build_vision
+from scaling.models.registry import configured_rung, get_rung
 from scaling.train.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -29,16 +29,12 @@ log = logging.getLogger(__name__)
 
 def stage_rung(cfg: DictConfig, name: str | None = None):
     """The rung spec (proxy or not) with ``model.vision``/``model.text`` and ``data.image_size``
-    applied. Vision overrides change the CLIP tower and its MIM form alike, so they stay compatible."""
-    rung = get_rung(name or cfg.stage.rung, proxy=cfg.stage.proxy)
-    if name is not None:  # an upstream rung: the student's overrides are not its own
-        return rung
-    overrides = dict(OmegaConf.to_container(cfg.model.vision, resolve=True) or {})
-    if cfg.data.image_size is not None:
-        overrides.setdefault("image_size", int(cfg.data.image_size))
-    if rung.text is not None and cfg.model.text:
-        overrides["text"] = dict(OmegaConf.to_container(cfg.model.text, resolve=True))
-    return apply_overrides(rung, overrides)
+    applied (``models.registry.configured_rung``). An upstream rung (``name``) is the registry's:
+    the student's overrides are not its own."""
+    if name is not None:
+        return get_rung(name, proxy=cfg.stage.proxy)
+    return configured_rung(cfg.stage.rung, cfg.stage.proxy, OmegaConf.to_container(cfg.model.vision, resolve=True),
+                           OmegaConf.to_container(cfg.model.text, resolve=True), cfg.data.image_size)
 
 
 def _manifest_of(path: str | Path) -> dict:

@@ -162,3 +162,32 @@ def test_text_init_only_between_text_towers_of_one_shape(runs):
     clip = plan.stage("clip@L14")
     assert clip.cfg.inputs.init_text is None and clip.depends_on == ["mim@L14"]
     assert any("clip@L14: text tower trained from scratch" in note for note in plan.notes)
+    # ... unless the stages' own text shape is made one: the shape compared is the one they build
+    # (the study ladder: one text depth for all its CLIP stages, and each from its teacher's)
+    plan = plan_ladder("B16", "L14", ladder="study", runs_dir=runs)
+    clip = plan.stage("clip@L14")
+    assert clip.cfg.inputs.init_text == plan.stage("clip@B16").out_dir.as_posix()
+    assert not any("clip@L14: text tower trained from scratch" in note for note in plan.notes)
+    plan = plan_ladder("B16", "L14", ladder="study", runs_dir=runs, overrides=["clip@L14.model.text.depth=3"])
+    assert plan.stage("clip@L14").cfg.inputs.init_text is None
+    # and a student made to differ from its teacher trains its own
+    plan = plan_ladder("E14", "18B", runs_dir=runs, overrides=["clip@18B.model.text.depth=2"])
+    assert plan.stage("clip@18B").cfg.inputs.init_text is None
+
+
+def test_a_stages_tower_overrides_change_what_the_plan_and_the_report_count(runs):
+    import pandas as pd
+
+    from scaling.analysis.load import _costs
+    from scaling.ladder.estimate import stage_estimate
+
+    base = stage_estimate(plan_ladder("E14", "18B", runs_dir=runs).stage("clip@18B"))
+    deeper = plan_ladder("E14", "18B", runs_dir=runs, overrides=["clip@18B.model.text.depth=8"]).stage("clip@18B")
+    more = stage_estimate(deeper)
+    assert more["params"] > base["params"] and more["train_flops"] > base["train_flops"]
+    # the report's cost model reads the same override back from the run's MLflow params
+    row = {"rung": "18B", "kind": "clip", "proxy": "true", "params.train.samples": "4000",
+           "params.model.patch_dropout": "0.5"}
+    plain = _costs(pd.Series(row))
+    logged = _costs(pd.Series({**row, "params.model.text.depth": "8"}))
+    assert logged[2] == plain[2] == "cost model" and logged[1] > plain[1]
