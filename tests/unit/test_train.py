@@ -190,3 +190,19 @@ def test_gradient_accumulation_equals_the_full_batch(clip_stage, synth, tmp_path
     assert curves["accum"] == pytest.approx(curves["full"], abs=1e-5)
     for key, value in weights["full"].items():
         torch.testing.assert_close(weights["accum"][key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_a_stage_computes_with_the_cpus_it_was_given_unless_omp_says_otherwise():
+    import torch
+    from omegaconf import OmegaConf
+
+    from scaling.train.stage import pin_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        cfg = OmegaConf.create({"resources": {"cpus_per_task": 3}})
+        assert pin_cpu_threads(cfg, environ={}) == 3 and torch.get_num_threads() == 3
+        assert pin_cpu_threads(cfg, environ={"OMP_NUM_THREADS": "1"}) is None  # the caller's choice wins
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
