@@ -23,8 +23,7 @@ from scaling.config import (
 from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
-from scaling.models.registry import get_rung
-from scaling.models.specs import apply_overrides
+from scaling.models.registry import configured_rung
 from scaling.stage_state import read_state
 from scaling.stages import BOOTSTRAP_ARM, split_stage_name, stage_name
 
@@ -162,12 +161,9 @@ def _identity(cfg: DictConfig, internal: dict[str, str]) -> dict[str, Any]:
 def _text_trunk(rung: str, proxy: bool, text_overrides: Any = None) -> dict[str, Any] | None:
     """The rung's text tower as a stage builds it (``model.text`` overrides applied), without
     the projection width (a stage re-initialises a projection of another width); None: no text tower."""
-    spec = get_rung(rung, proxy=proxy)
-    if spec.text is None:
-        return None
-    if text_overrides:
-        spec = apply_overrides(spec, {"text": dict(OmegaConf.to_container(text_overrides, resolve=True))})
-    return {**asdict(spec.text), "embed_dim": None}
+    text = OmegaConf.to_container(text_overrides, resolve=True) if text_overrides else None
+    spec = configured_rung(rung, proxy, text=text)
+    return None if spec.text is None else {**asdict(spec.text), "embed_dim": None}
 
 
 def _text_init(spec: LadderSpec, entry, teacher_rung: str, clip_of: dict[str, str | None],

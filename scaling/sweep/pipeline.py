@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scaling import costs
 from scaling.config import ConfigError, _all_keys, fingerprint, load_stage_config
-from scaling.models.registry import apply_overrides, get_rung
+from scaling.models.registry import configured_rung, get_rung
 from scaling.models.specs import TextSpec, TowerSpec, field_names
 from scaling.sweep.errors import SweepError
 
@@ -122,11 +122,8 @@ def _check_tower_values(cfg: DictConfig, key: str, values: list[Any], where: str
 
 def check_towers(cfg: DictConfig) -> Any:
     """Apply the config's tower switches to its rung (raises a ValueError naming a bad field)."""
-    rung = get_rung(cfg.stage.rung, proxy=bool(cfg.stage.proxy))
-    vision = OmegaConf.to_container(cfg.model.vision) or {}
-    text = OmegaConf.to_container(cfg.model.text) or {}
-    overrides = {**{k: v for k, v in vision.items()}, **{f"text.{k}": v for k, v in text.items()}}
-    return apply_overrides(rung, overrides)
+    return configured_rung(cfg.stage.rung, bool(cfg.stage.proxy), OmegaConf.to_container(cfg.model.vision),
+                           OmegaConf.to_container(cfg.model.text))
 
 
 def base_config(spec: SweepSpec, stage: str, params: Mapping[str, Any],
