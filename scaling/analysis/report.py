@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis import load, published
-from scaling.analysis.arms import verdict, weak_to_strong
 from scaling.analysis.fits import FitError
+from scaling.analysis.markdown import md_table
 from scaling.analysis.predict import (
     MetricSpec,
     base_stage,
@@ -31,14 +31,13 @@ from scaling.analysis.predict import (
     two_step_rollout,
     with_loss,
 )
+from scaling.analysis.report_arms import arms_section
 from scaling.analysis.sweep_frame import importances, sweeps
 from scaling.stages import LAW_METRIC
 
 log = logging.getLogger(__name__)
 DEFAULT_METRIC = LAW_METRIC
 SECTIONS = ("ladder", "sweep", "published")
-# held-out losses a study's arms are also compared on (``scaling.eval.zeroshot``)
-ARM_LOSSES = ("eval/synth_cls/loss", "eval/synth_ret/loss")
 CURVE_KEYS = ["train/loss", "train/samples_seen", "eval/synth_cls/top1", "eval/mim/loss"]
 
 
@@ -54,22 +53,6 @@ class Report:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "study"
-
-
-def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
-    """A GitHub-flavoured Markdown table (no extra dependency)."""
-    if df.empty:
-        return "_(none)_\n"
-
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "–" if math.isnan(v) else format(float(v), floatfmt)
-        return str(v).replace("|", "\\|") if v is not None else "–"
-
-    head = "| " + " | ".join(map(str, df.columns)) + " |"
-    sep = "| " + " | ".join("---" for _ in df.columns) + " |"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join([head, sep, *rows]) + "\n"
 
 
 def _human(v) -> str:
@@ -252,53 +235,6 @@ def _two_step_lines(w: _Writer, uri, points: pd.DataFrame, spec: MetricSpec, nxt
     return lines
 
 
-def _arms(w: _Writer, runs: pd.DataFrame, metric: str) -> list[str]:
-    table = weak_to_strong(runs, metric)
-    if table.empty:
-        return []
-    lines = ["## Weak-to-strong: MIM initialisation against its controls", "",
-             "Every CLIP stage trained three ways at equal CLIP samples: `mim_init` (vision tower from the "
-             "rung's MIM stage, as the ladder does), `random_init` (random vision tower, text tower as in the "
-             "ladder) and `scratch` (both towers random). Gain = mean(mim_init) − mean(random_init) of the "
-             f"final `{metric}`; 90 % interval: bootstrap over each arm's seeds (4000 resamples), for this "
-             "one MIM checkpoint per stage.", ""]  # fmt: skip
-    out = pd.DataFrame({"stage": table["stage"]})
-    for arm in ("mim_init", "random_init", "scratch"):
-        out[f"{arm} (n)"] = [f"{m:.4g} ± {s:.2g} ({int(n)})" if n else "–" for m, s, n in
-                             zip(table[f"mean_{arm}"], table[f"sd_{arm}"].fillna(0.0), table[f"n_{arm}"],
-                                 strict=True)]  # fmt: skip
-    for key, name in (("mim_init-random_init", "gain vs random_init"), ("mim_init-scratch", "gain vs scratch")):
-        out[name] = table[key]
-        out[f"{name} 90 %"] = [f"[{lo:.4g}, {hi:.4g}]" if not pd.isna(lo) else "–"
-                               for lo, hi in zip(table[f"{key}_low"], table[f"{key}_high"], strict=True)]  # fmt: skip
-    out["verdict"] = [verdict(r) for _, r in table.iterrows()]
-    lines += [md_table(out), "Cells: mean ± standard deviation over seeds (number of seeds).", ""]
-    lines += _arm_losses(runs)
-    if (table["n_scratch"] == 0).any():
-        w.notes.append("weak-to-strong: stages without scratch runs train their text tower from scratch in "
-                       "the ladder too, so random_init is the scratch arm there")
-    return lines
-
-
-def _arm_losses(runs: pd.DataFrame) -> list[str]:
-    """The same comparison on the held-out losses, which keep separating the arms after top-1 has
-    reached the colour plateau (lower is better, so the gain is random_init − mim_init)."""
-    rows = []
-    for key in ARM_LOSSES:
-        table = weak_to_strong(runs, key)
-        for _, r in table.iterrows():
-            gain, lo, hi = -r["mim_init-random_init"], -r["mim_init-random_init_high"], -r["mim_init-random_init_low"]
-            flipped = pd.Series({"g_low": lo, "g_high": hi})
-            rows.append({"stage": r["stage"], "metric": f"`{key}`", "mim_init": f"{r['mean_mim_init']:.4g}",
-                         "random_init": f"{r['mean_random_init']:.4g}", "gain (lower loss)": f"{gain:.4g}",
-                         "90 %": f"[{lo:.4g}, {hi:.4g}]" if not pd.isna(lo) else "–",
-                         "verdict": verdict(flipped, "g")})  # fmt: skip
-    if not rows:
-        return []
-    return ["Held-out losses, same runs (lower is better; gain = mean(random_init) − mean(mim_init)):", "",
-            md_table(pd.DataFrame(rows)), ""]
-
-
 def _sweeps(w: _Writer, runs: pd.DataFrame) -> list[str]:
     # matplotlib loads with the first figure
     from scaling.analysis.plots import sweep as sweep_plot
@@ -382,7 +318,9 @@ def build_report(
         ladder_lines, checks = _ladder(w, uri, runs, metric, record, two_step)
         # the gain is in accuracy points: a law fitted on a loss still compares arms by top-1
         arms_metric = metric if MetricSpec.for_key(metric).higher_is_better else DEFAULT_METRIC
-        ladder_lines += _arms(w, runs, arms_metric)
+        arm_lines, arm_notes = arms_section(runs, arms_metric)
+        ladder_lines += arm_lines
+        w.notes += arm_notes
     sweep_lines = _sweeps(w, runs) if "sweep" in sections and not runs.empty else []
 
     status = children["status"].value_counts().to_dict() if not children.empty else {}
