@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from scaling.stages import LAW_METRIC
+
 EXAMPLES = """examples:
   python -m scaling.analysis report --experiment ladder-eva
   python -m scaling.analysis report --experiment sweep-clip-lr --tracking-uri http://127.0.0.1:5000 --out reports/sweep
@@ -26,9 +28,12 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--tracking-uri", default=None,
                      help="MLflow tracking URI or a .db file (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")  # fmt: skip
     rep.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
-    rep.add_argument("--metric", default="eval/synth_cls/top1", help="metric to fit against compute")
+    rep.add_argument("--metric", default=LAW_METRIC,
+                     help=f"metric to fit against compute (default {LAW_METRIC}; a ladder file's law_metric, "
+                          "e.g. eval/synth_ret/loss for the study ladder)")  # fmt: skip
     rep.add_argument("--two-step", action="store_true",
-                     help="also fit the two-step law: compute -> train loss -> accuracy (OLMo's sigmoid link)")
+                     help="also fit the two-step law: compute -> the held-out task loss of the metric's set "
+                          "(eval/<set>/loss; the train loss for runs without one) -> accuracy (OLMo's sigmoid link)")  # fmt: skip
     rep.add_argument("--log-artifacts", action="store_true",
                      help="attach the report to the experiment's latest parent run and record predictions")  # fmt: skip
     pub = sub.add_parser("published", help="print the published EVA results with their source tables")

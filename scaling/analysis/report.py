@@ -288,7 +288,7 @@ def build_report(
     """Write the figures and ``report.md`` for ``experiment`` into ``out_dir``.
 
     ``sections``: any of ``ladder``, ``sweep``, ``published`` (the bubble chart and its table).
-    ``two_step``: also fit OLMo's compute -> train loss -> accuracy law and its rollout.
+    ``two_step``: also fit OLMo's compute -> task loss -> accuracy law and its rollout.
     """
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
