@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -236,11 +237,13 @@ def test_only_global_rank_zero_logs(uri: str, tmp_path: Path) -> None:
 
 class FlakyClient:
     """A client whose metric batches fail twice: first after landing (the reply is lost), then
-    before landing. The logger must neither lose nor duplicate a step."""
+    before landing. The logger must neither lose nor duplicate a step. The first failure holds
+    its reply until ``release`` is set, so a test can log more steps into the outage."""
 
     def __init__(self, real: object) -> None:
         self.real = real
         self.failures = 0
+        self.landed, self.release = threading.Event(), threading.Event()
 
     def __getattr__(self, name: str) -> object:
         return getattr(self.real, name)
@@ -252,6 +255,8 @@ class FlakyClient:
             self.failures += 1
             if self.failures == 1:
                 self.real.log_batch(run_id, metrics=metrics, **kwargs)
+                self.landed.set()
+                self.release.wait(30)
             raise MlflowException("Connection reset by peer")
         self.real.log_batch(run_id, metrics=metrics, **kwargs)
 
@@ -263,11 +268,15 @@ def test_lost_reply_is_not_resent(uri: str, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(store, "client", lambda u=None: flaky)
     logger = tracking.MlflowLogger(uri, run, flush_every_s=0.05)
     with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
-        for step in range(30):
+        for step in range(10):
             logger.log_metrics({"train/loss": float(step)}, step)
-            if step == 9:
-                assert logger.flush(timeout_s=0.2) is False  # first batch in trouble
-        logger.close(timeout_s=20)
+        # Events, not a clock: under load no fixed window sees the first batch go out, and steps
+        # 10.. must be buffered before its failure returns for the second failure to carry them.
+        assert flaky.landed.wait(30), "the first batch was never sent"
+        for step in range(10, 30):
+            logger.log_metrics({"train/loss": float(step)}, step)
+        flaky.release.set()
+        logger.close(timeout_s=30)
     assert flaky.failures == 2
     assert steps_of(uri, run, "train/loss") == list(range(30))
     assert sum("unreachable; buffering" in r.message for r in caplog.records) == 1
