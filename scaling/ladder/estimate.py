@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from scaling import costs, loader_costs
 from scaling.config import Phase, stage_phases
-from scaling.models.registry import RungSpec, apply_overrides, configured_rung, get_rung
+from scaling.models.registry import RungSpec, apply_overrides, configured_rung_of, get_rung
 
 if TYPE_CHECKING:  # the plan calls the estimate; the estimate only reads the plan's types
     from scaling.ladder.plan import Plan, PlannedStage
@@ -44,9 +44,7 @@ def _rungs(cfg: DictConfig, teacher_rung: str | None) -> tuple[RungSpec, RungSpe
     proxy = bool(cfg.stage.proxy)
     teacher = teacher_rung or cfg.stage.teacher_rung
     # the stage's own overrides (model.vision, model.text, data.image_size) change what it costs
-    spec = configured_rung(str(cfg.stage.rung), proxy, OmegaConf.to_container(cfg.model.vision, resolve=True),
-                           OmegaConf.to_container(cfg.model.text, resolve=True), cfg.data.image_size)
-    return spec, (get_rung(teacher, proxy=proxy) if teacher else None)
+    return configured_rung_of(cfg), (get_rung(teacher, proxy=proxy) if teacher else None)
 
 
 def _memory(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: int, micro: int,

@@ -39,6 +39,7 @@ __all__ = [
     "UnknownRungError",
     "apply_overrides",
     "configured_rung",
+    "configured_rung_of",
     "get_rung",
     "ladder_rungs",
     "list_rungs",
@@ -262,6 +263,15 @@ def configured_rung(name: str, proxy: bool = False, vision: Mapping[str, Any] | 
     if rung.text is not None and text:
         overrides["text"] = dict(text)
     return apply_overrides(rung, overrides)
+
+
+def configured_rung_of(cfg: Any) -> RungSpec:
+    """``configured_rung`` for a stage config: its ``stage.rung`` with its ``model.vision``,
+    ``model.text`` and ``data.image_size``: the one reading the stage, the planner and the sweep
+    share, so a model they build and the FLOPs they count are of the same tower."""
+    return configured_rung(str(cfg.stage.rung), bool(cfg.stage.proxy),
+                           OmegaConf.to_container(cfg.model.vision, resolve=True),
+                           OmegaConf.to_container(cfg.model.text, resolve=True), cfg.data.image_size)
 
 
 def list_rungs(proxy: bool = False) -> list[RungSpec]:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scaling import costs
 from scaling.config import ConfigError, _all_keys, fingerprint, load_stage_config
-from scaling.models.registry import configured_rung, get_rung
+from scaling.models.registry import configured_rung_of, get_rung
 from scaling.models.specs import TextSpec, TowerSpec, field_names
 from scaling.sweep.errors import SweepError
 
@@ -121,9 +121,9 @@ def _check_tower_values(cfg: DictConfig, key: str, values: list[Any], where: str
 
 
 def check_towers(cfg: DictConfig) -> Any:
-    """Apply the config's tower switches to its rung (raises a ValueError naming a bad field)."""
-    return configured_rung(cfg.stage.rung, bool(cfg.stage.proxy), OmegaConf.to_container(cfg.model.vision),
-                           OmegaConf.to_container(cfg.model.text))
+    """Apply the config's tower switches and image size to its rung, as the stage will (raises a
+    ValueError naming a bad field)."""
+    return configured_rung_of(cfg)
 
 
 def base_config(spec: SweepSpec, stage: str, params: Mapping[str, Any],

@@ -9,13 +9,13 @@ import logging
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from scaling.costs import mim_target_dim
 from scaling.models.build import build_clip, build_mim, build_vision
-from scaling.models.registry import configured_rung, get_rung
+from scaling.models.registry import configured_rung_of, get_rung
 from scaling.train.checkpoint import (
     MANIFEST,
     CheckpointError,
@@ -29,12 +29,11 @@ log = logging.getLogger(__name__)
 
 def stage_rung(cfg: DictConfig, name: str | None = None):
     """The rung spec (proxy or not) with ``model.vision``/``model.text`` and ``data.image_size``
-    applied (``models.registry.configured_rung``). An upstream rung (``name``) is the registry's:
+    applied (``models.registry.configured_rung_of``). An upstream rung (``name``) is the registry's:
     the student's overrides are not its own."""
     if name is not None:
         return get_rung(name, proxy=cfg.stage.proxy)
-    return configured_rung(cfg.stage.rung, cfg.stage.proxy, OmegaConf.to_container(cfg.model.vision, resolve=True),
-                           OmegaConf.to_container(cfg.model.text, resolve=True), cfg.data.image_size)
+    return configured_rung_of(cfg)
 
 
 def _manifest_of(path: str | Path) -> dict:

@@ -183,6 +183,21 @@ def test_trial_configs_wire_the_pipeline(tmp_path: Path) -> None:
     assert costs["cost/train_flops"] > 0 and swiglu["cost/train_flops"] != costs["cost/train_flops"]
 
 
+def test_trial_costs_count_the_image_size_the_stage_builds(tmp_path: Path) -> None:
+    from scaling.models.registry import configured_rung_of
+    from scaling.sweep.pipeline import check_towers, trial_configs, trial_costs
+
+    spec = load_sweep("trv_ablation", [f"workdir={tmp_path}"])
+    params = {"model.vision.norm": "rmsnorm", "model.vision.init": "xavier",
+              "model.vision.mlp": "gelu", "model.vision.pos": "abs"}
+    mim, clip = trial_configs(spec, params, tmp_path / "a")
+    base = trial_costs([mim, clip])
+    for cfg in (mim, clip):
+        cfg.data.image_size = 2 * configured_rung_of(cfg).vision.image_size
+        assert check_towers(cfg) == configured_rung_of(cfg)  # the sweep's rung is the stage's
+    assert trial_costs([mim, clip])["cost/train_flops"] > 3 * base["cost/train_flops"]  # 4x the patches
+
+
 def test_stage_prefixed_key_targets_one_stage(tmp_path: Path) -> None:
     from scaling.sweep.pipeline import trial_configs
 
