@@ -140,12 +140,28 @@ def _make_sample(url: str, key: str, files: dict[str, bytes], stats: ShardStats)
     return {"key": key, "image": files[image_ext], "ext": image_ext, "text": text, "shard": url}
 
 
-class TarError(ValueError):
-    """The tar data ends early or is corrupt; ``name``: the member being read, if known."""
+TRUNCATED = "the tar ends without its end-of-archive blocks (truncated)"
 
-    def __init__(self, message: str, name: str | None = None, offset: int | None = None) -> None:
+
+class TarError(ValueError):
+    """The tar data ends early or is corrupt; ``name``: the member being read, if known;
+    ``at_boundary``: the data ends between two members (every member read is whole)."""
+
+    def __init__(self, message: str, name: str | None = None, offset: int | None = None,
+                 at_boundary: bool = False) -> None:
         super().__init__(message)
-        self.name, self.offset = name, offset
+        self.name, self.offset, self.at_boundary = name, offset, at_boundary
+
+
+def _ends_sample(exc: BaseException, key: str | None) -> bool:
+    """Whether the files read so far under ``key`` are whole when reading stopped at ``exc``:
+    the data ended between members, or inside a member of another key."""
+    if key is None:
+        return False
+    if getattr(exc, "at_boundary", False):
+        return True
+    broken = _KEY_RE.match(getattr(exc, "name", None) or "")
+    return broken is not None and broken.group(1) != key
 
 
 def _octal(field: bytes) -> int:
@@ -189,7 +205,10 @@ def _iter_plain_tar(f, first: bytes, base: int = 0) -> Iterator[tuple[str, bytes
     here = start = base  # this header's offset; the offset of the member's first header
     while True:
         if len(header) == 0:
-            return  # end of file at a member boundary (no end-of-archive blocks): accepted
+            if here == 0:
+                return  # an empty file: the caller names it as such
+            # a file cut at a member boundary (a copy stopped at a 10240-byte record)
+            raise TarError(TRUNCATED, offset=start, at_boundary=True)
         if len(header) < 512:
             raise TarError("unexpected end of data in a header", offset=start)
         if header.count(0) == 512:
@@ -227,18 +246,27 @@ def _iter_plain_tar(f, first: bytes, base: int = 0) -> Iterator[tuple[str, bytes
             start = here
 
 
-def _iter_tarfile(f) -> Iterator[tuple[str, bytes]]:
+def _iter_tarfile(f) -> Iterator[tuple[str, bytes, None]]:
     """(name, data) through ``tarfile`` (compressed tars)."""
     with tarfile.open(fileobj=f, mode="r|*") as tar:
-        for member in tar:
-            if member.isfile():
-                try:
-                    data = tar.extractfile(member).read()
-                except (tarfile.TarError, EOFError, OSError) as exc:
-                    raise TarError(f"unexpected end of data ({exc})", member.name) from exc
-                if len(data) != member.size:
-                    raise TarError("unexpected end of data", member.name)
-                yield member.name, data, None
+        yield from _tarfile_members(tar)
+        # tarfile ends quietly at end of data; only after an end-of-archive block has its
+        # stream read past the last member
+        if tar.offset and tar.fileobj.tell() == tar.offset:
+            raise TarError(TRUNCATED, at_boundary=True)
+
+
+def _tarfile_members(tar: tarfile.TarFile) -> Iterator[tuple[str, bytes, None]]:
+    """(name, data, None) of the regular files ``tar`` holds."""
+    for member in tar:
+        if member.isfile():
+            try:
+                data = tar.extractfile(member).read()
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise TarError(f"unexpected end of data ({exc})", member.name) from exc
+            if len(data) != member.size:
+                raise TarError("unexpected end of data", member.name)
+            yield member.name, data, None
 
 
 def iter_tar(f, base: int = 0) -> Iterator[tuple[str, bytes, int | None]]:
@@ -286,7 +314,8 @@ def read_shard(url: str, stats: ShardStats, start: int = 0, produced: int = 0) -
     """Complete, well-formed samples of one shard; bad ones are counted in ``stats`` and skipped.
 
     Counted (one each): a sample without image or caption, a non-UTF-8 caption, the unreadable
-    rest of a truncated or corrupt tar, a shard with no sample at all.
+    rest of a truncated or corrupt tar (also one cut between two members, which lacks its
+    end-of-archive blocks), a shard with no sample at all.
 
     Each sample carries ``offset`` (where its first member starts) and ``next`` (where the
     reading goes on after it, ``SHARD_END`` if nothing follows), both None where the bytes
@@ -337,10 +366,9 @@ def read_shard(url: str, stats: ShardStats, start: int = 0, produced: int = 0) -
             )
             stats.skip(shard_name(url), what)
     except (TarError, tarfile.TarError, EOFError, OSError, ValueError) as exc:
-        # the data ended inside a member: the sample before it is complete if the broken
-        # member starts a new key; the sample being read is lost
-        broken = _KEY_RE.match(getattr(exc, "name", None) or "")
-        if key is not None and broken is not None and broken.group(1) != key:
+        # the data ended: the sample being read is usable if its files are whole (it may
+        # still lack its caption, which counts on its own); one inside a broken member is lost
+        if _ends_sample(exc, key):
             sample = _make_sample(url, key, files, stats)
             if sample is not None:
                 yield _place(sample, key_offset, getattr(exc, "offset", None), seekable)
@@ -372,9 +400,8 @@ def read_samples_at(url: str, offsets: Sequence[int]) -> list[dict]:
                             break
                         key = m.group(1)
                         files[m.group(2).lower()] = data
-                except TarError as exc:  # complete if the broken member starts another key
-                    broken = _KEY_RE.match(exc.name or "")
-                    if key is None or broken is None or broken.group(1) == key:
+                except TarError as exc:
+                    if not _ends_sample(exc, key):
                         raise
                 sample = None if key is None else _make_sample(url, key, files, ShardStats(quiet=True))
                 if sample is None:

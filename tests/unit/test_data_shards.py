@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -234,6 +235,19 @@ def test_too_few_shards_for_the_split_is_an_error(world):
 # --- bad data ---------------------------------------------------------------------------------
 
 
+def _record_samples(prefix: str, n: int) -> list[tuple[str, bytes]]:
+    """Samples of exactly one tar record each (20 blocks): the caption padded with spaces."""
+    image = _png()
+    blocks = 3 + -(-len(image) // tarfile.BLOCKSIZE) + 1  # 3 headers, the image, the json
+    caption_bytes = (tarfile.RECORDSIZE // tarfile.BLOCKSIZE - blocks) * tarfile.BLOCKSIZE
+    out = []
+    for i in range(n):
+        caption = f"caption {prefix}{i}".encode().ljust(caption_bytes)
+        out += [(f"{prefix}{i:03d}.png", image), (f"{prefix}{i:03d}.txt", caption),
+                (f"{prefix}{i:03d}.json", b"{}")]
+    return out
+
+
 @pytest.fixture()
 def bad_shards(tmp_path):
     """One good shard (5 samples) and one shard per kind of bad data, with known counts."""
@@ -244,6 +258,13 @@ def bad_shards(tmp_path):
         cut = next(m for m in tar.getmembers() if m.name == "t004.png").offset_data + 10
     truncated = tmp_path / "truncated.tar"
     truncated.write_bytes(Path(full).read_bytes()[:cut])
+    # cut at a 10240-byte record: each sample fills one record, 16 of 20 survive whole
+    records = tmp_path / "records.tar"
+    _write_tar(records, _record_samples("r", 20))
+    cut_at_record = tmp_path / "cut_at_record.tar"
+    cut_at_record.write_bytes(records.read_bytes()[: 16 * tarfile.RECORDSIZE])
+    cut_gz = tmp_path / "cut_at_record.tar.gz"
+    cut_gz.write_bytes(gzip.compress(cut_at_record.read_bytes()))
     undecodable = _write_tar(
         tmp_path / "undecodable.tar",
         _good("u", 2)
@@ -264,6 +285,8 @@ def bad_shards(tmp_path):
     return {
         "good": (good, 5, 0),
         "truncated": (str(truncated), 4, 1),
+        "cut_at_record": (str(cut_at_record), 16, 1),
+        "cut_gz": (str(cut_gz), 16, 1),
         "undecodable": (undecodable, 2, 1),
         "no_caption": (no_caption, 1, 2),
         "empty": (empty, 0, 1),
@@ -273,7 +296,7 @@ def bad_shards(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "case", ["truncated", "undecodable", "no_caption", "empty", "zero", "non_utf8"]
+    "case", ["truncated", "cut_at_record", "cut_gz", "undecodable", "no_caption", "empty", "zero", "non_utf8"]
 )
 def test_bad_data_is_skipped_counted_and_warned_once_per_shard(bad_shards, case):
     good, n_good, _ = bad_shards["good"]
