@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from scaling.config_dialect import ConfigError, all_keys, load_yaml, merge_layer, parse_overrides
-from scaling.config_schema import CHOICES, MINIMUM, POSITIVE, RANGES, StageConfig
+from scaling.config_schema import CHOICES, MINIMUM, NULLABLE, POSITIVE, RANGES, StageConfig
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
 from scaling.stages import KINDS, stage_name
@@ -86,6 +86,8 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
             raise ConfigError(f"{source}: '{key}' must be > 0; got {value}")
     for key, low in MINIMUM.items():
         value = OmegaConf.select(cfg, key)
+        if value is None and key in NULLABLE:
+            continue
         if value is None or value < low:
             raise ConfigError(f"{source}: '{key}' must be >= {low}; got {value}")
     scale = list(cfg.data.crop_scale)

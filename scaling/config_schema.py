@@ -60,7 +60,8 @@ class DataSection:
 class EvalSection:
     classification: Optional[str] = None  # ImageFolder or clip_benchmark wds dir; None -> synthetic held-out set
     retrieval: Optional[str] = None
-    every_samples: int = 0  # 0: only at the end of the stage
+    every_samples: Optional[int] = None  # 0: only at the end; None: eval.points per stage
+    points: int = 4  # evaluations per stage (the last at its end) when every_samples is None
     mode: str = "resize_center_crop"  # resize_center_crop | resize
     batch_size: int = 256
     max_samples: Optional[int] = None
@@ -209,6 +210,8 @@ POSITIVE: tuple[str, ...] = ("train.samples", "train.batch_size", "optim.lr", "t
 
 # Integer floors: a job needs a node, a task and a CPU; 0 GPUs means CPU processes, 0 GB the
 # scheduler's default memory, 0 samples/steps "only at the end".
+# Keys of MINIMUM that may also be null (unset: a default derived elsewhere).
+NULLABLE = frozenset({"eval.every_samples"})
 MINIMUM: dict[str, int] = {
     "resources.nodes": 1,
     "resources.tasks_per_node": 1,
@@ -218,7 +221,8 @@ MINIMUM: dict[str, int] = {
     "resources.signal_delay_s": 0,
     "train.ckpt_every": 0,
     "train.keep_checkpoints": 0,  # 0: keep every periodic checkpoint
-    "eval.every_samples": 0,
+    "eval.every_samples": 0,  # or None: see eval.points
+    "eval.points": 1,
     "data.workers": 0,
     "data.synth_samples": 1,
     "optim.warmup_samples": 0,

@@ -17,7 +17,7 @@ from typing import Any
 from scaling.config import ConfigError
 from scaling.ladder.estimate import plan_problems, plan_rows
 from scaling.ladder.plan import plan_ladder
-from scaling.ladder.render import phase_lines, plan_table, status_table
+from scaling.ladder.render import phase_lines, plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
             print(plan_table(rows))
             for line in phase_lines(rows):
                 print(line)
+            print(plan_totals(rows))
     if problems:
         for problem in problems:
             print(f"scaling.ladder: {'warning' if args.force else 'error'}: {problem}", file=sys.stderr)

@@ -7,9 +7,10 @@ from typing import Any
 
 
 def human(n: float | None, unit: str = "") -> str:
+    """``17.6B``: B for 1e9, as ``python -m scaling.models`` writes params and samples."""
     if n is None:
         return "-"
-    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+    for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             return f"{n / scale:.3g}{suffix}{unit}"
     return f"{n:.3g}{unit}"
@@ -57,6 +58,29 @@ def plan_table(rows: Sequence[dict[str, Any]]) -> str:
         ])
     warned = [f"warning: {r['stage']} {r['loader_warning']}" for r in rows if r.get("loader_warning")]
     return "\n".join([table(headers, body), *warned])
+
+
+def critical_path_hours(rows: Sequence[dict[str, Any]]) -> float:
+    """The plan's wall time: its longest chain of stages through ``depends_on`` (a stage starts when
+    its upstream ends; independent stages, a study's arms, run side by side)."""
+    ends: dict[str, float] = {}
+    for r in rows:  # plan order: upstream first
+        ends[r["stage"]] = (r.get("wall_hours") or 0.0) + max((ends.get(d, 0.0) for d in r.get("depends_on") or ()),
+                                                               default=0.0)
+    return max(ends.values(), default=0.0)
+
+
+def plan_totals(rows: Sequence[dict[str, Any]]) -> str:
+    """The plan's totals: training FLOPs, GPU-hours and wall time, of the stages still to run."""
+    todo = [r for r in rows if r.get("state") != "finished"]
+    flops = sum(r["train_flops"] for r in todo)
+    done = f" ({len(rows) - len(todo)} finished stage(s) left out)" if len(todo) < len(rows) else ""
+    if not any(r.get("gpu_hours") is not None for r in todo):
+        return f"total: {flops:.3g} training FLOPs in {len(todo)} stage(s){done}; CPU proxies: no GPU-hours"
+    hours = sum(r.get("gpu_hours") or 0.0 for r in todo)
+    wall = critical_path_hours(todo)
+    return (f"total: {flops:.3g} training FLOPs, {human(hours)} GPU-hours, {wall / 24:.1f} wall days "
+            f"(the longest chain of dependent stages) in {len(todo)} stage(s){done}")
 
 
 def zero_shot(metrics: dict[str, Any] | None) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from scaling import costs
-from scaling.config import ConfigError, load_stage_config
+from scaling.config import ConfigError, load_stage_config, stage_phases
 from scaling.models.registry import (
     LADDER_ORDER,
     RungSpec,
@@ -174,6 +174,8 @@ def cost_report(args: argparse.Namespace) -> dict[str, Any]:
             else None
         ),
         "wall_days_given": args.wall_days,
+        # the ladder's --dry-run computes such a stage phase by phase (see print_report)
+        "recipe_phases": [p.name for p in stage_phases(cfg)] if cfg.phases else None,
     }
 
 
@@ -192,10 +194,15 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"    {key:<12} {value / GIB:9.2f} GiB")
     verdict = "fits" if r["fits"] else "does NOT fit"
     print(f"  -> {verdict} in {r['gpu_memory_bytes'] / GIB:.0f} GiB (90 % usable assumed)")
-    print(f"  training: {r['samples']:.3g} samples, {r['train_flops']:.3g} FLOPs")
+    print(f"  training: {_human(r['samples'])} samples, {r['train_flops']:.3g} FLOPs")
     print(
         f"  at MFU {r['mfu']:.0%}: {r['gpu_hours']:,.0f} GPU-hours = {r['wall_days']:.1f} days on {r['gpus']} GPUs"
     )
+    if r.get("recipe_phases"):
+        print(f"  note: the recipe trains this stage in phases ({' -> '.join(r['recipe_phases'])}); this estimate "
+              f"runs all {_human(r['samples'])} samples at patch dropout {r['patch_dropout']:g}, while "
+              "`python -m scaling.ladder --dry-run` sums each phase's FLOPs and shows the micro-batch of the "
+              "phase that needs the most memory, so the two differ for this stage")
     if r["implied_mfu"] is not None:
         print(f"  a wall time of {r['wall_days_given']:g} days implies MFU {r['implied_mfu']:.1%}")
     else:

@@ -19,7 +19,7 @@ from scaling.ladder.cli import build_parser as ladder_parser
 from scaling.ladder.cli import gpu_visible, print_status, run_plan, split_command
 from scaling.ladder.estimate import plan_rows
 from scaling.ladder.plan import plan_ladder
-from scaling.ladder.render import plan_table, status_table
+from scaling.ladder.render import plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
@@ -95,6 +95,7 @@ def _dry_run(study, as_json: bool) -> None:
     flops = sum(r["train_flops"] for r in rows)
     clip = sum(r["samples"] for r in rows if r["kind"] == "clip")
     print(f"\n{len(rows)} stages, {clip} CLIP samples in all, {flops:.3g} training FLOPs")
+    print(plan_totals(rows))
     for note in study.notes:
         print(f"note: {note}")
 

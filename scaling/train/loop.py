@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from scaling.config import Phase, stage_phases
 from scaling.data.tokenizer import get_tokenizer
 from scaling.data.transforms import normalize_on_device
+from scaling.eval.cadence import eval_every_samples
 from scaling.eval.runner import StageEvaluator
 from scaling.metrics import MetricLogger
 from scaling.models import apply_overrides
@@ -330,7 +331,7 @@ class TrainingLoop:
         cfg = self.cfg
         self.resume()
         batches = iter(self.stream)
-        every = cfg.eval.every_samples
+        every = eval_every_samples(cfg)
         bar = _progress(self.total_steps, self.step, f"{self.cfg.stage.name}", self.rank == 0)
         window_loss, window_steps, grad_norm = 0.0, 0, float("nan")
         tick = time.perf_counter()

@@ -193,3 +193,20 @@ def test_resources_are_validated_at_load(override, message):
     with pytest.raises(ConfigError, match=re.escape(f"command line: {message}")):
         load_stage_config("clip", "B16", overrides=[override])
     assert load_stage_config("clip", "B16", overrides=["resources.gpus_per_node=0", "resources.mem_gb=0"])
+
+
+def test_eval_cadence_gives_every_stage_its_points_unless_set():
+    from scaling.eval.cadence import eval_every_samples
+
+    def every(*overrides):
+        return eval_every_samples(load_stage_config("clip", "B16", proxy=True, overrides=list(overrides)))
+
+    assert every("train.samples=4000", "train.batch_size=32") == 1000  # 4 points: 1000, 2000, 3000, end
+    assert every("train.samples=4000", "train.batch_size=32", "eval.points=8") == 500
+    assert every("train.samples=4000", "eval.points=1") == 0  # only at the end
+    assert every("train.samples=4000", "eval.every_samples=5000") == 5000  # set: it wins
+    assert every("train.samples=4000", "eval.every_samples=0") == 0
+    # the samples actually trained (whole steps): 100 samples of 32 are 3 steps, 96 samples
+    assert every("train.samples=100", "train.batch_size=32") == 24
+    with pytest.raises(ConfigError, match="eval.points"):
+        load_stage_config("clip", "B16", proxy=True, overrides=["eval.points=0"])

@@ -143,3 +143,29 @@ def test_auto_micro_batch_is_the_largest_that_fits(tmp_path):
     bigger = [m for m in range(micro + 1, 108_000 // 360 + 1) if (108_000 // 360) % m == 0]
     for m in bigger:  # every larger micro-batch that divides does not fit some phase
         assert not all(costs.fits(_memory(c, spec, teacher, 360, m), "a100-40gb") for c in phases)
+
+
+def test_dry_run_totals_the_plan_in_the_units_of_scaling_models(tmp_path, capsys):
+    import json
+
+    from scaling.models.__main__ import main as models_main
+
+    args = ["--from", "E14", "--to", "18B", "--no-proxy", "--dry-run", "--runs-dir", str(tmp_path)]
+    assert main([*args, "--json"]) == 0
+    rows = {r["stage"]: r for r in json.loads(capsys.readouterr().out)}
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    hours = sum(r["gpu_hours"] for r in rows.values())
+    # clip@18B waits for mim@18B: the wall time is the chain's, not the longest stage's
+    assert rows["clip@18B"]["depends_on"] == ["mim@18B"]
+    days = (rows["mim@18B"]["wall_hours"] + rows["clip@18B"]["wall_hours"]) / 24
+    total = next(line for line in text.splitlines() if line.startswith("total:"))
+    assert f"{round(hours / 1e3)}k GPU-hours" in total and f"{days:.1f} wall days" in total
+    # params and samples in B, as `python -m scaling.models` writes them
+    mim = next(line for line in text.splitlines() if line.startswith("mim@18B"))
+    assert f"{rows['mim@18B']['params'] / 1e9:.3g}B" in mim and f"{rows['mim@18B']['samples'] / 1e9:.3g}B" in mim
+    assert models_main(["--rung", "18B", "--kind", "mim"]) == 0
+    assert f"{rows['mim@18B']['samples'] / 1e9:.2f}B samples" in capsys.readouterr().out
+    # where the two compute a stage differently (the phases of clip@18B) the models report says why
+    assert models_main(["--rung", "18B"]) == 0
+    assert "`python -m scaling.ladder --dry-run` sums each phase's FLOPs" in capsys.readouterr().out

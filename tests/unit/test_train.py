@@ -105,11 +105,13 @@ def test_compiled_stage_steps_as_the_eager_one(synth, tmp_path):
 def test_mim_stage_learns_from_a_clip_teacher_and_initialises_a_clip(clip_stage, synth, tmp_path):
     teacher_dir = clip_stage[0]
     logger = JsonlLogger(tmp_path / "mim.jsonl")
+    # eval.every_samples unset: eval.points (4) evaluations, every ceil(96 / 4) = 24 samples + the end
     result = run_stage(stage_cfg("mim", tmp_path / "mim", synth, f"inputs.teacher={teacher_dir}",
-                                 "train.samples=96", "optim.lr=3e-3"), logger)
+                                 "train.samples=96", "optim.lr=3e-3", "eval.every_samples=null"), logger)
     losses = [r["train/loss"] for r in logger.read() if "train/loss" in r]
     assert losses[-1] < losses[0] - 0.05, losses  # negative cosine similarity falls
     assert "eval/mim/loss" in result.metrics
+    assert [r["step"] for r in logger.read() if "eval/mim/loss" in r] == [2, 3, 5, 6]  # 32, 48, 80, 96 samples
     assert set().union(*logger.read()) - {"step"} == set(logged_metrics(stage_cfg("mim", tmp_path / "mim", synth)))
 
     from scaling.train.stage_models import build_stage_model
