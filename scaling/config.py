@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from scaling.config_bounds import check_bounds
 from scaling.config_dialect import ConfigError, all_keys, load_yaml, merge_layer, parse_overrides
 from scaling.config_schema import CHOICES, MINIMUM, NULLABLE, POSITIVE, RANGES, StageConfig
 from scaling.models.registry import UnknownRungError, get_rung
@@ -109,6 +110,7 @@ def validate(cfg: DictConfig, source: str = "config") -> None:
         )
     if cfg.phases:
         stage_phases(cfg, source)
+    check_bounds(cfg, source)
 
 
 @dataclass(frozen=True)
@@ -225,6 +227,7 @@ def load_stage_config(
         _check_rung(cfg.stage.teacher_rung, "stage.teacher_rung", "config")
     if cfg.stage.name is None:
         cfg.stage.name = stage_name(kind, rung)
+        check_bounds(cfg, "command line")  # the name a rung key made
     return cfg
 
 

@@ -20,6 +20,7 @@ from scaling.config import (
     merge,
     parse_overrides,
 )
+from scaling.config_bounds import check_name, check_uri
 from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
@@ -228,6 +229,9 @@ def plan_ladder(
             raise ConfigError(f"--to {end_key} has no teacher rung in {spec.path}: give --from")
         start = teacher
     path = rung_path(spec, start, end_key, via)
+    check_name(experiment or spec.experiment, "--experiment" if experiment else "experiment",
+               "command line" if experiment else str(spec.path))
+    check_uri(tracking_uri, "--tracking-uri")
     experiment = experiment or spec.experiment
     runs = Path(runs_dir).resolve()
     entries = {r.key: r for r in spec.rungs}

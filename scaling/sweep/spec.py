@@ -26,6 +26,7 @@ from scaling.paths import SWEEPS_DIR
 from scaling.stages import COST_METRICS, KINDS, logged_metrics
 from scaling.sweep.errors import SweepError
 from scaling.sweep.pipeline import base_config, check_param_keys
+from scaling.uris import mask
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
@@ -148,7 +149,7 @@ class SweepSpec(RunSettings):
 
     def storage_label(self) -> str:
         """``storage_url()`` without a password: what logs, tags and messages show."""
-        return re.sub(r"(://[^/:@]+):[^/@]*@", r"\1:***@", self.storage_url())
+        return mask(self.storage_url())
 
     def storage_url(self) -> str:
         """The Optuna storage: an RDB URL, or a journal file (``*.journal``, the default)."""

@@ -7,7 +7,6 @@ nodes). Journal storage has no heartbeats of its own: ``scaling.sweep.heartbeats
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import optuna
@@ -15,14 +14,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock, Jou
 
 from scaling.sweep.samplers import make_pruner, make_sampler
 from scaling.sweep.spec import SweepError, SweepSpec
-
-
-def rdb_url(url: str) -> str:
-    """The SQLAlchemy URL for a storage URL: a bare ``postgresql://`` takes the psycopg2 driver
-    (the project's dependency) when psycopg 3, SQLAlchemy 2.1's default for it, is not installed."""
-    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
-        return "postgresql+psycopg2://" + url[len("postgresql://"):]
-    return url
+from scaling.uris import rdb_url
 
 
 def open_storage(spec: SweepSpec) -> optuna.storages.BaseStorage:

@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from scaling.uris import rdb_url
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Run
@@ -36,8 +38,10 @@ PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT
 
 
 def resolve_uri(uri: str | os.PathLike | None = None) -> str:
-    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``<cwd>/mlflow.db``; SQLite paths made absolute."""
+    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``<cwd>/mlflow.db``; SQLite paths made absolute,
+    a bare ``postgresql://`` given the installed driver."""
     text = str(uri or os.environ.get("MLFLOW_TRACKING_URI") or "").strip() or str(Path.cwd() / "mlflow.db")
+    text = rdb_url(text)
     if "://" not in text and Path(text).suffix in (".db", ".sqlite"):
         text = f"sqlite:///{text}"
     db = sqlite_path(text)

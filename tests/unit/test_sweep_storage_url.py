@@ -10,7 +10,7 @@ import yaml
 
 from scaling.sweep.__main__ import main
 from scaling.sweep.spec import SweepError, load_sweep
-from scaling.sweep.storage import rdb_url
+from scaling.uris import rdb_url
 
 TOY = {
     "name": "toy",
