@@ -5,7 +5,8 @@ as a power law of compute; losses are fitted as they are. Every evaluation of ev
 at the compute spent up to it (drawn as training curves); the *law* is fitted on one point per
 stage: the final evaluation, averaged over the stage's seeds, at the stage's training compute.
 A stage is ``clip@18B`` whatever its seed; a study's control arms (tag ``arm`` other than
-``mim_init``) are left out of the law.
+``mim_init``) are left out of the law, and so are its mim_init runs at budgets other than the
+ladder stage's own (tag ``budget``).
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ def compute_points(uri: str | None, runs: pd.DataFrame, metric: str) -> pd.DataF
         if flops is None or pd.isna(flops) or final_value is None or pd.isna(final_value):
             continue
         label = run.get("label") or run.get("run_name") or run["run_id"][:8]
-        arm = run.get("tags.arm")
-        head = (run["run_id"], label, base_stage(run), arm if isinstance(arm, str) else "")
+        arm, budget = run.get("tags.arm"), run.get("tags.budget")
+        head = (run["run_id"], label, base_stage(run), arm if isinstance(arm, str) else "",
+                budget if isinstance(budget, str) else "")
         hist = load.metric_history(uri, run["run_id"], metric)
         samples = load.metric_history(uri, run["run_id"], "train/samples_seen")
         total = run.get("metrics.train/samples_seen")
@@ -88,17 +90,40 @@ def compute_points(uri: str | None, runs: pd.DataFrame, metric: str) -> pd.DataF
         for i, (s, v, step) in enumerate(zip(seen, hist["value"], hist["step"], strict=True)):
             if s > 0:
                 rows.append((*head, per_sample * s, float(v), i == len(hist) - 1, int(step)))
-    return pd.DataFrame(rows, columns=["run_id", "label", "stage", "arm", "flops", "value", "final", "step"])
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+POINT_COLUMNS = ["run_id", "label", "stage", "arm", "budget", "flops", "value", "final", "step"]
+
+
+def _ladder_budget(group: pd.DataFrame) -> pd.DataFrame:
+    """A stage's runs at the ladder stage's own budget (a study also runs mim_init at others)."""
+    if "budget" not in group:
+        return group
+    own = group.loc[group["label"] == group["stage"], "budget"]
+    return group[group["budget"] == own.iloc[0]] if len(own) else group
+
+
+def ladder_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The points of the law's runs: the ladder's arm (not a study's controls or the bootstrap
+    teacher), at each stage's own budget."""
+    if points.empty:
+        return points
+    law = points[points["arm"].fillna("").isin(LAW_ARMS)]
+    return pd.concat([_ladder_budget(g) for _, g in law.groupby("stage", sort=False)]) if not law.empty else law
 
 
 def law_points(points: pd.DataFrame) -> pd.DataFrame:
-    """One row per stage of the law: final value averaged over seeds, geometric-mean compute."""
-    cols = ["stage", "flops", "value", "n_runs", "run_id"]
+    """One row per stage of the law: final value averaged over seeds (``sd``: their standard
+    deviation, NaN for one seed), geometric-mean compute."""
+    cols = ["stage", "flops", "value", "sd", "n_runs", "run_id"]
     if points.empty:
         return pd.DataFrame(columns=cols)
-    finals = points[points["final"] & points["arm"].fillna("").isin(LAW_ARMS)]
-    rows = [(stage, float(np.exp(np.mean(np.log(g["flops"])))), float(g["value"].mean()), len(g),
-             g["run_id"].iloc[0]) for stage, g in finals.groupby("stage", sort=False)]  # fmt: skip
+    finals = ladder_points(points[points["final"]])
+    rows = []
+    for stage, g in finals.groupby("stage", sort=False):
+        rows.append((stage, float(np.exp(np.mean(np.log(g["flops"])))), float(g["value"].mean()),
+                     float(g["value"].std(ddof=1)) if len(g) > 1 else np.nan, len(g), g["run_id"].iloc[0]))
     return pd.DataFrame(rows, columns=cols).sort_values("flops").reset_index(drop=True)
 
 
@@ -149,18 +174,38 @@ def next_rung(runs: pd.DataFrame) -> tuple[str, float] | None:
         return None
 
 
-COLUMNS = ["run_id", "label", "flops", "predicted", "low", "high", "achieved", "rel_error", "n_fit", "formula"]
+COLUMNS = ["run_id", "label", "flops", "predicted", "low", "high", "achieved", "rel_error", "n_fit", "formula",
+           "sd", "n_runs", "same_as_below", "last_two", "monotone"]
+
+
+def naive_predictions(law: pd.DataFrame, spec: MetricSpec) -> pd.DataFrame:
+    """What a reviewer would guess without a law, per stage of ``law`` (ordered by compute):
+    ``same_as_below`` (the stage with the next less compute) and ``last_two`` (the straight line in
+    log metric-as-fitted vs log compute through the two stages below, extended), and ``monotone``
+    (False where the stage is worse than the one below it despite more compute)."""
+    law = law.sort_values("flops").reset_index(drop=True)
+    y, x = np.log(np.clip(spec.to_fit(law["value"]), 1e-12, None)), np.log(law["flops"].to_numpy(float))
+    below = [np.nan, *law["value"][:-1]][: len(law)]
+    two = [np.nan, np.nan][: len(law)]
+    for i in range(2, len(law)):
+        slope = (y[i - 1] - y[i - 2]) / (x[i - 1] - x[i - 2]) if x[i - 1] != x[i - 2] else 0.0
+        two.append(float(spec.from_fit(np.exp(y[i - 1] + slope * (x[i] - x[i - 1])))))
+    monotone = [True, *(bool(y[i] < y[i - 1]) for i in range(1, len(law)))][: len(law)]
+    return pd.DataFrame({"stage": law["stage"], "same_as_below": below, "last_two": two, "monotone": monotone})
 
 
 def predicted_vs_achieved(points: pd.DataFrame, runs: pd.DataFrame | None, spec: MetricSpec) -> pd.DataFrame:
     """The held-out-stage rollout: each stage's metric predicted by the law fitted on the stages
-    with less compute (only those), next to what it achieved.
+    with less compute (only those), next to what it achieved and to the naive predictions
+    (:func:`naive_predictions`).
 
     Columns: ``run_id`` (the stage's first run), ``label`` (the stage), ``flops``, ``predicted``,
     ``low``, ``high`` (90 % band), ``achieved``, ``rel_error`` ((predicted - achieved) / achieved,
-    in the metric's own units), ``n_fit``, ``formula``; ``predicted`` is NaN below 3 smaller stages.
+    in the metric's own units), ``n_fit``, ``formula``, ``sd`` / ``n_runs`` (over seeds),
+    ``same_as_below``, ``last_two``, ``monotone``; ``predicted`` is NaN below 3 smaller stages.
     """
     law = law_points(points)
+    naive = naive_predictions(law, spec).set_index("stage") if not law.empty else pd.DataFrame()
     rows = []
     for _, row in law.iterrows():
         smaller = law[law["flops"] < row["flops"]]["stage"]
@@ -178,7 +223,8 @@ def predicted_vs_achieved(points: pd.DataFrame, runs: pd.DataFrame | None, spec:
         except FitError:
             pass
         rows.append(dict(run_id=row["run_id"], label=row["stage"], flops=row["flops"], predicted=pred, low=low,
-                         high=high, achieved=row["value"], rel_error=rel, n_fit=n_fit, formula=formula))  # fmt: skip
+                         high=high, achieved=row["value"], rel_error=rel, n_fit=n_fit, formula=formula,
+                         sd=row["sd"], n_runs=row["n_runs"], **naive.loc[row["stage"]].to_dict()))  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -209,7 +255,7 @@ def fit_two_step_points(points: pd.DataFrame, spec: MetricSpec, bootstrap: int =
     if not spec.higher_is_better:
         raise FitError(f"the two-step fit predicts an accuracy; '{spec.key}' is not one")
     pts = points.dropna(subset=["loss"])
-    pts = pts[pts["arm"].fillna("").isin(LAW_ARMS)]
+    pts = ladder_points(pts)
     finals = pts[pts["final"]]
     law = finals.groupby("stage").agg(flops=("flops", lambda v: float(np.exp(np.mean(np.log(v))))),
                                       loss=("loss", "mean"))  # fmt: skip

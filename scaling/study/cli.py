@@ -23,22 +23,29 @@ from scaling.ladder.render import plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
-from scaling.study.arms import plan_study
+from scaling.study.arms import DEFAULT_ARMS, plan_study
 
 DESCRIPTION = """\
 Run a weak-to-strong ladder together with its controls, on the same budget, and report the gain.
 
-Every CLIP stage that the ladder initialises from its MIM stage runs in three arms at the same CLIP
-samples and recipe:
-  mim_init     vision tower from the rung's MIM stage (the ladder's own stage is seed 0)
-  random_init  vision tower at random init, text tower as in the ladder
-  scratch      both towers at random init (left out where the ladder's text tower starts from
-               scratch anyway: there random_init is the scratch arm)
-each with --seeds seeds (train.seed = the recipe's seed + 0, 1, ...). MIM stages run once. All runs
-are siblings in the ladder's MLflow experiment under one parent run, tagged arm=..., seed=...,
-base_stage=clip@RUNG. The report (reports/<experiment>/report.md) gets a weak-to-strong section:
-per stage, gain = mean(mim_init) - mean(random_init) zero-shot top-1 with its 90 % bootstrap
-interval over seeds, and the scaling law with its held-out-stage rollout. 'status' as first
+Every CLIP stage that the ladder initialises from its MIM stage runs in these arms, same recipe:
+  mim_init             vision tower from the rung's MIM stage (the ladder's own stage is seed 0)
+  random_init          vision tower at random init, text tower as in the ladder, the same CLIP
+                       samples (sample efficiency: what the MIM init is worth per CLIP sample)
+  random_init_compute  the same, given the CLIP samples whose FLOPs equal mim_init's CLIP + MIM
+                       FLOPs by the cost model (compute efficiency; --match-teacher: + the teacher's)
+  scratch              both towers at random init (left out where the ladder's text tower starts
+                       from scratch anyway: there random_init is the scratch arm)
+each with --seeds seeds (train.seed = the recipe's seed + 0, 1, ...; the seed tag is that absolute
+seed), at each of --budgets (mim_init's CLIP samples; default the stage's own). By default every
+seed reads the ladder's one teacher and MIM stage; --reseed-upstream gives each seed its own copy
+of the chain, so the interval holds the teacher's and the MIM stage's spread too. All runs are
+siblings in the ladder's MLflow experiment under one parent run, tagged arm, seed, budget,
+upstream_seed, base_stage and inherited_flops. The report (reports/<experiment>/report.md) gets
+a weak-to-strong section: per stage and budget, gain = mean(mim_init) - mean(control) with its
+90 % t interval (paired over seeds where both arms ran the same seeds, Welch otherwise), on
+top-1 and both held-out losses, the gain against CLIP samples and total compute, and the
+scaling law with its held-out-stage rollout against naive predictions. 'status' as first
 argument shows each stage's state instead; a rerun skips what finished (same fingerprints).
 """
 
@@ -46,6 +53,7 @@ EPILOG = """\
 examples:
   python -m scaling.study --from E14 --to 18B --dry-run          # the stages and their cost
   python -m scaling.study --from E14 --to 18B                    # proxy ladder + controls, 3 seeds
+  python -m scaling.study --from E14 --to 18B --reseed-upstream --budgets 2000,4000,8000
   python -m scaling.study --ladder study --seeds 3               # the scaling study (experiments/ladders/study.yaml)
   python -m scaling.study --from E14 --to 18B --seeds 2 --arms mim_init,random_init train.samples=400
   python -m scaling.study status --from E14 --to 18B
@@ -58,8 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.description = DESCRIPTION
     parser.epilog = EPILOG
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3; 2 gives an interval, barely)")
-    parser.add_argument("--arms", default="mim_init,random_init,scratch",
-                        help="comma-separated arms (default: mim_init,random_init,scratch)")
+    parser.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                        help=f"comma-separated arms (default: {','.join(DEFAULT_ARMS)}; mim_init alone: seeds "
+                             "for the law, no controls)")
+    parser.add_argument("--budgets", default=None, metavar="N,N,...",
+                        help="mim_init's CLIP samples to compare the arms at, e.g. 2000,4000,8000,16000 (default: "
+                             "each stage's own); warm-up keeps its fraction")
+    parser.add_argument("--reseed-upstream", action="store_true",
+                        help="each seed its own teacher and MIM chain (the interval then holds their spread)")
+    parser.add_argument("--match-teacher", action="store_true",
+                        help="random_init_compute also gets the MIM teacher's FLOPs (default: CLIP + MIM only)")
     parser.add_argument("--parallel", type=int, default=min(os.cpu_count() or 1, 8), metavar="N",
                         help="local executor: run up to N stages at once whose upstream finished (default: "
                              "the CPU count, at most 8; the arms are independent, one thread each)")
@@ -77,7 +93,14 @@ def _study(args: argparse.Namespace, proxy: bool, dry: bool):
                        experiment=args.experiment, runs_dir=args.runs_dir, tracking_uri=args.tracking_uri,
                        allow_missing_teacher=dry)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    return plan_study(plan, args.seeds, arms)
+    budgets = None
+    if args.budgets is not None:
+        try:
+            budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
+        except ValueError:
+            raise ConfigError(f"--budgets {args.budgets}: give whole CLIP sample counts, e.g. 2000,4000,8000") from None
+    return plan_study(plan, args.seeds, arms, budgets=budgets, reseed_upstream=args.reseed_upstream,
+                      match_teacher=args.match_teacher)
 
 
 def _dry_run(study, as_json: bool) -> None:
@@ -90,7 +113,8 @@ def _dry_run(study, as_json: bool) -> None:
     plan = study.plan
     mode = "proxy (CPU)" if plan.proxy else "real sizes"
     print(f"study on ladder '{plan.ladder.name}' {' -> '.join(plan.path)}, {mode}, experiment '{plan.experiment}': "
-          f"{len(study.compared)} compared CLIP stage(s), arms {', '.join(study.arms)}, {len(study.seeds)} seed(s)")
+          f"{len(study.compared)} compared CLIP stage(s), arms {', '.join(study.arms)}, {len(study.seeds)} seed(s), "
+          f"upstream {'reseeded per seed' if study.reseed_upstream else 'shared'}")
     print(plan_table(rows))
     flops = sum(r["train_flops"] for r in rows)
     clip = sum(r["samples"] for r in rows if r["kind"] == "clip")
@@ -111,24 +135,30 @@ def _tag_runs(uri: str, study, outcome) -> None:
                 print(f"warning: could not tag {stage.name} ({run_id}): {exc}", file=sys.stderr)
     if outcome.parent_run_id:
         tracking.set_tags(uri, outcome.parent_run_id, {"role": "study", "study_arms": ",".join(study.arms),
-                                                       "study_seeds": str(len(study.seeds))})
+                                                       "study_seeds": str(len(study.seeds)),
+                                                       "study_upstream": "reseeded" if study.reseed_upstream
+                                                       else "shared"})  # fmt: skip
 
 
 def _summary(uri: str, experiment: str, report_dir: Path, out: Any, law_metric: str) -> None:
     # pandas and scipy only for the summary
-    from scaling.analysis.arms import verdict, weak_to_strong
+    from scaling.analysis.arms import COMPARISONS, verdict, weak_to_strong
     from scaling.analysis.load import runs_frame
     from scaling.analysis.report import DEFAULT_METRIC, write_report
 
     path = write_report(uri, experiment, report_dir, metric=law_metric, log_artifacts=True)
     table = weak_to_strong(runs_frame(uri, experiment, with_costs=False), DEFAULT_METRIC)
-    print(f"\nweak-to-strong gain (mim_init - random_init, {DEFAULT_METRIC}, 90 % bootstrap over seeds):", file=out)
+    print(f"\nweak-to-strong gain in {DEFAULT_METRIC} (mim_init - control, points, 90 % t interval over seeds):",
+          file=out)
     for _, row in table.iterrows():
-        lo, hi = row["mim_init-random_init_low"], row["mim_init-random_init_high"]
-        interval = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo == lo else "(no interval)"
-        print(f"  {row['stage']}: {100 * row['mim_init-random_init']:+.1f} points {interval}; "
-              f"seeds {int(row['n_mim_init'])}/{int(row['n_random_init'])}/{int(row['n_scratch'])}; {verdict(row)}",
-              file=out)  # fmt: skip
+        for a, b, _ in COMPARISONS:
+            key = f"{a}-{b}"
+            if not row[f"n_{b}"]:
+                continue
+            lo, hi = row[f"{key}_low"], row[f"{key}_high"]
+            interval = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo == lo else "(no interval)"
+            print(f"  {row['stage']} at {row['budget']} samples ({row['upstream']} upstream) vs {b}: "
+                  f"{100 * row[key]:+.1f} {interval}; {row[f'{key}_method']}; {verdict(row, key)}", file=out)
     print(f"report: {path}", file=out)
 
 

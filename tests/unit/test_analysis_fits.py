@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaling.analysis.arms import bootstrap_mean_difference
 from scaling.analysis.fits import FitError, fit_power_law, rollout
 from scaling.analysis.frontier import binned_frontier, pareto_frontier
 from scaling.analysis.two_step import fit_sigmoid, fit_two_step, sigmoid
@@ -148,13 +147,6 @@ def test_two_step_recovers_a_sigmoid_of_a_power_law() -> None:
     assert lo[0] <= float(two.predict(3e15)) <= hi[0]
     with pytest.raises(FitError, match="at least 5 points"):
         fit_sigmoid([1.0, 2.0, 3.0], [0.5, 0.3, 0.1])
-
-
-def test_difference_of_arms_has_an_interval() -> None:
-    gain, lo, hi = bootstrap_mean_difference([0.30, 0.32, 0.31], [0.20, 0.22, 0.19])
-    assert gain == pytest.approx(0.1067, abs=1e-3) and 0 < lo < gain < hi
-    with pytest.raises(FitError, match="at least 2 seeds"):
-        bootstrap_mean_difference([0.3], [0.2, 0.1])
 
 
 def test_pareto_frontier_keeps_only_improvements() -> None:

@@ -91,6 +91,7 @@ def test_weak_to_strong_section_has_the_gain_and_its_interval(store, report) -> 
     table = weak_to_strong(runs_frame(store, EXPERIMENT, with_costs=False), "eval/synth_cls/top1").set_index("stage")
     assert list(table.index) == ["clip@L14", "clip@E14", "clip@8B", "clip@18B"]  # the teacher has no arms
     assert (table[["n_mim_init", "n_random_init", "n_scratch"]] == SEEDS).all().all()
+    assert (table["upstream"] == "shared").all() and (table["n_random_init_compute"] == 0).all()
     for stage, row in table.iterrows():
         assert row["mim_init-random_init"] == pytest.approx(PENALTY["random_init"], abs=0.01), stage
         assert 0 < row["mim_init-random_init_low"] < row["mim_init-random_init"] < row["mim_init-random_init_high"]
@@ -100,8 +101,11 @@ def test_weak_to_strong_section_has_the_gain_and_its_interval(store, report) -> 
     top1, losses = text.split("Held-out losses, same runs")
     assert top1.count("gain: interval above 0") == 4
     # the task loss falls with the error, so the MIM init lowers it with the interval above 0 as well
-    assert losses.split("\n## ")[0].count("`eval/synth_cls/loss` |") == 4
-    assert losses.split("\n## ")[0].count("gain: interval above 0") == 4
+    # (against each control: random_init and scratch)
+    assert losses.split("\n## ")[0].count("`eval/synth_cls/loss` |") == 8
+    assert losses.split("\n## ")[0].count("gain: interval above 0") == 8
+    # the arms ran the same seeds: the interval is a paired t, and the report names it
+    assert "paired t, 2 seeds" in top1 and "Welch" in text and "sample efficiency" in text
 
 
 def test_law_uses_the_ladder_arm_and_rolls_out_to_held_out_stages(report) -> None:

@@ -30,28 +30,30 @@ def test_study_adds_seeds_and_controls_to_each_mim_initialised_clip_stage(tmp_pa
     assert study.compared == ["clip@18B"]
     by = {s.name: s for s in study.plan.stages}
     base = by["clip@18B"]
-    assert base.tags == {"arm": "mim_init", "seed": "0", "base_stage": "clip@18B"}
+    own = int(base.cfg.train.samples)
+    assert {k: v for k, v in base.tags.items() if k != "inherited_flops"} == {
+        "arm": "mim_init", "seed": "0", "base_stage": "clip@18B", "budget": str(own), "upstream_seed": "0"}
     # no arms to compare there: the bootstrap teacher is its own arm, the MIM stage has none
-    assert by["clip@E14"].tags == {"arm": "bootstrap"} and "arm" not in by["mim@18B"].tags
-    has_text = bool(base.init.get("text"))
-    expected = {f"clip@18B.mim_init.s{k}" for k in (1, 2)} | {f"clip@18B.random_init.s{k}" for k in range(3)}
-    if has_text:
-        expected |= {f"clip@18B.scratch.s{k}" for k in range(3)}
+    assert by["clip@E14"].tags["arm"] == "bootstrap" and "arm" not in by["mim@18B"].tags
+    assert base.init.get("text") == "clip@E14"  # 18B's text tower starts from its teacher's: a scratch arm
+    expected = {f"clip@18B.mim_init.s{k}" for k in (1, 2)}
+    expected |= {f"clip@18B.{arm}.s{k}" for k in range(3) for arm in ("random_init", "random_init_compute", "scratch")}
     assert set(names[3:]) == expected
     for name in expected:
         stage = by[name]
         arm, seed = stage.tags["arm"], int(stage.tags["seed"])
-        assert stage.tags["base_stage"] == "clip@18B" and stage.name == name
-        assert stage.cfg.train.samples == base.cfg.train.samples  # equal CLIP samples
-        assert stage.cfg.train.seed == base.cfg.train.seed + seed
+        assert stage.tags["base_stage"] == "clip@18B" and stage.name == name and stage.tags["budget"] == str(own)
+        if arm != "random_init_compute":
+            assert stage.cfg.train.samples == own  # equal CLIP samples
+        assert stage.cfg.train.seed == seed  # the tag is the absolute seed
         if arm == "mim_init":
             assert stage.cfg.inputs.init_vision == base.cfg.inputs.init_vision and "mim@18B" in stage.depends_on
         else:
             assert stage.cfg.inputs.init_vision is None and "mim@18B" not in stage.depends_on
         if arm == "scratch":
-            assert stage.cfg.inputs.init_text is None and stage.depends_on == []
+            assert stage.cfg.inputs.init_text is None and stage.depends_on == [] and stage.tags["upstream_seed"] == ""
         else:
-            assert stage.cfg.inputs.init_text == base.cfg.inputs.init_text
+            assert stage.cfg.inputs.init_text == base.cfg.inputs.init_text and stage.tags["upstream_seed"] == "0"
         assert stage.out_dir.name == f"{name}-{stage.fingerprint}" and stage.cfg.out_dir == stage.out_dir.as_posix()
         # every dependency comes earlier in the plan (the local executor runs them in order)
         assert all(names.index(d) < names.index(name) for d in stage.depends_on)
@@ -61,13 +63,72 @@ def test_study_adds_seeds_and_controls_to_each_mim_initialised_clip_stage(tmp_pa
     assert [s.fingerprint for s in again.plan.stages] == fps  # a rerun finds what finished
     # the ladder's own stages keep the ladder's fingerprints: a ladder run earlier is reused
     assert fps[:3] == [s.fingerprint for s in _plan(tmp_path).stages]
-    changed = plan_study(_plan(tmp_path, "clip@18B.train.samples=999"), seeds=3)
+    changed = plan_study(_plan(tmp_path, "clip@18B.train.samples=999"), seeds=3, arms=["mim_init", "random_init"])
     assert all(s.cfg.train.samples == 999 for s in changed.plan.stages if s.name.startswith("clip@18B"))
+
+
+def test_compute_matched_control_costs_what_clip_and_mim_cost(tmp_path: Path) -> None:
+    from scaling.ladder.estimate import stage_estimate
+
+    for match_teacher in (False, True):
+        study = plan_study(_plan(tmp_path), seeds=1, arms=["mim_init", "random_init_compute"],
+                           match_teacher=match_teacher)
+        by = {s.name: s for s in study.plan.stages}
+        flops = {n: stage_estimate(s)["train_flops"] for n, s in by.items()}
+        target = flops["clip@18B"] + flops["mim@18B"] + (flops["clip@E14"] if match_teacher else 0.0)
+        matched = by["clip@18B.random_init_compute.s0"]
+        per_sample = flops["clip@18B"] / by["clip@18B"].cfg.train.samples
+        assert matched.cfg.train.samples > by["clip@18B"].cfg.train.samples
+        assert abs(flops[matched.name] - target) <= per_sample  # equal to within one sample
+        assert float(matched.tags["inherited_flops"]) == pytest.approx(flops["clip@E14"], rel=1e-5)
+        assert float(by["clip@18B"].tags["inherited_flops"]) == pytest.approx(flops["clip@E14"] + flops["mim@18B"],
+                                                                             rel=1e-5)
+
+
+def test_no_scratch_arm_where_the_text_tower_starts_from_scratch(tmp_path: Path) -> None:
+    study = plan_study(plan_ladder("L14", "E14", runs_dir=tmp_path / "runs"), seeds=2)
+    arms = {s.tags.get("arm") for s in study.plan.stages}
+    assert "scratch" not in arms and {"mim_init", "random_init", "random_init_compute"} <= arms
+    assert any("random_init is its scratch arm" in n for n in study.notes)
+    fps = [s.fingerprint for s in study.plan.stages]
+    assert len(set(fps)) == len(fps)  # no two stages train the same thing
+
+
+def test_seed_tags_are_absolute(tmp_path: Path) -> None:
+    study = plan_study(_plan(tmp_path, "train.seed=3"), seeds=3, arms=["mim_init", "random_init"])
+    clip = [s for s in study.plan.stages if s.tags.get("base_stage") == "clip@18B"]
+    assert sorted({s.tags["seed"] for s in clip}) == ["3", "4", "5"]
+    assert all(int(s.tags["seed"]) == s.cfg.train.seed for s in clip)
+
+
+def test_reseeded_upstream_gives_each_seed_its_own_chain_at_each_budget(tmp_path: Path) -> None:
+    study = plan_study(_plan(tmp_path), seeds=3, arms=["mim_init", "random_init"], budgets=[2000, 4000, 8000],
+                       reseed_upstream=True)
+    by = {s.name: s for s in study.plan.stages}
+    for k in (1, 2):
+        teacher, mim = by[f"clip@E14.s{k}"], by[f"mim@18B.s{k}"]
+        assert teacher.cfg.train.seed == k and teacher.tags["arm"] == "bootstrap"
+        assert mim.depends_on == [f"clip@E14.s{k}"] and mim.cfg.inputs.teacher == teacher.out_dir.as_posix()
+    assert len({by[n].fingerprint for n in ("clip@E14", "clip@E14.s1", "clip@E14.s2")}) == 3
+    arms = [s for s in study.plan.stages if s.tags.get("base_stage") == "clip@18B" and s.kind == "clip"]
+    # 3 budgets x 2 arms x 3 seeds, the ladder's own 4000-sample stage and its chain copies among them
+    assert len(arms) == 18
+    for s in arms:
+        seed = int(s.tags["seed"])
+        assert s.tags["upstream_seed"] == str(seed)
+        assert all(d.endswith(f".s{seed}") for d in s.depends_on) if seed else set(s.depends_on) <= {"mim@18B", "clip@E14"}
+        assert s.cfg.train.samples == int(s.tags["budget"])
+        assert s.cfg.optim.warmup_samples == round(600 * int(s.tags["budget"]) / 4000)  # the warm-up fraction kept
+    assert {s.tags["budget"] for s in arms} == {"2000", "4000", "8000"}
+    assert by["clip@18B.mim_init.s1"].tags["budget"] == "4000"  # the chain's own stage is an arm too
+    with pytest.raises(ConfigError, match="--budgets"):
+        plan_study(_plan(tmp_path), budgets=[0])
 
 
 def test_study_refuses_what_it_cannot_compare(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--arms"):
         plan_study(_plan(tmp_path), arms=["random_init", "scratch"])
+    assert plan_study(_plan(tmp_path), seeds=2, arms=["mim_init"]).compared == ["clip@18B"]  # seeds for the law
     with pytest.raises(ConfigError, match="--arms"):
         plan_study(_plan(tmp_path), arms=["mim_init", "typo"])
     with pytest.raises(ConfigError, match="--seeds 0"):
@@ -104,9 +165,9 @@ def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     first = _study(tmp_path, *args)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
-    assert "weak-to-strong gain (mim_init - random_init" in out
-    line = next(x for x in out.splitlines() if x.strip().startswith("clip@18B:"))
-    assert "seeds 2/2/0" in line and "points" in line
+    assert "weak-to-strong gain in eval/synth_cls/top1 (mim_init - control" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("clip@18B at"))
+    assert "vs random_init" in line and "paired t, 2 seeds" in line
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     runs = runs_frame(uri, "ladder-eva")

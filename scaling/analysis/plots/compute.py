@@ -9,7 +9,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from scaling.analysis.fits import PowerLawFit
 from scaling.analysis.plots.style import COLORS, CYCLE, figure, note, place_labels
-from scaling.analysis.predict import LAW_ARMS, MetricSpec
+from scaling.analysis.predict import MetricSpec, ladder_points, law_points
 
 
 def _sci(value: float, _pos=None) -> str:
@@ -33,8 +33,8 @@ def compute_scaling(
     if points.empty:
         note(ax, message or f"no finished run has both compute and '{spec.key}'")
         return fig
-    if "arm" in points:  # a study's control arms are compared in their own section, not on the law
-        points = points[points["arm"].fillna("").isin(LAW_ARMS)]
+    if "arm" in points:  # a study's control arms and budgets are compared in their own section, not on the law
+        points = ladder_points(points)
     y_all = spec.to_fit(points["value"])
     ok = y_all > 0
     stage_of = points["stage"] if "stage" in points else points["label"]
@@ -55,6 +55,11 @@ def compute_scaling(
     if frontier is not None and not frontier.empty:
         ax.scatter(frontier["flops"], spec.to_fit(frontier["value"]), s=70, facecolor="none",
                    edgecolor="black", lw=1.3, zorder=4, label="stages fitted (binned compute frontier)")  # fmt: skip
+    law = law_points(points)
+    seeds = law[law["n_runs"] > 1]
+    if not seeds.empty:  # each law point's spread over seeds
+        ax.errorbar(seeds["flops"], spec.to_fit(seeds["value"]), yerr=seeds["sd"], fmt="_", ms=12, color="black",
+                    capsize=4, zorder=5, label="stage mean ± sd over seeds")  # fmt: skip
     label_x, label_y, label_t = [], [], []
     if fit is not None:
         xs = np.logspace(np.log10(points["flops"].min()) - 0.1, np.log10(x_hi) + 0.15, 200)
