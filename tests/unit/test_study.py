@@ -11,8 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from scaling import costs
 from scaling.config import ConfigError
+from scaling.ladder.estimate import stage_estimate
 from scaling.ladder.plan import plan_ladder
+from scaling.ladder.spec import load_ladder
+from scaling.models.registry import get_rung
 from scaling.study.arms import plan_study
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,8 +72,6 @@ def test_study_adds_seeds_and_controls_to_each_mim_initialised_clip_stage(tmp_pa
 
 
 def test_compute_matched_control_costs_what_clip_and_mim_cost(tmp_path: Path) -> None:
-    from scaling.ladder.estimate import stage_estimate
-
     for match_teacher in (False, True):
         study = plan_study(_plan(tmp_path), seeds=1, arms=["mim_init", "random_init_compute"],
                            match_teacher=match_teacher)
@@ -118,9 +120,12 @@ def test_reseeded_upstream_gives_each_seed_its_own_chain_at_each_budget(tmp_path
         assert s.tags["upstream_seed"] == str(seed)
         assert all(d.endswith(f".s{seed}") for d in s.depends_on) if seed else set(s.depends_on) <= {"mim@18B", "clip@E14"}
         assert s.cfg.train.samples == int(s.tags["budget"])
-        assert s.cfg.optim.warmup_samples == round(600 * int(s.tags["budget"]) / 4000)  # the warm-up fraction kept
+        base = by["clip@18B"]
+        fraction = base.cfg.optim.warmup_samples / base.cfg.train.samples
+        assert s.cfg.optim.warmup_samples == round(fraction * int(s.tags["budget"]))  # the warm-up fraction kept
     assert {s.tags["budget"] for s in arms} == {"2000", "4000", "8000"}
-    assert by["clip@18B.mim_init.s1"].tags["budget"] == "4000"  # the chain's own stage is an arm too
+    # the chain's own stage is an arm too, at the ladder's budget
+    assert by["clip@18B.mim_init.s1"].tags["budget"] == str(by["clip@18B"].cfg.train.samples)
     with pytest.raises(ConfigError, match="--budgets"):
         plan_study(_plan(tmp_path), budgets=[0])
 
@@ -215,3 +220,13 @@ def test_attribute_split_tells_colour_from_shape() -> None:
         split_accuracy([0], [0, 1], names)
     with pytest.raises(ValueError, match="<colour> <shape>"):
         split_accuracy([0], [0], ["circle"])
+
+
+def test_study_ladder_budgets_follow_its_stated_rule() -> None:
+    # experiments/ladders/study.yaml: CLIP samples = vision tower parameters / 60, rounded to 100
+    spec = load_ladder("study")
+    for rung in ("B16", "L14", "E14", "8B", "18B"):
+        layer = spec.layers["proxy"][f"clip@{rung}"]
+        rule = round(costs.params(get_rung(rung, proxy=True).vision) / 60, -2)
+        assert layer["train"]["samples"] == rule, rung
+        assert layer["optim"]["warmup_samples"] == round(0.15 * rule), rung
