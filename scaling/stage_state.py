@@ -80,6 +80,24 @@ def read_state(out_dir: str | Path) -> dict[str, Any]:
     return data
 
 
+def newest_finished(runs_dir: str | Path, name: str, experiment: str | None = None,
+                    proxy: bool | None = None) -> Path | None:
+    """Out_dir of the newest finished stage ``name`` (``clip@L14``) under
+    ``runs_dir/<experiment>/<name>-<fingerprint>`` (any experiment when None); ``proxy``, when
+    given, keeps stages of that size (a state file without the flag matches either)."""
+    best: tuple[float, Path] | None = None
+    for candidate in Path(runs_dir).glob(f"{experiment or '*'}/{name}-*"):
+        state = read_state(candidate)
+        if state.get("state") != "finished":
+            continue
+        if proxy is not None and bool(state.get("proxy", proxy)) != proxy:
+            continue
+        stamp = float(state.get("updated", 0))
+        if best is None or stamp > best[0]:
+            best = (stamp, candidate)
+    return best[1] if best else None
+
+
 def write_state(out_dir: str | Path, state: str, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into the state file and set ``state`` (one of ``STATES``)."""
     if state not in STATES:

@@ -57,11 +57,17 @@ def retrieval_metrics(ks: tuple[int, ...] = RETRIEVAL_KS) -> tuple[str, ...]:
     return (*(f"image_r{k}" for k in ks), *(f"text_r{k}" for k in ks), RETRIEVAL_LOSS)
 
 
+WDS_PREFIX = "wds_"  # CLIP_benchmark's webdataset folders: wds_<set name>
+
+
 def eval_set_name(path: str | None, synthetic: bool, kind: str) -> str:
-    """Metric name of an eval set: ``synth_cls``/``synth_ret`` for the synthetic world, else its folder."""
+    """Metric name of an eval set: ``synth_cls``/``synth_ret`` for the synthetic world, else its
+    folder, without the ``wds_`` of CLIP_benchmark's folders (``wds_vtab-cifar10`` ->
+    ``vtab-cifar10``, as CLIP_benchmark names the set ``wds/vtab/cifar10``)."""
     if synthetic:
         return "synth_cls" if kind == "classification" else "synth_ret"
-    return Path(path or "").name or kind
+    name = Path(path or "").name
+    return name.removeprefix(WDS_PREFIX) or name or kind
 
 
 def eval_metric(set_name: str, metric: str) -> str:
@@ -83,9 +89,9 @@ def logged_metrics(cfg: Any) -> tuple[str, ...]:
     if kind == "mim":
         return (*out, MIM_EVAL_METRIC) if classification else tuple(out)
     if classification:
-        name = eval_set_name(classification, synthetic, "classification")
+        name = eval_set_name(classification, synthetic and not cfg.eval.classification, "classification")
         out += [eval_metric(name, m) for m in CLASSIFICATION_METRICS]
     if retrieval:
-        name = eval_set_name(retrieval, synthetic, "retrieval")
+        name = eval_set_name(retrieval, synthetic and not cfg.eval.retrieval, "retrieval")
         out += [eval_metric(name, m) for m in retrieval_metrics()]
     return tuple(out)

@@ -6,8 +6,9 @@ Layouts read (so users can point at ImageNet-1K and friends):
   ``ROOT/classnames.txt`` (one name per line, in that order; else the dir names with ``_`` as
   spaces) and ``ROOT/templates.txt`` (one template per line with ``{}``; else open_clip's 80
   OpenAI ImageNet templates).
-- clip_benchmark webdataset: ``ROOT/<split>/*.tar`` holding ``KEY.{webp,png,jpg}`` + ``KEY.cls``
-  (classification) or ``KEY.txt`` (retrieval, one caption per line), with ``classnames.txt``,
+- clip_benchmark webdataset (``scaling.data.clip_benchmark``): ``ROOT/<split>/nshards.txt`` and
+  ``0.tar``.. holding ``KEY.{webp,png,jpg}`` + ``KEY.cls`` (classification) or ``KEY.txt``
+  (retrieval, one caption per line), with ``classnames.txt``,
   ``zeroshot_classification_templates.txt`` (``{c}`` placeholders) and ``dataset_type.txt``.
 - Retrieval from the synthetic world: ``ROOT/captions.jsonl`` (``{"image": rel path,
   "captions": [...]}`` per line) and the images beside it.
@@ -29,6 +30,7 @@ import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
 from PIL import Image
 
+from scaling.data import clip_benchmark
 from scaling.data.errors import DataError
 from scaling.data.tario import IMAGE_EXTS
 from scaling.data.transforms import eval_transform
@@ -153,8 +155,7 @@ def _templates(root: Path, templates: Sequence[str] | None) -> list[str]:
 
 def _wds_members(root: Path, split: str) -> list[dict]:
     """Samples of ``ROOT/<split>/*.tar`` (or ``ROOT/*.tar``) as dicts of ext -> bytes or tar offsets."""
-    split_dir = root / split if (root / split).is_dir() else root
-    shards = sorted(split_dir.glob("*.tar"), key=lambda p: (len(p.stem), p.stem))
+    shards = clip_benchmark.shard_paths(root, split)
     samples: dict[tuple[str, str], dict] = {}
     for shard in shards:
         try:
@@ -196,6 +197,8 @@ def load_classification(
     root = _check_root(path)
     transform = eval_transform(image_size, mode)
     name = name or root.name
+    if clip_benchmark.is_benchmark_folder(root, split):
+        clip_benchmark.check_kind(root, "classification", "eval.classification")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     wds = (
         list((root / split).glob("*.tar")) if (root / split).is_dir() else list(root.glob("*.tar"))
@@ -274,6 +277,8 @@ def load_retrieval(
                     f'{{"image": ..., "captions": [...]}} ({exc})'
                 ) from exc
     else:
+        if clip_benchmark.is_benchmark_folder(root, split):
+            clip_benchmark.check_kind(root, "retrieval", "eval.retrieval")
         for s in _wds_members(root, split):
             if "image" in s and "txt" in s:
                 items.append(s["image"])

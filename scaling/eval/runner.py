@@ -96,7 +96,9 @@ class StageEvaluator:
             return {MIM_EVAL_METRIC: total / max(1, count)}
         if self.sources.classification:
             data = self._classification_set()
-            name = set_name(self.sources.classification, synthetic, "classification")
+            # a set the config names keeps its own name when the stage trains on the synthetic world
+            name = set_name(self.sources.classification, synthetic and not self.cfg.eval.classification,
+                            "classification")
             classifier = text_classifier(model, data.classnames, data.templates, self.tokenizer, self.device)
             batches = zip(_batches(data.images, self.batch), _batches(data.labels, self.batch), strict=False)
             out |= {f"eval/{name}/{k}": v for k, v in classification(model, batches, classifier,
@@ -104,7 +106,7 @@ class StageEvaluator:
             out[f"eval/{name}/chance_top1"] = 1.0 / len(data.classnames)
         if self.sources.retrieval:
             data = self._retrieval_set()
-            name = set_name(self.sources.retrieval, synthetic, "retrieval")
+            name = set_name(self.sources.retrieval, synthetic and not self.cfg.eval.retrieval, "retrieval")
             res = retrieval(model, _batches(data.images, self.batch), data.captions, self.tokenizer, self.device)
             out |= {f"eval/{name}/{k}": v for k, v in res.items()}
         return out

@@ -25,7 +25,7 @@ from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
 from scaling.models.registry import configured_rung
-from scaling.stage_state import read_state
+from scaling.stage_state import newest_finished, read_state
 from scaling.stages import BOOTSTRAP_ARM, split_stage_name, stage_name
 
 TEACHER_KEY = "ladder.teacher_checkpoint"
@@ -104,17 +104,7 @@ def rung_path(spec: LadderSpec, start: str, end: str, via: Sequence[str] = ()) -
 
 def _ladder_trained_clip(runs_dir: Path, experiment: str, rung: str, proxy: bool) -> Path | None:
     """Out_dir of this experiment's newest finished ``clip@rung`` stage, if any."""
-    best: tuple[float, Path] | None = None
-    folder = runs_dir / experiment
-    if not folder.is_dir():
-        return None
-    for candidate in folder.glob(f"clip@{rung}-*"):
-        state = read_state(candidate)
-        if state.get("state") == "finished" and bool(state.get("proxy", proxy)) == proxy:
-            stamp = float(state.get("updated", 0))
-            if best is None or stamp > best[0]:
-                best = (stamp, candidate)
-    return best[1] if best else None
+    return newest_finished(runs_dir, stage_name("clip", rung), experiment, proxy)
 
 
 def _stage_config(spec: LadderSpec, overrides: Overrides, kind: str, rung: str, proxy: bool,

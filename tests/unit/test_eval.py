@@ -173,3 +173,20 @@ def test_missing_or_empty_sets_are_named(tmp_path):
         sets.load_classification(tmp_path / "nope", 8)
     with pytest.raises(sets.EvalSetError, match="no image-caption pair"):
         sets.load_retrieval(tmp_path, 8)
+
+
+def test_clip_benchmark_folders_count_shards_name_sets_and_check_their_kind(tmp_path):
+    from scaling.stages import eval_set_name
+    from tests.unit import clip_benchmark_fixtures as fx
+
+    cls, ret = fx.classification_set(tmp_path), fx.retrieval_set(tmp_path)
+    data = sets.load_classification(cls, image_size=16)
+    assert len(data.labels) == 18 and data.templates[0] == "a photo of a {}."
+    assert eval_set_name(str(cls), False, "classification") == "tiny-shapes"  # CLIP_benchmark's name
+    with pytest.raises(sets.EvalSetError, match="retrieval set .*give it as eval.retrieval"):
+        sets.load_classification(ret, image_size=16)
+    (cls / "test" / "nshards.txt").write_text("3\n")  # counts a shard that is not there
+    with pytest.raises(sets.EvalSetError, match="counts 3 shard"):
+        sets.load_classification(cls, image_size=16)
+    (cls / "test" / "nshards.txt").write_text("1\n")  # only 0.tar: what clip_benchmark reads too
+    assert len(sets.load_classification(cls, image_size=16).labels) == 9
