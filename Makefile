@@ -39,8 +39,9 @@ test-unit: setup
 test: lint
 	$(PY) -m pytest -q --timeout 900 $(ARGS)
 
+# prints each experiment's runs-table address, then serves the store with `mlflow ui`
 ui: setup
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m scaling.tracking.ui --tracking-uri sqlite:///$(CURDIR)/mlflow.db --port 5000
 
 clean:
 	rm -rf runs mlflow.db mlartifacts reports .cache data

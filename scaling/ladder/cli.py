@@ -22,6 +22,7 @@ from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
 from scaling.tracking import resolve_uri
+from scaling.tracking.ui import describe_experiment, ladder_description, publish_view, where_to_look
 
 EPILOG = """\
 overrides (key=value, validated against the stage schema; see experiments/ladders/eva.yaml):
@@ -97,8 +98,7 @@ def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: b
     print("\nresults (zero-shot top-1 on the held-out evaluation set):", file=out)
     print(status_table(rows), file=out)
     if uri:
-        ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
-        print(f"\nMLflow: {ui}   (experiment '{plan.experiment}')", file=out)
+        print("", *where_to_look(uri, plan.experiment), sep="\n", file=out)
         try:
             # pandas, scipy and matplotlib only when a report is written
             from scaling.analysis.report import write_report
@@ -183,6 +183,14 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
     return 0 if outcome.ok else 1
 
 
+def announce(plan: Any, uri: str, command: str, report: Path) -> None:
+    """Describe the plan's experiment and store its runs view, then print where to look at it."""
+    what = f"{plan.ladder.name} ladder {' -> '.join(plan.path)}" + (" (CPU proxies)" if plan.proxy else "")
+    describe_experiment(uri, plan.experiment, ladder_description(what, command, str(report)))
+    publish_view(uri, plan.experiment, [plan.ladder.law_metric, "eval/mim/loss", "train/loss"])
+    print(*where_to_look(uri, plan.experiment), sep="\n", flush=True)
+
+
 def run_plan(plan: Any, executor: str, args: argparse.Namespace, prog: str,
              stage_fn: Any = None, parallel: int = 1) -> Any:
     """Dispatch ``plan`` (the ladder's and the study's commands): its ``Outcome``, with ``uri`` set
@@ -194,6 +202,8 @@ def run_plan(plan: Any, executor: str, args: argparse.Namespace, prog: str,
     dispatcher = Dispatcher(plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
                             stage_fn=stage_fn, argv=[prog, *sys.argv[1:]], parallel=parallel)
     try:
+        announce(plan, resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri), " ".join(dispatcher.argv),
+                 Path(args.report_dir or Path("reports") / plan.experiment) / "report.md")
         outcome = dispatcher.run()
     except KeyboardInterrupt:
         return 130

@@ -24,6 +24,7 @@ from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
 from scaling.study.arms import DEFAULT_ARMS, plan_study
+from scaling.tracking.ui import where_to_look
 
 DESCRIPTION = """\
 Run a weak-to-strong ladder together with its controls, on the same budget, and report the gain.
@@ -192,4 +193,5 @@ def main(argv: list[str] | None = None) -> int:
         _summary(uri, study.plan.experiment, report_dir, sys.stdout, study.plan.ladder.law_metric)
     except Exception as exc:  # a report problem must not turn a finished study into an error
         print(f"warning: no report written: {type(exc).__name__}: {exc}")
+    print("", *where_to_look(uri, study.plan.experiment), sep="\n")
     return 0 if outcome.ok else 1

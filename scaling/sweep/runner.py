@@ -30,6 +30,7 @@ from scaling.sweep.status import summarize, write_tables
 from scaling.sweep.storage import open_storage, open_study
 from scaling.sweep.trial import load_function
 from scaling.sweep.worker import worker_entry
+from scaling.tracking import ui
 from scaling.train import run_stage
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,17 @@ def prepare(spec: SweepSpec, executor: str | None = None, create: bool = True) -
         raise SweepError(str(exc)) from None
     study = open_study(spec, create=True) if create else open_storage(spec)
     return spec, study, kind
+
+
+def announce(spec: SweepSpec, uri: str) -> None:
+    """Describe the sweep's experiment, store its runs view (best trial first) and say where it is."""
+    command = " ".join(["python -m scaling.sweep", *sys.argv[1:]])
+    ui.describe_experiment(uri, spec.experiment, f"**sweep {spec.name}** ({spec.path})\n\nLast run with: `{command}`\n\n"
+                           "Each child run is one trial; the parent run carries the study's summary.")
+    if spec.objectives:
+        first = spec.objectives[0]
+        ui.publish_view(uri, spec.experiment, [o.key for o in spec.objectives], ascending=first.direction == "minimize")
+    print(*ui.where_to_look(uri, spec.experiment), sep="\n", file=sys.stderr)
 
 
 def ensure_teacher(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> str | None:
@@ -155,6 +167,7 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, detach: bool = False
     parent = runs.start_parent_run(spec, uri, study.user_attrs.get("mlflow_parent_run_id"))
     study.set_user_attr("mlflow_parent_run_id", parent)
     study.set_user_attr("mlflow_uri", uri)
+    announce(spec, uri)
     study.set_user_attr("sweep_file", str(spec.path))
     if spec.base.teacher is not None:
         # Every trial of a study uses the same teacher, even if its config's fingerprint moved
