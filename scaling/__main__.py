@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("scaling.train", "run one stage (mim | clip) in the foreground"),
     "sweep": ("scaling.sweep", "Optuna ablation sweeps over a stage, workers local or on SLURM"),
     "analysis": ("scaling.analysis", "scaling plots, power-law fits and reports from MLflow"),
-    "models": ("scaling.models", "the model zoo: rungs, parameter counts, FLOPs, memory and cost"),
+    "models": ("scaling.rungs", "the model zoo: rungs, parameter counts, FLOPs, memory and cost"),
     "synth": ("scaling.data.synth", "write the synthetic captioned-image world and its zero-shot sets"),
 }
 

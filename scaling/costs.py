@@ -32,6 +32,8 @@ GPU_PEAK_FLOPS: dict[str, float] = {
     "a100-80gb": 312e12,
     "h100-80gb": 989e12,
 }
+# Of a GPU's memory, the share the tensors may use (the rest: CUDA context, fragmentation).
+HEADROOM = 0.9
 GPU_MEMORY_BYTES: dict[str, float] = {
     "a100-40gb": 40 * 2**30,
     "a100-80gb": 80 * 2**30,
@@ -39,7 +41,7 @@ GPU_MEMORY_BYTES: dict[str, float] = {
 }
 PRECISION_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 OPTIMIZER_STATES = {"lamb": 2, "adamw": 2, "adam": 2, "sgd": 1}  # fp32 tensors per parameter
-KINDS = stages.KINDS  # re-exported: ``python -m scaling.models --kind`` reads it here
+KINDS = stages.KINDS  # re-exported: ``python -m scaling.rungs --kind`` reads it here
 
 
 def _is_text(spec: AnySpec) -> bool:
@@ -364,7 +366,7 @@ def memory_per_gpu(
 def config_memory(cfg, rung: RungSpec, teacher: RungSpec | None, gpus: int, micro_batch: int) -> dict[str, float]:
     """``memory_per_gpu`` with the precision, checkpointing, ZeRO stage, optimizer, engine and
     patch dropout a resolved stage config (``scaling.config``) sets: the one place where the
-    ladder's plan and ``python -m scaling.models`` read those defaults."""
+    ladder's plan and ``python -m scaling.rungs`` read those defaults."""
     kind = str(cfg.stage.kind)
     deepspeed = bool(cfg.distributed.deepspeed)
     return memory_per_gpu(
@@ -375,7 +377,7 @@ def config_memory(cfg, rung: RungSpec, teacher: RungSpec | None, gpus: int, micr
     )
 
 
-def fits(memory: dict[str, float], gpu: str, headroom: float = 0.9) -> bool:
+def fits(memory: dict[str, float], gpu: str, headroom: float = HEADROOM) -> bool:
     """Whether ``memory['total']`` fits ``headroom`` of the GPU (the rest: CUDA context, fragmentation)."""
     return memory["total"] <= headroom * _lookup(GPU_MEMORY_BYTES, gpu)
 

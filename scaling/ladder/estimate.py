@@ -3,88 +3,25 @@ GPU, GPU-hours, wall time, and what to change when a stage does not fit (no torc
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig
 
 from scaling import costs, loader_costs
+from scaling.batching import (
+    batch_layout,
+    divisors,
+    largest_micro_batch,
+    memory,
+    phase_config,
+    stage_rungs,
+    world,
+)
 from scaling.config import Phase, stage_phases
-from scaling.models.registry import RungSpec, apply_overrides, configured_rung_of, get_rung
-
-if TYPE_CHECKING:  # the plan calls the estimate; the estimate only reads the plan's types
-    from scaling.ladder.plan import Plan, PlannedStage
+from scaling.ladder.plan import Plan, PlannedStage
+from scaling.models.registry import RungSpec, apply_overrides
 
 GIB = 2**30
-HEADROOM = 0.9  # of a GPU's memory usable by the tensors (the rest: CUDA context, fragmentation)
-
-
-def _world(res: Any) -> tuple[int, int, int]:
-    """(nodes, GPUs per node, processes)."""
-    nodes = int(res.nodes)
-    gpus = int(res.gpus_per_node)
-    procs = nodes * (gpus if gpus > 0 else int(res.tasks_per_node))
-    return nodes, gpus, max(1, procs)
-
-
-def batch_layout(batch: int, procs: int, micro: int | None) -> tuple[int, int, bool]:
-    """(micro-batch, accumulation, divides) as the training loop derives them: no micro-batch
-    means batch / processes and no accumulation."""
-    micro = int(micro or batch // procs)
-    divides = micro > 0 and batch % (micro * procs) == 0
-    return micro, (batch // (micro * procs) if divides else 0), divides
-
-
-def _divisors(n: int) -> list[int]:
-    """Divisors of ``n``, largest first."""
-    small = [d for d in range(1, int(n**0.5) + 1) if n % d == 0]
-    return sorted({*small, *(n // d for d in small)}, reverse=True)
-
-
-def _rungs(cfg: DictConfig, teacher_rung: str | None) -> tuple[RungSpec, RungSpec | None]:
-    proxy = bool(cfg.stage.proxy)
-    teacher = teacher_rung or cfg.stage.teacher_rung
-    # the stage's own overrides (model.vision, model.text, data.image_size) change what it costs
-    return configured_rung_of(cfg), (get_rung(teacher, proxy=proxy) if teacher else None)
-
-
-def _memory(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: int, micro: int,
-            **changes: Any) -> dict[str, float]:
-    """``costs.config_memory`` with some settings changed (``zero_stage``, ``grad_checkpointing``)."""
-    if changes:
-        cfg = cfg.copy()
-        if "grad_checkpointing" in changes:
-            cfg.model.grad_checkpointing = changes["grad_checkpointing"]
-        if "zero_stage" in changes:
-            cfg.distributed.deepspeed, cfg.distributed.zero_stage = True, changes["zero_stage"]
-    return costs.config_memory(cfg, spec, teacher, procs, micro)
-
-
-def _fits(memory: dict[str, float], gpu: str) -> bool:
-    return costs.fits(memory, gpu, HEADROOM)
-
-
-def largest_micro_batch(cfg: DictConfig, procs: int, spec: RungSpec, teacher: RungSpec | None,
-                        **changes: Any) -> int | None:
-    """The largest micro-batch that divides ``batch / procs`` and fits the GPU, or None."""
-    batch = int(cfg.train.batch_size)
-    if batch % procs:
-        return None
-    for micro in _divisors(batch // procs):
-        if _fits(_memory(cfg, spec, teacher, procs, micro, **changes), str(cfg.resources.gpu)):
-            return micro
-    return None
-
-
-def auto_micro_batch(cfg: DictConfig, teacher_rung: str | None = None) -> int | None:
-    """What ``resources.micro_batch=auto`` sets ``train.micro_batch`` to (GPU stages only)."""
-    _, gpus, procs = _world(cfg.resources)
-    if gpus <= 0:
-        return None
-    spec, teacher = _rungs(cfg, teacher_rung)
-    # one micro-batch for every phase that does not set its own: the largest that fits them all
-    fits = [largest_micro_batch(_phase_config(cfg, p), procs, spec, teacher)
-            for p in stage_phases(cfg) if p.micro_batch is None or p.micro_batch == cfg.train.micro_batch]
-    return None if not fits or None in fits else min(fits)
 
 
 def _advice(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: int, micro: int) -> list[str]:
@@ -95,14 +32,14 @@ def _advice(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: in
         out.append(f"train.micro_batch={best} (accumulation {batch // (best * procs)}) or resources.micro_batch=auto")
     ckpt = bool(cfg.model.grad_checkpointing)
     if not ckpt:
-        if _fits(_memory(cfg, spec, teacher, procs, micro, grad_checkpointing=True), gpu):
+        if costs.fits(memory(cfg, spec, teacher, procs, micro, grad_checkpointing=True), gpu):
             out.append("model.grad_checkpointing=true")
         elif not best and (m := largest_micro_batch(cfg, procs, spec, teacher, grad_checkpointing=True)):
             out.append(f"model.grad_checkpointing=true with train.micro_batch={m}")
     zero = int(cfg.distributed.zero_stage) if cfg.distributed.deepspeed else 0
     for stage in range(zero + 1, 4):
         ds = "" if cfg.distributed.deepspeed else "distributed.deepspeed=true "
-        if _fits(_memory(cfg, spec, teacher, procs, micro, zero_stage=stage), gpu):
+        if costs.fits(memory(cfg, spec, teacher, procs, micro, zero_stage=stage), gpu):
             out.append(f"{ds}distributed.zero_stage={stage}")
             break
         if not best and (m := largest_micro_batch(cfg, procs, spec, teacher, zero_stage=stage)):
@@ -111,7 +48,7 @@ def _advice(cfg: DictConfig, spec: RungSpec, teacher: RungSpec | None, procs: in
     nodes, per_node = int(cfg.resources.nodes), int(cfg.resources.gpus_per_node)
     for more in range(nodes + 1, 8 * nodes + 1):
         p = more * per_node
-        if batch % p == 0 and _fits(_memory(cfg, spec, teacher, p, batch // p), gpu):
+        if batch % p == 0 and costs.fits(memory(cfg, spec, teacher, p, batch // p), gpu):
             out.append(f"resources.nodes={more} ({p} GPUs, micro-batch {batch // p}, no accumulation)")
             break
     return out or ["a larger GPU (resources.gpu) or a smaller train.batch_size"]
@@ -124,7 +61,7 @@ def _divide_advice(batch: int, procs: int, micro: int | None, per_node: int) -> 
     out = [f"train.batch_size={lower or upper} or {upper} (multiples of {what})"]
     micro = micro or batch // procs
     if batch % procs == 0:
-        fit = next(m for m in _divisors(batch // procs) if m <= max(micro, 1))
+        fit = next(m for m in divisors(batch // procs) if m <= max(micro, 1))
         out.append(f"train.micro_batch={fit} (accumulation {batch // (fit * procs)})")
     if per_node > 0:
         nodes = [n for n in range(1, 4 * procs // per_node + 1) if batch % (n * per_node) == 0]
@@ -132,15 +69,6 @@ def _divide_advice(batch: int, procs: int, micro: int | None, per_node: int) -> 
         if near:
             out.append(f"resources.nodes={near} ({near * per_node} GPUs)")
     return out
-
-
-def _phase_config(cfg: DictConfig, phase: Phase) -> DictConfig:
-    """The stage config as it trains during ``phase`` (batch layout and patch dropout)."""
-    cfg = cfg.copy()
-    cfg.train.batch_size, cfg.train.micro_batch = phase.batch_size, phase.micro_batch
-    if cfg.stage.kind == "clip":
-        cfg.model.patch_dropout = phase.patch_dropout
-    return cfg
 
 
 def _phase_rungs(spec: RungSpec, teacher: RungSpec | None, phase: Phase) -> tuple[RungSpec, RungSpec | None]:
@@ -158,7 +86,7 @@ def _phase_rungs(spec: RungSpec, teacher: RungSpec | None, phase: Phase) -> tupl
 def _phase_check(cfg: DictConfig, label: str, spec: RungSpec, teacher: RungSpec | None) -> dict[str, Any]:
     """One phase's batch layout, memory per GPU and what is wrong with them."""
     res = cfg.resources
-    _, gpus_per_node, procs = _world(res)
+    _, gpus_per_node, procs = world(res)
     batch = int(cfg.train.batch_size)
     micro, accum, divides = batch_layout(batch, procs, cfg.train.micro_batch)
     out: dict[str, Any] = {"global_batch": batch, "micro_batch": micro, "accumulation": accum,
@@ -168,15 +96,15 @@ def _phase_check(cfg: DictConfig, label: str, spec: RungSpec, teacher: RungSpec 
             f"{label}: global batch {batch} is not {procs} processes x micro-batch {micro} x an "
             f"accumulation count; would divide: {'; '.join(_divide_advice(batch, procs, cfg.train.micro_batch, gpus_per_node))}")
     if gpus_per_node > 0:
-        memory = _memory(cfg, spec, teacher, procs, max(micro, 1))
-        out.update(memory=memory, fits=_fits(memory, str(res.gpu)))
+        mem = memory(cfg, spec, teacher, procs, max(micro, 1))
+        out.update(memory=mem, fits=costs.fits(mem, str(res.gpu)))
         if not out["fits"] and divides:
-            usable = HEADROOM * costs.GPU_MEMORY_BYTES[str(res.gpu)]
-            parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in memory.items() if k != "total")
+            usable = costs.HEADROOM * costs.GPU_MEMORY_BYTES[str(res.gpu)]
+            parts = ", ".join(f"{k} {v / GIB:.1f}" for k, v in mem.items() if k != "total")
             ds = int(cfg.distributed.zero_stage) if cfg.distributed.deepspeed else 0
             out["problems"].append(
-                f"{label}: {memory['total'] / GIB:.1f} GiB per GPU ({parts}) > {usable / GIB:.1f} GiB usable "
-                f"of {res.gpu} ({HEADROOM:.0%}) at micro-batch {micro}, ZeRO-{ds}, {cfg.train.precision}, "
+                f"{label}: {mem['total'] / GIB:.1f} GiB per GPU ({parts}) > {usable / GIB:.1f} GiB usable "
+                f"of {res.gpu} ({costs.HEADROOM:.0%}) at micro-batch {micro}, ZeRO-{ds}, {cfg.train.precision}, "
                 f"checkpointing {'on' if cfg.model.grad_checkpointing else 'off'}; "
                 f"would fit: {'; '.join(_advice(cfg, spec, teacher, procs, micro))}")
     return out
@@ -211,7 +139,7 @@ def _resize_problems(name: str, cfg: DictConfig, phases: list[Phase], rung_size:
 
 def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     cfg = stage.cfg
-    spec, teacher = _rungs(cfg, stage.teacher_rung)
+    spec, teacher = stage_rungs(cfg, stage.teacher_rung)
     samples = int(cfg.train.samples)
     mask_ratio = float(cfg.loss.mask_ratio)
     if stage.kind == "clip":
@@ -230,10 +158,10 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         p_spec, p_teacher = _phase_rungs(spec, teacher, p)
         total += costs.train_flops(p_spec, stage.kind, 1, drop, mask_ratio, p_teacher) * p.samples
     per_sample = total / samples
-    checks = [_phase_check(_phase_config(cfg, p), stage.name, *_phase_rungs(spec, teacher, p)) for p in phases]
+    checks = [_phase_check(phase_config(cfg, p), stage.name, *_phase_rungs(spec, teacher, p)) for p in phases]
     worst = max(checks, key=lambda c: (not c["divides"], c["memory"]["total"] if c["memory"] else 0.0))
     res = cfg.resources
-    nodes, gpus_per_node, procs = _world(res)
+    nodes, gpus_per_node, procs = world(res)
     out: dict[str, Any] = {
         "params": int(n_params),
         "gflops_per_sample": per_sample / 1e9,  # training: forward + backward (+ frozen teacher)
@@ -262,11 +190,11 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         + _resize_problems(stage.name, cfg, phases, (spec.vision if stage.kind == "clip" else spec.mim).image_size),
     }
     if gpus_per_node > 0:
-        memory = worst["memory"]
+        mem = worst["memory"]
         hours = costs.gpu_hours(total, str(res.gpu), float(res.mfu))
-        out.update(memory_per_gpu_gb=memory["total"] / GIB, gpu_hours=hours, wall_hours=hours / procs,
+        out.update(memory_per_gpu_gb=mem["total"] / GIB, gpu_hours=hours, wall_hours=hours / procs,
                    fits=all(c["fits"] for c in checks), gpu_memory_gb=costs.GPU_MEMORY_BYTES[str(res.gpu)] / GIB,
-                   memory_gb={k: v / GIB for k, v in memory.items()})
+                   memory_gb={k: v / GIB for k, v in mem.items()})
         # loader cores a GPU needs: its planned samples/s over one core's, at the stage's image size
         per_gpu = 1.0 / (3600.0 * costs.gpu_hours(per_sample, str(res.gpu), float(res.mfu)))
         size = (spec.vision if stage.kind == "clip" else spec.mim).image_size

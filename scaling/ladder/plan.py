@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from scaling.batching import auto_micro_batch
 from scaling.config import (
     ConfigError,
     fingerprint,
@@ -21,7 +22,6 @@ from scaling.config import (
     parse_overrides,
 )
 from scaling.config_bounds import check_name, check_uri
-from scaling.ladder.estimate import auto_micro_batch
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
 from scaling.models.registry import configured_rung

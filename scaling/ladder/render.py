@@ -7,7 +7,7 @@ from typing import Any
 
 
 def human(n: float | None, unit: str = "") -> str:
-    """``17.6B``: B for 1e9, as ``python -m scaling.models`` writes params and samples."""
+    """``17.6B``: B for 1e9, as ``python -m scaling.rungs`` writes params and samples."""
     if n is None:
         return "-"
     for scale, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -20,9 +20,7 @@ from scaling.config import ConfigError, _all_keys, fingerprint, load_stage_confi
 from scaling.models.registry import configured_rung_of, get_rung
 from scaling.models.specs import TextSpec, TowerSpec, field_names
 from scaling.sweep.errors import SweepError
-
-if TYPE_CHECKING:  # the sweep file's loader calls check_param_keys: only its types come back here
-    from scaling.sweep.spec import Param, SweepSpec
+from scaling.sweep.spec_types import Param, SweepSpec
 
 
 def split_key(name: str, stages: list[str]) -> tuple[str | None, str]:

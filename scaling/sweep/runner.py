@@ -18,11 +18,11 @@ from typing import Any
 import optuna
 from tqdm import tqdm
 
+import scaling.sweep.runs as runs
 from scaling import tracking
 from scaling.config import fingerprint, flatten
 from scaling.launch import LaunchError, make_executor, resolve_executor
 from scaling.stage_state import stage_tags
-from scaling.sweep import runs
 from scaling.sweep.accounting import count
 from scaling.sweep.pipeline import teacher_config, teacher_dir
 from scaling.sweep.spec import SweepError, SweepSpec

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from scaling.tracking import store
+import scaling.tracking.store as store
 
 log = logging.getLogger("scaling.tracking")
 # A log_batch costs ~10 ms of Python (SQLite) plus ~0.1 ms a metric; the UI trails by 5 s.

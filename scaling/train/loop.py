@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from timm.layers import PatchDropoutWithIndices
 from tqdm.auto import tqdm
 
+from scaling.batching import batch_layout
 from scaling.config import Phase, stage_phases
 from scaling.data.tokenizer import get_tokenizer
 from scaling.data.transforms import normalize_on_device
@@ -50,14 +51,14 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def batch_layout(batch: int, micro_batch: int | None, world: int, where: str = "train") -> tuple[int, int]:
+def phase_layout(batch: int, micro_batch: int | None, world: int, where: str = "train") -> tuple[int, int]:
     """(micro batch per process, accumulation steps) for a global batch of ``batch``."""
-    micro = micro_batch or batch // world
-    if micro <= 0 or batch % (micro * world):
+    micro, accum, divides = batch_layout(batch, world, micro_batch)
+    if not divides:
         raise StageConfigError(
             f"{where}.batch_size={batch} is not a multiple of micro batch ({micro}) x processes ({world}); "
             f"set {where}.micro_batch or the batch size so that it divides")
-    return micro, batch // (micro * world)
+    return micro, accum
 
 
 def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
@@ -86,7 +87,7 @@ class TrainingLoop:
         self.phase_ends = list(np.cumsum([p.steps for p in self.phases]))
         self.total_steps = int(self.phase_ends[-1])
         self.phase = self.phases[0]
-        self.micro, self.accum = batch_layout(self.phase.batch_size, self.phase.micro_batch, self.world,
+        self.micro, self.accum = phase_layout(self.phase.batch_size, self.phase.micro_batch, self.world,
                                               self._where(0))
         self.step = 0
         self.samples_seen = 0
@@ -195,7 +196,7 @@ class TrainingLoop:
         """Switch to ``phase``: batch layout, patch dropout, image size and a new data stream."""
         self.phase = phase
         self._set_image_size(self._phase_size(phase))
-        self.micro, self.accum = batch_layout(phase.batch_size, phase.micro_batch, self.world,
+        self.micro, self.accum = phase_layout(phase.batch_size, phase.micro_batch, self.world,
                                               self._where(phase.index))
         self.engine.set_batch(phase.batch_size, self.micro, self.accum)
         if self.kind == "clip":

@@ -74,7 +74,7 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
     # torch after the checks: a misconfigured stage fails at once
     import torch.distributed as dist
 
-    from scaling.train import distributed
+    import scaling.train.distributed as distributed
     from scaling.train.engine import check_combination
     from scaling.train.loop import TrainingLoop
 

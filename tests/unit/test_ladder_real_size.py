@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from scaling import costs, paths
+from scaling.batching import memory, phase_config, stage_rungs
+from scaling.config import stage_phases
 from scaling.ladder import load_ladder, plan_ladder
 from scaling.ladder.cli import main
 from scaling.ladder.estimate import plan_problems, plan_rows
@@ -134,21 +136,18 @@ def test_auto_micro_batch_is_the_largest_that_fits(tmp_path):
     micro = int(stage.cfg.train.micro_batch)
     row = next(r for r in plan_rows(plan) if r["stage"] == "clip@18B")
     assert row["fits"] and row["divides"] and (108_000 // 360) % micro == 0
-    from scaling.config import stage_phases
-    from scaling.ladder.estimate import _memory, _phase_config, _rungs
-
-    spec, teacher = _rungs(stage.cfg, None)
-    phases = [_phase_config(stage.cfg, p) for p in stage_phases(stage.cfg)]
-    assert all(costs.fits(_memory(c, spec, teacher, 360, micro), "a100-40gb") for c in phases)
+    spec, teacher = stage_rungs(stage.cfg)
+    phases = [phase_config(stage.cfg, p) for p in stage_phases(stage.cfg)]
+    assert all(costs.fits(memory(c, spec, teacher, 360, micro), "a100-40gb") for c in phases)
     bigger = [m for m in range(micro + 1, 108_000 // 360 + 1) if (108_000 // 360) % m == 0]
     for m in bigger:  # every larger micro-batch that divides does not fit some phase
-        assert not all(costs.fits(_memory(c, spec, teacher, 360, m), "a100-40gb") for c in phases)
+        assert not all(costs.fits(memory(c, spec, teacher, 360, m), "a100-40gb") for c in phases)
 
 
-def test_dry_run_totals_the_plan_in_the_units_of_scaling_models(tmp_path, capsys):
+def test_dry_run_totals_the_plan_in_the_units_of_scaling_rungs(tmp_path, capsys):
     import json
 
-    from scaling.models.__main__ import main as models_main
+    from scaling.rungs.__main__ import main as models_main
 
     args = ["--from", "E14", "--to", "18B", "--no-proxy", "--dry-run", "--runs-dir", str(tmp_path)]
     assert main([*args, "--json"]) == 0
@@ -161,7 +160,7 @@ def test_dry_run_totals_the_plan_in_the_units_of_scaling_models(tmp_path, capsys
     days = (rows["mim@18B"]["wall_hours"] + rows["clip@18B"]["wall_hours"]) / 24
     total = next(line for line in text.splitlines() if line.startswith("total:"))
     assert f"{round(hours / 1e3)}k GPU-hours" in total and f"{days:.1f} wall days" in total
-    # params and samples in B, as `python -m scaling.models` writes them
+    # params and samples in B, as `python -m scaling.rungs` writes them
     mim = next(line for line in text.splitlines() if line.startswith("mim@18B"))
     assert f"{rows['mim@18B']['params'] / 1e9:.3g}B" in mim and f"{rows['mim@18B']['samples'] / 1e9:.3g}B" in mim
     assert models_main(["--rung", "18B", "--kind", "mim"]) == 0

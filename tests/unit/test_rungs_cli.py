@@ -1,4 +1,4 @@
-"""``python -m scaling.models``: the rung table, --json, and the memory/cost report."""
+"""``python -m scaling.rungs``: the rung table, --json, and the memory/cost report."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 from scaling import costs
-from scaling.models.__main__ import main
 from scaling.models.registry import get_rung, list_rungs
+from scaling.rungs.__main__ import main
 
 
 def test_json_lists_every_tower_with_params_and_flops(capsys):
@@ -73,13 +73,13 @@ def test_user_errors_exit_2(capsys):
 
 def test_module_entry_point_runs_without_torch():
     probe = (
-        "import sys; from scaling.models.__main__ import main; rc = main(['--json']); "
+        "import sys; from scaling.rungs.__main__ import main; rc = main(['--json']); "
         "assert rc == 0 and 'torch' not in sys.modules, 'torch imported'"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     out = subprocess.run(
-        [sys.executable, "-m", "scaling.models", "--json"],
+        [sys.executable, "-m", "scaling.rungs", "--json"],
         capture_output=True,
         text=True,
         check=True,

@@ -1,4 +1,4 @@
-"""``python -m scaling.models``: the rungs, their sizes and FLOPs, and what a run would cost.
+"""``python -m scaling.rungs``: the rungs, their sizes and FLOPs, and what a run would cost.
 
 Imports no torch: the numbers come from ``scaling.costs`` (exact counts, tested against the
 built modules).
@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from scaling import costs
+from scaling.batching import batch_layout
 from scaling.config import ConfigError, load_stage_config, stage_phases
+from scaling.ladder.spec import load_ladder
 from scaling.models.registry import (
     LADDER_ORDER,
     RungSpec,
@@ -89,11 +91,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _default_teacher(rung: RungSpec) -> RungSpec | None:
-    if rung.alias in ("8B", "18B"):
-        return get_rung("E14", rung.proxy)  # EVA-CLIP-18B: EVA-8B/18B learn from EVA-02-CLIP-E/14+
-    if rung.alias in LADDER_ORDER and LADDER_ORDER.index(rung.alias) > 0:
-        return get_rung(LADDER_ORDER[LADDER_ORDER.index(rung.alias) - 1], rung.proxy)
-    return None
+    """The rung's MIM teacher as the ladder file says (none for a rung the ladder lacks)."""
+    try:
+        teacher = load_ladder().rung(rung.name).teacher
+    except ConfigError:
+        return None
+    return get_rung(teacher, rung.proxy) if teacher else None
 
 
 def _stage_config(kind: str, rung: RungSpec):
@@ -114,8 +117,8 @@ def cost_report(args: argparse.Namespace) -> dict[str, Any]:
     gpus = args.gpus or recipe_gpus or 8
     gpu = args.gpu or str(res.gpu)
     batch = args.batch or int(cfg.train.batch_size)
-    micro = args.micro_batch or (None if args.batch else cfg.train.micro_batch) or max(1, batch // gpus)
-    accumulation = max(1, batch // (micro * gpus))
+    micro, accumulation, divides = batch_layout(batch, gpus, args.micro_batch or (None if args.batch else cfg.train.micro_batch))
+    micro = max(1, micro)
     samples = args.samples or float(cfg.train.samples)
     if args.patch_dropout is not None:
         cfg.model.patch_dropout = args.patch_dropout
@@ -152,8 +155,8 @@ def cost_report(args: argparse.Namespace) -> dict[str, Any]:
         "gpu": gpu,
         "micro_batch": micro,
         "accumulation": accumulation,
-        "global_batch": micro * gpus * accumulation,
-        "divides": batch % (micro * gpus) == 0,
+        "global_batch": micro * gpus * max(1, accumulation),
+        "divides": divides,
         "zero_stage": int(cfg.distributed.zero_stage) if cfg.distributed.deepspeed else 0,
         "deepspeed": bool(cfg.distributed.deepspeed),
         "precision": str(cfg.train.precision),
@@ -193,7 +196,7 @@ def print_report(r: dict[str, Any]) -> None:
     for key, value in r["memory_bytes"].items():
         print(f"    {key:<12} {value / GIB:9.2f} GiB")
     verdict = "fits" if r["fits"] else "does NOT fit"
-    print(f"  -> {verdict} in {r['gpu_memory_bytes'] / GIB:.0f} GiB (90 % usable assumed)")
+    print(f"  -> {verdict} in {r['gpu_memory_bytes'] / GIB:.0f} GiB ({costs.HEADROOM:.0%} usable assumed)")
     print(f"  training: {_human(r['samples'])} samples, {r['train_flops']:.3g} FLOPs")
     print(
         f"  at MFU {r['mfu']:.0%}: {r['gpu_hours']:,.0f} GPU-hours = {r['wall_days']:.1f} days on {r['gpus']} GPUs"
@@ -211,7 +214,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m scaling.models",
+        prog="python -m scaling.rungs",
         description="List the EVA ladder's rungs (params, FLOPs) or estimate one run's memory and cost.",
     )
     p.add_argument(
@@ -245,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patch-dropout", type=float, help="CLIP patch dropout (default: the recipe's)")
     g.add_argument("--mask-ratio", type=float, default=0.4, help="MIM mask ratio (default 0.4)")
     g.add_argument(
-        "--teacher", help="MIM teacher rung (default: E14 for 8B/18B, else the rung below)"
+        "--teacher", help="MIM teacher rung (default: the rung's teacher in the ladder file)"
     )
     g.add_argument("--samples", type=float, help="samples seen (default: the recipe's)")
     g.add_argument(
