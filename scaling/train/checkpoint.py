@@ -33,6 +33,15 @@ from safetensors.torch import load_file
 
 from scaling.stage_state import FINAL_DIR, MANIFEST, read_manifest
 from scaling.train.errors import CheckpointError
+from scaling.train.integrity import (
+    DIGESTS_KEY,
+    CheckpointCorrupt,
+    DigestBook,
+    files_loaded_by,
+    gather_digests,
+    verify,
+    write_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -99,36 +108,66 @@ def save(
     target: str | os.PathLike,
     rank: int,
     barrier: Callable[[], None],
-    write_shared: Callable[[Path], None],
+    write_shared: Callable[[DigestBook], None],
     rank_state: Mapping[str, Any],
     manifest: Mapping[str, Any],
-    write_collective: Callable[[Path], None] | None = None,
+    write_collective: Callable[[DigestBook], None] | None = None,
+    agree: Callable[[bool], bool] = bool,
+    world: int = 1,
 ) -> Path:
-    """Write a checkpoint atomically.
+    """Write a checkpoint atomically, with a content hash of every file in its manifest.
 
-    ``write_shared(tmp)`` runs on rank 0 (model and optimizer files); ``write_collective(tmp)``
-    on every rank (DeepSpeed's sharded save); ``rank_state`` goes to ``rank_<r>.pt``.
+    ``write_shared(book)`` runs on rank 0 (model and optimizer files); ``write_collective(book)``
+    on every rank (DeepSpeed's sharded save); ``rank_state`` goes to ``rank_<r>.pt``. Files are
+    written with ``book.save(obj, book.root / name)``, which hashes them on the way.
+    ``agree(flag)``: True on every rank if ``flag`` is True on any (an all-reduce) - a rank whose
+    write failed (disk full, I/O error) makes all of them remove the folder and raise
+    ``CheckpointWriteError`` with the path and errno.
     """
     target = Path(target)
     tmp = target.parent / f".tmp-{target.name}"
+    failure: OSError | None = None
     if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        except OSError as exc:
+            failure = exc
     barrier()
-    if write_collective is not None:
-        write_collective(tmp)
+    book = DigestBook(tmp)
+    try:
+        if failure is None:
+            if write_collective is not None:
+                write_collective(book)
+            if rank == 0:
+                write_shared(book)
+            book.save(dict(rank_state), tmp / f"rank_{rank}.pt")
+            book.dump(rank)
+    except OSError as exc:
+        failure = exc
+    finally:
+        book.close()
+    if agree(failure is not None):
+        barrier()
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(target, failure or OSError(0, "another rank failed to write its part"))
+    barrier()
     if rank == 0:
-        write_shared(tmp)
-    torch.save(dict(rank_state), tmp / f"rank_{rank}.pt")
-    barrier()
-    if rank == 0:
-        data = dict(manifest) | {"created": time.time(), "files": _file_sizes(tmp)}
-        _write_json(tmp / MANIFEST, data)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    barrier()
+        try:
+            digests = gather_digests(tmp, world)
+            data = dict(manifest) | {"created": time.time(), "files": _file_sizes(tmp), DIGESTS_KEY: digests}
+            _write_json(tmp / MANIFEST, data)
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            failure = exc
+    if agree(failure is not None):
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(target, failure or OSError(0, "rank 0 failed to write the manifest"))
     return target
 
 
@@ -197,6 +236,10 @@ def load_model_state(path: str | os.PathLike, key: str = "checkpoint") -> dict[s
                 f"{key}: {path} holds no complete checkpoint (expected a stage folder with final/ or "
                 f"checkpoints/step_N/, or a checkpoint folder with {MANIFEST})")
         path = ckpt / MODEL_FILE
+        try:
+            verify(ckpt, read_manifest(ckpt) or {}, [MODEL_FILE])
+        except CheckpointCorrupt as exc:
+            raise CheckpointError(f"{key}: {exc}; train that stage again (or restore the file)") from None
     if path.suffix == ".safetensors":
         return _strip_prefixes(load_file(str(path)))
     if path.suffix not in STATE_DICT_SUFFIXES:
@@ -211,3 +254,41 @@ def load_model_state(path: str | os.PathLike, key: str = "checkpoint") -> dict[s
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{key}: {path} does not hold a state dict of tensors")
     return _strip_prefixes(state)
+
+
+def checkpoints_newest_first(out_dir: str | os.PathLike) -> list[Path]:
+    """``final/`` (if complete), then the periodic checkpoints, newest first."""
+    final = final_checkpoint(out_dir)
+    return ([final] if final is not None else []) + list_checkpoints(out_dir)[::-1]
+
+
+def load_newest_good(out_dir: str | os.PathLike, rank: int,
+                     load: Callable[[Path, dict], None],
+                     agree: Callable[[bool], bool] = bool) -> tuple[Path, dict] | None:
+    """Load the newest checkpoint whose files this rank loads pass their content hash and read
+    back (``load(path, manifest)`` raises ``CheckpointCorrupt`` otherwise), falling back one
+    checkpoint at a time; every rank takes the same one (``agree``: any rank's failure counts).
+    None when the stage has no checkpoint; ``CheckpointError`` when none of them is good."""
+    bad: list[str] = []
+    for path in checkpoints_newest_first(out_dir):
+        manifest = read_manifest(path) or {}
+        problem: CheckpointCorrupt | None = None
+        try:
+            verify(path, manifest, files_loaded_by(manifest, rank))
+        except CheckpointCorrupt as exc:
+            problem = exc
+        if not agree(problem is not None):
+            try:
+                load(path, manifest)
+            except CheckpointCorrupt as exc:
+                problem = exc
+            if not agree(problem is not None):
+                return path, manifest
+        what = str(problem) if problem is not None else f"{path}: another rank's files are bad"
+        log.warning("%s; falling back to the checkpoint before it", what)
+        bad.append(f"{path.name} ({problem.path.name if problem is not None else 'another rank'})")
+    if bad:
+        raise CheckpointError(
+            f"no good checkpoint in {out_dir}: {', '.join(bad)} failed their content hash or cannot be "
+            "read. Restore them from a copy, or move them away to train the stage from the start")
+    return None

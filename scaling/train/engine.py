@@ -12,7 +12,9 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from scaling.train import integrity
 from scaling.train.errors import StageSetupError
+from scaling.train.integrity import DigestBook
 from scaling.train.lamb import Lamb
 from scaling.train.optim import CosineSchedule
 from scaling.train.zero_layout import ZeroLayoutError, shard_lamb
@@ -101,14 +103,15 @@ class Engine:
         """The whole model's weights (call on every rank; meaningful on rank 0)."""
         return {k: v.detach().clone() for k, v in self.module.state_dict().items()}
 
-    def save(self, tmp: Path, rank: int) -> None:
+    def save(self, book: DigestBook, rank: int) -> None:
         if rank == 0:
-            torch.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
-                        "scaler": self.scaler.state_dict()}, tmp / "train_state.pt")
+            book.save({"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict(),
+                       "scaler": self.scaler.state_dict()}, book.root / "train_state.pt")
 
-    def load(self, ckpt: Path) -> None:
-        self.module.load_state_dict(torch.load(ckpt / "model.pt", map_location=self.device, weights_only=True))
-        state = torch.load(ckpt / "train_state.pt", map_location=self.device, weights_only=False)
+    def load(self, ckpt: Path, step: int | None = None) -> None:
+        weights = integrity.load(ckpt / "model.pt", step, map_location=self.device, weights_only=True)
+        state = integrity.load(ckpt / "train_state.pt", step, map_location=self.device, weights_only=False)
+        self.module.load_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
@@ -203,13 +206,22 @@ class DeepSpeedEngine(Engine):
             return {k: v.detach().clone().float().reshape(() if k in self.scalars else v.shape)
                     for k, v in self.module.state_dict().items()}
 
-    def save(self, tmp: Path, rank: int) -> None:
-        self.model.save_checkpoint(str(tmp / "deepspeed"), tag=DS_TAG, save_latest=False)
+    def save(self, book: DigestBook, rank: int) -> None:
+        # DeepSpeed writes its shards through its checkpoint engine's save(state, path): routed
+        # through the book, they are hashed as they are written, and a full disk raises OSError
+        engine = self.model.checkpoint_engine
+        serialization = getattr(engine, "zipfile_serialization", True)
+        engine.save = lambda state, path: book.save(state, path,
+                                                    _use_new_zipfile_serialization=serialization)
+        try:
+            self.model.save_checkpoint(str(book.root / "deepspeed"), tag=DS_TAG, save_latest=False)
+        finally:
+            del engine.save  # the class's own again
         if rank == 0:
-            torch.save({"schedule": self.schedule.state_dict()}, tmp / "train_state.pt")
+            book.save({"schedule": self.schedule.state_dict()}, book.root / "train_state.pt")
 
-    def load(self, ckpt: Path) -> None:
+    def load(self, ckpt: Path, step: int | None = None) -> None:
+        state = integrity.load(ckpt / "train_state.pt", step, map_location="cpu", weights_only=False)
         self.model.load_checkpoint(str(ckpt / "deepspeed"), tag=DS_TAG, load_optimizer_states=True,
                                    load_lr_scheduler_states=False)
-        state = torch.load(ckpt / "train_state.pt", map_location="cpu", weights_only=False)
         self.schedule.load_state_dict(state["schedule"])

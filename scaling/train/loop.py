@@ -27,6 +27,7 @@ from scaling.models.build import text_layer_id, vision_layer_id
 from scaling.models.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
+from scaling.train import integrity
 from scaling.train.engine import DeepSpeedEngine, Engine
 from scaling.train.errors import StageConfigError
 from scaling.train.optim import (
@@ -237,21 +238,30 @@ class TrainingLoop:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def resume(self) -> Path | None:
-        found = ckpt.latest_checkpoint(self.out)
-        if found is None:
+        # a checkpoint that fails its content hash or does not read back: the one before it
+        loaded = ckpt.load_newest_good(self.out, self.rank, self._load, dist_utils.any_true)
+        if loaded is None:
             return None
-        manifest = ckpt.read_manifest(found)
+        found, manifest = loaded
+        if self.rank == 0:
+            log.info("resumed from %s (step %d, %d samples)", found, self.step, self.samples_seen)
+        return found
+
+    def _load(self, found: Path, manifest: dict) -> None:
+        step = manifest.get("step")
+        rank_file = found / f"rank_{self.rank}.pt"
+        same_world = manifest.get("world_size") == self.world and rank_file.is_file()
+        # read before anything changes, so that a bad file leaves the loop as it was
+        state = integrity.load(rank_file, step, map_location="cpu", weights_only=False) if same_world else None
         # the weights are at the size of the phase the checkpoint was saved in
         self._set_image_size(int(manifest.get("image_size") or
                                  self._phase_size(self.phases[int(manifest.get("phase", 0))])))
-        self.engine.load(found)
+        self.engine.load(found, step)
         self.step, self.samples_seen = int(manifest["step"]), int(manifest["samples_seen"])
         phase = self._phase_at(self.step)
         if phase.index != self.phase.index:
             self._enter_phase(phase)
-        rank_file = found / f"rank_{self.rank}.pt"
-        if manifest.get("world_size") == self.world and rank_file.is_file():
-            state = torch.load(rank_file, map_location="cpu", weights_only=False)
+        if state is not None:
             ckpt.set_rng_state(state["rng"])
             # saved at the last step of the phase before: this phase's stream starts fresh
             if int(state.get("phase", 0)) == phase.index:
@@ -259,9 +269,6 @@ class TrainingLoop:
         else:
             log.warning("resuming %s saved by %s processes on %s: data order and RNG streams restart",
                         found, manifest.get("world_size"), self.world)
-        if self.rank == 0:
-            log.info("resumed from %s (step %d, %d samples)", found, self.step, self.samples_seen)
-        return found
 
     def save(self, target: Path, final: bool = False) -> Path:
         full = self.engine.full_state_dict()
@@ -272,9 +279,10 @@ class TrainingLoop:
                     "metrics": self.metrics if final else {}}
         rank_state = {"rng": ckpt.rng_state(), "stream": self.stream.state_dict(), "phase": self.phase.index}
         path = ckpt.save(target, self.rank, dist_utils.barrier,
-                         write_shared=lambda tmp: torch.save(full, tmp / ckpt.MODEL_FILE),
+                         write_shared=lambda book: book.save(full, book.root / ckpt.MODEL_FILE),
                          rank_state=rank_state, manifest=manifest,
-                         write_collective=lambda tmp: self.engine.save(tmp, self.rank))
+                         write_collective=lambda book: self.engine.save(book, self.rank),
+                         agree=dist_utils.any_true, world=self.world)
         if self.rank == 0 and not final:
             ckpt.prune(self.out, self.cfg.train.keep_checkpoints)
         return path

@@ -13,7 +13,7 @@ from scaling.train import checkpoint as ckpt
 def write(out, step, value=1.0, name=None):
     target = out / "checkpoints" / f"step_{step}" if name is None else out / name
     return ckpt.save(target, rank=0, barrier=lambda: None,
-                     write_shared=lambda tmp: torch.save({"w": torch.full((2,), value)}, tmp / ckpt.MODEL_FILE),
+                     write_shared=lambda book: book.save({"w": torch.full((2,), value)}, book.root / ckpt.MODEL_FILE),
                      rank_state={"rng": ckpt.rng_state()}, manifest={"step": step, "samples_seen": step * 4})
 
 
