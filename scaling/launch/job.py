@@ -27,6 +27,7 @@ from scaling.launch.distributed_env import run_distributed_env
 from scaling.metrics import MultiLogger
 from scaling.stage_state import ProgressLogger, write_state
 from scaling.tracking import MlflowLogger
+from scaling.tracking.system import SAMPLE_EVERY_S, start_system_metrics, stop_system_metrics
 from scaling.train import run_stage
 
 log = logging.getLogger("scaling.launch")
@@ -157,14 +158,18 @@ class StageJob(submitit.helpers.Checkpointable):
         log.info("rank %d of %s on %s: %s starts from %s", rank, env["WORLD_SIZE"], env.get("NODE") or "-",
                  cfg.stage.name, latest_checkpoint(cfg.out_dir) or "step 0")
         stage_fn = run_stage if self.stage_fn is None else self.stage_fn
+        monitor = start_system_metrics(cfg.tracking.uri, run_id, int(env["LOCAL_RANK"]),
+                                       float(cfg.tracking.get("system_metrics_s", SAMPLE_EVERY_S)))
         try:
             result = stage_fn(cfg, logger=logger, stop_requested=stop.is_set)
         except BaseException as exc:
+            stop_system_metrics(monitor)
             if rank == 0:
                 write_state(cfg.out_dir, "failed", error=f"{type(exc).__name__}: {exc}")
                 if logger is not None:
                     logger.close("FAILED")
             raise
+        stop_system_metrics(monitor)  # before the run is marked ended
         out = {"stage": cfg.stage.name, "status": result.status, "metrics": dict(result.metrics),
                "checkpoint": result.checkpoint, "run_id": run_id, "steps": result.steps,
                "samples_seen": result.samples_seen, "out_dir": cfg.out_dir}

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -382,3 +383,27 @@ def test_experiment_created_by_someone_else_meanwhile(uri: str,
     real.delete_experiment(created)
     assert tracking.get_or_create_experiment("shared", uri) == created  # restored from the bin
     assert real.get_experiment(created).lifecycle_stage == "active"
+
+
+def _wait_for_system_metrics(cfg, logger=None, stop_requested=None):
+    """A stage stand-in that ends once MLflow's monitor has logged a sample to its run."""
+    from scaling.train.result import StageResult
+
+    deadline = time.monotonic() + 120  # a bound for a broken monitor, not a timing assertion
+    while not any(k.startswith("system/") for k in tracking.get_run(cfg.tracking.uri, cfg.tracking.run_id).data.metrics):
+        assert time.monotonic() < deadline, "no system metric was logged"
+        time.sleep(0.1)
+    return StageResult("finished", 1, 1, {}, str(Path(cfg.out_dir) / "final"), cfg.out_dir)
+
+
+def test_a_stage_run_gets_system_metrics_keyed_by_its_node(uri: str, tmp_path: Path) -> None:
+    from scaling.launch.job import StageJob
+
+    run = tracking.start_run(uri, "system", "stage")
+    cfg = {"stage": {"name": "clip@B16", "kind": "clip"}, "out_dir": str(tmp_path / "stage"),
+           "tracking": {"uri": uri, "run_id": run, "system_metrics_s": 0.2}}
+    assert StageJob(cfg, stage_fn=_wait_for_system_metrics)()["status"] == "finished"
+    metrics = tracking.get_run(uri, run).data.metrics
+    node = socket.gethostname()
+    assert f"system/{node}/cpu_utilization_percentage" in metrics and f"system/{node}/system_memory_usage_percentage" in metrics
+    assert tracking.run_status(uri, run) == "FINISHED"
