@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--two-step", action="store_true",
                      help="also fit the two-step law: compute -> the held-out task loss of the metric's set "
                           "(eval/<set>/loss; the train loss for runs without one) -> accuracy (OLMo's sigmoid link)")  # fmt: skip
+    rep.add_argument("--law-compute", choices=("own", "inherited"), default="own",
+                     help="the law's compute axis: each stage's own training FLOPs (default), or plus the FLOPs of "
+                          "every stage it starts from (teacher, MIM, lower rungs; studies tag it)")
     rep.add_argument("--log-artifacts", action="store_true",
                      help="attach the report to the experiment's latest parent run and record predictions")  # fmt: skip
     pub = sub.add_parser("published", help="print the published EVA results with their source tables")
@@ -69,7 +72,8 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("reports") / args.experiment
     try:
         report = build_report(args.tracking_uri, args.experiment, out, metric=args.metric,
-                              log_artifacts=args.log_artifacts, two_step=args.two_step)  # fmt: skip
+                              log_artifacts=args.log_artifacts, two_step=args.two_step,
+                              compute=args.law_compute)  # fmt: skip
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -22,3 +22,11 @@ def md_table(df: pd.DataFrame, floatfmt: str = ".4g") -> str:
     sep = "| " + " | ".join("---" for _ in df.columns) + " |"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join([head, sep, *rows]) + "\n"
+
+
+def human(v) -> str:
+    """A number in short form (``1.2T``), or an en dash for a missing one."""
+    # matplotlib loads with the first figure: importing the report stays light
+    from scaling.analysis.plots.style import human as short
+
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else short(float(v))

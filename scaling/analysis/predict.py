@@ -66,15 +66,28 @@ def base_stage(run: pd.Series) -> str:
     return str(run.get("label") or run.get("run_name") or run["run_id"][:8])
 
 
-def compute_points(uri: str | None, runs: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per evaluation of ``metric``: ``run_id``, ``label``, ``stage``, ``arm``, ``flops``,
-    ``value``, ``final``, ``step``."""
+COMPUTE_AXES = {"own": "the stage's own training FLOPs",
+                 "inherited": "the stage's own training FLOPs plus those of every stage whose weights it starts "
+                              "from (teacher, MIM stage, lower rungs; tag inherited_flops)"}
+
+
+def compute_points(uri: str | None, runs: pd.DataFrame, metric: str, compute: str = "own") -> pd.DataFrame:
+    """One row per evaluation of ``metric``: ``run_id``, ``label``, ``stage``, ``arm``, ``budget``,
+    ``flops``, ``value``, ``final``, ``step``. ``compute`` (``COMPUTE_AXES``): ``inherited`` adds
+    the run's ``inherited_flops`` tag to every point (runs without it are left out)."""
+    if compute not in COMPUTE_AXES:
+        raise ValueError(f"compute axis {compute!r}: choose one of {', '.join(COMPUTE_AXES)}")
     rows = []
     col = f"metrics.{metric}"
     for _, run in runs.iterrows():
         flops, final_value = run.get("flops"), run.get(col)
         if flops is None or pd.isna(flops) or final_value is None or pd.isna(final_value):
             continue
+        offset = 0.0
+        if compute == "inherited":
+            offset = pd.to_numeric(run.get("tags.inherited_flops"), errors="coerce")
+            if offset is None or pd.isna(offset):
+                continue
         label = run.get("label") or run.get("run_name") or run["run_id"][:8]
         arm, budget = run.get("tags.arm"), run.get("tags.budget")
         head = (run["run_id"], label, base_stage(run), arm if isinstance(arm, str) else "",
@@ -83,13 +96,13 @@ def compute_points(uri: str | None, runs: pd.DataFrame, metric: str) -> pd.DataF
         samples = load.metric_history(uri, run["run_id"], "train/samples_seen")
         total = run.get("metrics.train/samples_seen")
         if hist.empty or samples.empty or total is None or pd.isna(total) or float(total) <= 0:
-            rows.append((*head, float(flops), float(final_value), True, -1))
+            rows.append((*head, float(flops) + offset, float(final_value), True, -1))
             continue
         per_sample = float(flops) / float(total)
         seen = np.interp(hist["step"], samples["step"], samples["value"])
         for i, (s, v, step) in enumerate(zip(seen, hist["value"], hist["step"], strict=True)):
             if s > 0:
-                rows.append((*head, per_sample * s, float(v), i == len(hist) - 1, int(step)))
+                rows.append((*head, per_sample * s + offset, float(v), i == len(hist) - 1, int(step)))
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
 
 

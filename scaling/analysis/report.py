@@ -7,7 +7,6 @@ a line under "Notes" in the report and the figures that can be drawn are still w
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +16,10 @@ import pandas as pd
 
 from scaling.analysis import load, published
 from scaling.analysis.fits import FitError
+from scaling.analysis.markdown import human as _human
 from scaling.analysis.markdown import md_table
 from scaling.analysis.predict import (
+    COMPUTE_AXES,
     MetricSpec,
     base_stage,
     compute_points,
@@ -32,6 +33,7 @@ from scaling.analysis.predict import (
     with_loss,
 )
 from scaling.analysis.report_arms import arms_section
+from scaling.analysis.report_rollout import rollout_lines as _rollout_lines
 from scaling.analysis.sweep_frame import importances, sweeps
 from scaling.stages import LAW_METRIC
 
@@ -53,13 +55,6 @@ class Report:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "study"
-
-
-def _human(v) -> str:
-    # matplotlib loads with the first figure: importing the report stays light
-    from scaling.analysis.plots.style import human
-
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else human(float(v))
 
 
 class _Writer:
@@ -117,52 +112,6 @@ def _runs_section(stages: pd.DataFrame, metric: str, notes: list[str]) -> str:
     return md_table(df)
 
 
-def _rollout_lines(checks: pd.DataFrame, title: str, what: str) -> list[str]:
-    done = checks.dropna(subset=["predicted"])
-    if done.empty:
-        return [f"### {title}", "", "No stage has 3 smaller stages to fit a law on: nothing held out yet.", ""]
-    table = checks[["label", "flops", "predicted", "low", "high", "achieved", "rel_error"]].copy()
-    if "n_runs" in checks:
-        table["achieved"] = [f"{v:.4g} ± {sd:.2g} ({int(n)})" if n > 1 else f"{v:.4g} (1)"
-                             for v, sd, n in zip(checks["achieved"], checks["sd"], checks["n_runs"], strict=True)]  # fmt: skip
-    table["flops"] = [_human(v) for v in table["flops"]]
-    table["rel_error"] = [f"{100 * v:+.1f} %" if not pd.isna(v) else "–" for v in table["rel_error"]]
-    table.columns = ["stage", "FLOPs", "predicted", "band low", "band high", "achieved", "relative error"]
-    mean_abs = float(np.mean(np.abs(done["rel_error"])))
-    lines = [f"### {title}", "", f"Each stage's metric {what}, fitted on the stages with less compute only "
-             f"(fewer than 3 below: no prediction). Mean |relative error| over {len(done)} held-out "
-             f"stage(s): {100 * mean_abs:.1f} %."]  # fmt: skip
-    if "same_as_below" in checks:
-        lines += _naive_lines(checks, done, table)
-    return lines + ["", md_table(table)]
-
-
-def _naive_lines(checks: pd.DataFrame, done: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """The law against the naive predictions a reviewer would make without it, on the same held-out
-    stages, and the stages that are not monotone in compute (mutates ``table``)."""
-    if "n_runs" in checks and (checks["n_runs"] > 1).any():
-        counts = sorted({int(n) for n in checks["n_runs"]})
-        lines = [f"Achieved: mean ± sd over {'/'.join(map(str, counts))} seed(s) (number of seeds)."]
-    else:
-        lines = ["Achieved: one seed per stage; run `python -m scaling.study --ladder ... --arms mim_init --seeds 3` "
-                 "for the spread over seeds."]
-    law_err = float(np.mean(np.abs(done["rel_error"])))
-    for key, name in (("same_as_below", "same as the stage below"), ("last_two", "extrapolate the last two points")):
-        rel = (checks[key] - checks["achieved"]) / checks["achieved"]
-        table[name] = [f"{p:.4g} ({100 * r:+.1f} %)" if not pd.isna(p) else "–" for p, r in
-                       zip(checks[key], rel, strict=True)]  # fmt: skip
-        naive = float(np.mean(np.abs(rel[done.index])))
-        beats = "beats" if law_err < naive else "does NOT beat"
-        lines.append(f"The law {beats} \"{name}\" on these held-out stages: mean |relative error| "
-                     f"{100 * law_err:.1f} % against {100 * naive:.1f} %.")
-    bad = [f"{checks['label'][i]} (worse than {checks['label'][i - 1]} with less compute)"
-           for i in range(1, len(checks)) if not checks["monotone"].iloc[i]]
-    if bad:
-        lines.append("**Not monotone in compute**: " + "; ".join(bad) + ". The law is fitted through the compute "
-                     "frontier, which leaves such stages out: read it as the frontier's law, not every stage's.")
-    return ["", *lines]
-
-
 def _main_stages(stages: pd.DataFrame) -> pd.DataFrame:
     """The ladder's own stages: a study's seeds and control arms share their stage's box and curve."""
     if stages.empty:
@@ -171,7 +120,7 @@ def _main_stages(stages: pd.DataFrame) -> pd.DataFrame:
 
 
 def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
-            two_step: bool = False) -> tuple[list[str], pd.DataFrame]:
+            two_step: bool = False, compute: str = "own") -> tuple[list[str], pd.DataFrame]:
     # matplotlib loads with the first figure
     from scaling.analysis.plots import compute as compute_plot
     from scaling.analysis.plots import ladder as ladder_plot
@@ -194,7 +143,10 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
     if finished.empty:
         w.notes.append("no finished CLIP stage yet: no compute scaling fit")
         return lines, pd.DataFrame()
-    points = compute_points(uri, finished, metric)
+    points = compute_points(uri, finished, metric, compute)
+    if compute == "inherited" and points.empty and not compute_points(uri, finished, metric).empty:
+        w.notes.append("compute axis 'inherited': no stage carries the inherited_flops tag (written by "
+                       "python -m scaling.study); rerun with the stage's own compute")
     spec = MetricSpec.for_key(metric, points["value"] if not points.empty else None)
     fit = front = None
     message = ""
@@ -212,7 +164,7 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
     checks = predicted_vs_achieved(points, finished, spec) if not points.empty else pd.DataFrame()
     img = w.figure("compute_scaling", lambda: compute_plot.compute_scaling(points, spec, fit, front, nxt,
                                                                            checks, message))  # fmt: skip
-    lines += ["## Scaling with compute", ""]
+    lines += ["## Scaling with compute", "", f"Compute axis: {COMPUTE_AXES[compute]}.", ""]
     if img:
         lines += [f"![metric vs compute]({img})", ""]
     if fit is not None:
@@ -316,11 +268,13 @@ def build_report(
     sections: tuple[str, ...] = SECTIONS,
     formats: tuple[str, ...] = ("png", "svg"),
     two_step: bool = False,
+    compute: str = "own",
 ) -> Report:
     """Write the figures and ``report.md`` for ``experiment`` into ``out_dir``.
 
     ``sections``: any of ``ladder``, ``sweep``, ``published`` (the bubble chart and its table).
     ``two_step``: also fit OLMo's compute -> task loss -> accuracy law and its rollout.
+    ``compute``: the law's compute axis, ``own`` or ``inherited`` (``predict.COMPUTE_AXES``).
     """
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -347,7 +301,7 @@ def build_report(
     img = w.figure("bubble", lambda: bubble.bubble_chart(clip_runs, metric)) if "published" in sections else None
     ladder_lines, checks = [], pd.DataFrame()
     if "ladder" in sections and not runs.empty:
-        ladder_lines, checks = _ladder(w, uri, runs, metric, record, two_step)
+        ladder_lines, checks = _ladder(w, uri, runs, metric, record, two_step, compute)
         # the gain is in accuracy points: a law fitted on a loss still compares arms by top-1
         arms_metric = metric if MetricSpec.for_key(metric).higher_is_better else DEFAULT_METRIC
         arm_lines, arm_notes = arms_section(runs, arms_metric, w.figure)

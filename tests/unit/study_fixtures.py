@@ -25,6 +25,7 @@ SEEDS = (0, 1, 2)
 OWN_BUDGET = 4000
 GAIN = {2000: 0.08, 4000: 0.05, 8000: 0.0}  # top-1 gain of mim_init over random_init
 MIM_FLOPS = 4e12  # what the compute-matched control gets on top
+INHERITED = 2.0  # a law stage's upstream FLOPs, in units of its own
 
 
 def _loss(rung: str) -> float:
@@ -59,7 +60,7 @@ def build_study(uri: str, root: Path, experiment: str = EXPERIMENT) -> str:
         for seed in SEEDS:
             name = f"clip@{rung}" if seed == 0 else f"clip@{rung}.mim_init.s{seed}"
             tags = {"arm": "mim_init", "seed": str(seed), "base_stage": f"clip@{rung}", "budget": "3000",
-                    "upstream_seed": str(seed)}  # fmt: skip
+                    "upstream_seed": str(seed), "inherited_flops": f"{INHERITED * LAW[rung]:g}"}  # fmt: skip
             loss = _loss(rung) * (1 + 0.02 * rng.normal())
             _run(mlc, exp_id, parent, name, rung, tags,
                  {"eval/synth_ret/loss": loss, "eval/synth_cls/loss": 0.5 * loss, "eval/synth_cls/top1": 0.1},

@@ -71,3 +71,16 @@ def test_law_over_seeds_against_the_naive_predictions(report) -> None:
     assert re.search(r'The law (beats|does NOT beat) "extrapolate the last two points"', text)
     assert "**Not monotone in compute**: clip@E14 (worse than clip@L14 with less compute)" in text
     assert "mean ± sd over 3/5 seed(s)" in text
+
+
+def test_law_on_inherited_compute_says_so(store, tmp_path) -> None:
+    from scaling.analysis.report import build_report
+
+    own = build_report(store, sf.EXPERIMENT, tmp_path / "own", metric="eval/synth_ret/loss", sections=("ladder",),
+                       formats=("png",))
+    rep = build_report(store, sf.EXPERIMENT, tmp_path / "inherited", metric="eval/synth_ret/loss",
+                       sections=("ladder",), formats=("png",), compute="inherited")
+    assert "Compute axis: the stage's own training FLOPs plus those of every stage" in rep.path.read_text()
+    assert "Compute axis: the stage's own training FLOPs." in own.path.read_text()
+    a, b = own.predictions.set_index("label"), rep.predictions.set_index("label")
+    assert b.loc["clip@B16", "flops"] == pytest.approx((1 + sf.INHERITED) * a.loc["clip@B16", "flops"])
