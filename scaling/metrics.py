@@ -7,6 +7,7 @@ or an Optuna trial listens. Loggers are called on global rank 0 only.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -46,20 +47,63 @@ class NullLogger:
 
 
 class JsonlLogger(NullLogger):
-    """Appends one JSON object per ``log_metrics`` call; handy for tests and offline runs."""
+    """Appends one JSON object per ``log_metrics`` call; handy for tests and offline runs.
+
+    Each (key, step) is written once: a key's step at or below the highest the file holds (read at
+    open: a resumed stage re-sends and re-computes the steps after its checkpoint) is dropped, so
+    the first value recorded wins, as in the MLflow logger. A line cut short by a kill is dropped
+    at open."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._last = highest_steps(self._repair())
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        step = int(step)
+        fresh = {k: float(v) for k, v in metrics.items() if step > self._last.get(k, -1)}
+        if not fresh:
+            return
         with self.path.open("a") as f:
-            f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+            f.write(json.dumps({"step": step, **fresh}) + "\n")
+        self._last.update(dict.fromkeys(fresh, step))
+
+    def sync(self) -> None:
+        """Make what was written survive a crash of the machine, not only of the process."""
+        if self.path.exists():
+            with self.path.open("rb+") as f:
+                os.fsync(f.fileno())
 
     def read(self) -> list[dict[str, float]]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in self.path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a line cut short
+                continue
+        return rows
+
+    def _repair(self) -> list[dict[str, float]]:
+        """The rows on file, less a last line a kill cut short (truncated, so appends start clean)."""
+        if self.path.is_file():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with self.path.open("rb+") as f:
+                    f.truncate(data.rfind(b"\n") + 1)
+        return self.read()
+
+
+def highest_steps(rows: Sequence[Mapping[str, float]]) -> dict[str, int]:
+    """Each metric's highest step in ``rows`` (``{"step": s, key: value, ...}`` records)."""
+    last: dict[str, int] = {}
+    for row in rows:
+        step = int(row["step"])
+        for key in row:
+            if key != "step" and step > last.get(key, -1):
+                last[key] = step
+    return last
 
 
 class MultiLogger(NullLogger):

@@ -26,6 +26,9 @@ PROGRESS_FILE = "progress.json"
 FINAL_DIR = "final"
 MANIFEST = "manifest.json"  # of a checkpoint folder: step, samples, metrics, file sizes; written last
 STATES = ("planned", "submitted", "running", "preempted", "finished", "failed", "cancelled")
+# the exit status of a stage (or ladder) stopped by a signal with a checkpoint: the same command
+# resumes. sysexits' EX_TEMPFAIL; not 1 (failed), 2 (bad input) or 128+N (killed outright)
+STOPPED_EXIT = 75
 
 log = logging.getLogger(__name__)
 

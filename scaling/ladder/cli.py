@@ -21,6 +21,7 @@ from scaling.ladder.render import phase_lines, plan_table, plan_totals, status_t
 from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
+from scaling.stage_state import STOPPED_EXIT
 from scaling.tracking import resolve_uri
 from scaling.tracking.ui import describe_experiment, ladder_description, publish_view, where_to_look
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
     if isinstance(outcome, int):
         return outcome
     _results(plan, sys.stdout, outcome.uri, args.report_dir, args.json)
-    return 0 if outcome.ok else 1
+    return 0 if outcome.ok else STOPPED_EXIT if outcome.stopped else 1
 
 
 def announce(plan: Any, uri: str, command: str, report: Path) -> None:

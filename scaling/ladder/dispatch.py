@@ -52,6 +52,11 @@ class Outcome:
     def ok(self) -> bool:
         return all(s in ("finished", "skipped") for s in self.states.values())
 
+    @property
+    def stopped(self) -> bool:
+        """Not finished, but nothing failed: a stage was stopped by a signal and its dependants wait."""
+        return not self.ok and all(s in ("finished", "skipped", "preempted", "waiting") for s in self.states.values())
+
 
 class Dispatcher:
     def __init__(self, plan: Plan, executor: str, tracking_uri: str | None = None,
@@ -241,6 +246,11 @@ class Dispatcher:
             message = str(exc).strip().splitlines()
             why = next((line for line in reversed(message) if line.strip()), type(exc).__name__)
             state = stage.state()
+            if state.get("state") == "preempted":  # stopped by TERM/INT with a checkpoint: not a failure
+                self._end_run(stage.name, "KILLED")
+                self.say(f"[{stage.name}] stopped (preempted) at {state.get('samples_seen')} samples, checkpoint "
+                         f"{state.get('checkpoint')}; run the same command again to resume")
+                return "preempted"
             # The job's own record wins: a stage that raised says "failed" in its state file.
             cancelled = state.get("state") == "cancelled" or (
                 state.get("state") != "failed" and self._scheduler_state(job).startswith("CANCELLED"))
@@ -262,17 +272,23 @@ class Dispatcher:
         self.say(f"[{stage.name}] finished: {result.get('samples_seen')} samples, checkpoint {result.get('checkpoint')}")
         return "finished"
 
-    def _cancel_downstream(self, name: str, jobs: dict[str, Any]) -> None:
+    def _cancel_downstream(self, name: str, jobs: dict[str, Any], stopped: bool = False) -> None:
+        """Cancel what depends on ``name``; a ``stopped`` upstream leaves them planned, to run next time."""
         for other in self.plan.downstream(name):
-            if self.outcome.states.get(other) in ("finished", "skipped", "failed", "cancelled"):
+            if self.outcome.states.get(other) in ("finished", "skipped", "failed", "cancelled", "waiting"):
                 continue
             job = jobs.pop(other, None)
             self._close_bar(other)
             if job is not None:
                 job.cancel(check=False)
             stage = self.plan.stage(other)
-            write_state(stage.out_dir, "cancelled", error=f"upstream {name} did not finish")
             self._end_run(other, "KILLED")
+            if stopped:
+                write_state(stage.out_dir, "planned")
+                self.outcome.states[other] = "waiting"
+                self.say(f"[{other}] not started: upstream {name} stopped; the same command runs it next time")
+                continue
+            write_state(stage.out_dir, "cancelled", error=f"upstream {name} did not finish")
             self.outcome.states[other] = "cancelled"
             self.say(f"[{other}] cancelled: upstream {name} did not finish")
 
@@ -289,7 +305,7 @@ class Dispatcher:
                     state = self._collect(stage, job)
                     self.outcome.states[name] = state
                     if state != "finished":
-                        self._cancel_downstream(name, jobs)
+                        self._cancel_downstream(name, jobs, stopped=state == "preempted")
                 else:
                     self._progress(stage, job)
             if len(jobs) >= until_below:
@@ -349,7 +365,7 @@ class Dispatcher:
                     job.cancel(check=False)
             self._finish("KILLED")
             raise
-        self._finish("FINISHED" if self.outcome.ok else "FAILED")
+        self._finish("FINISHED" if self.outcome.ok else "KILLED" if self.outcome.stopped else "FAILED")
         return self.outcome
 
     def _finish(self, status: str) -> None:

@@ -1,11 +1,12 @@
 """``StageJob``: one training stage as a checkpointable submitit job.
 
-On USR2 (timeout or preemption, sent by SLURM or by submitit's ``job._interrupt()``) or TERM,
-the job only raises a flag; the stage notices it at the next step boundary, saves a checkpoint
+On USR2 (timeout or preemption, sent by SLURM or by submitit's ``job._interrupt()``), TERM or
+INT, the job only raises a flag; the stage notices it at the next step boundary, saves a checkpoint
 and returns ``preempted``. Then, if USR2 came, the job hands over to submitit's own handler,
 which calls ``checkpoint()`` (a fresh ``StageJob`` pointing at the newest checkpoint), dumps it
-and requeues the job. A TERM alone (``scancel``, or an outside ``scontrol requeue``) stops
-without requeueing: SLURM decides what happens next. The requeued job resumes from the stage's
+and requeues the job. A TERM or INT alone (``scancel``, ``kill``, an outside ``scontrol requeue``)
+stops without requeueing, recorded ``preempted``: SLURM, or the next run of the ladder, decides
+what happens next. The requeued job resumes from the stage's
 ``out_dir`` and keeps logging to the same MLflow run.
 """
 
@@ -29,6 +30,7 @@ from scaling.stage_state import ProgressLogger, write_state
 from scaling.tracking import MlflowLogger
 from scaling.tracking.system import SAMPLE_EVERY_S, start_system_metrics, stop_system_metrics
 from scaling.train import run_stage
+from scaling.train.stop import STOP_SIGNALS, StopSignals
 
 log = logging.getLogger("scaling.launch")
 
@@ -36,35 +38,20 @@ log = logging.getLogger("scaling.launch")
 _USR2_GRACE_S = 5.0
 
 
-class StopFlag:
-    """Records USR2/TERM; keeps submitit's USR2 handler to requeue through it later."""
+class StopFlag(StopSignals):
+    """Records USR2, TERM and INT; keeps submitit's USR2 handler to requeue through it later."""
 
     def __init__(self) -> None:
-        self.signals: list[int] = []
+        super().__init__((submitit.JobEnvironment._usr_sig(), *STOP_SIGNALS))
         self.submitit_handler: Any = None
 
     def install(self) -> StopFlag:
-        usr = submitit.JobEnvironment._usr_sig()
-        previous = signal.getsignal(usr)
-        self._saved = {usr: previous, signal.SIGTERM: signal.getsignal(signal.SIGTERM)}
+        previous = signal.getsignal(submitit.JobEnvironment._usr_sig())
         # Only a submitit handler (a bound method) can requeue; defaults/None cannot.
         if callable(previous) and previous not in (signal.SIG_DFL, signal.SIG_IGN):
             self.submitit_handler = previous
-        signal.signal(usr, self._on_signal)
-        signal.signal(signal.SIGTERM, self._on_signal)
+        super().install()
         return self
-
-    def _on_signal(self, signum: int, frame: Any = None) -> None:
-        self.signals.append(signum)
-        log.warning("received %s: stopping at the next step boundary", signal.Signals(signum).name)
-
-    def restore(self) -> None:
-        """Put back the handlers found at ``install`` (matters for in-process ``debug`` jobs)."""
-        for signum, handler in getattr(self, "_saved", {}).items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-
-    def is_set(self) -> bool:
-        return bool(self.signals)
 
     def wants_requeue(self, grace_s: float | None = None) -> bool:
         usr = submitit.JobEnvironment._usr_sig()

@@ -23,6 +23,7 @@ from scaling.ladder.render import plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
+from scaling.stage_state import STOPPED_EXIT
 from scaling.study.arms import DEFAULT_ARMS, plan_study
 from scaling.tracking.ui import where_to_look
 
@@ -194,4 +195,4 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a report problem must not turn a finished study into an error
         print(f"warning: no report written: {type(exc).__name__}: {exc}")
     print("", *where_to_look(uri, study.plan.experiment), sep="\n")
-    return 0 if outcome.ok else 1
+    return 0 if outcome.ok else STOPPED_EXIT if outcome.stopped else 1

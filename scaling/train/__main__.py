@@ -5,7 +5,9 @@
     torchrun --nproc_per_node 2 -m scaling.train --stage clip --rung B16 ...   # N processes
 
 Running the same command again continues from the newest checkpoint in ``--out`` (or just
-reports a finished stage). Config errors print one line and exit with status 2.
+reports a finished stage). Config errors print one line and exit with status 2. SIGTERM or
+Ctrl-C stops at the next step boundary with a checkpoint and exits with status 75 (stopped, the
+same command resumes); a second Ctrl-C leaves at once.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from scaling.config_schema import StageConfig
 from scaling.data.errors import DataError
 from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
 from scaling.models import UnknownRungError
-from scaling.stage_state import remember_run_id, stage_run_id, stage_tags
+from scaling.stage_state import remember_run_id, stage_run_id, stage_tags, write_state
 from scaling.stages import KINDS
 from scaling.tracking import MlflowLogger, standard_tags, start_run
 from scaling.train import run_stage
 from scaling.train.errors import StageError
+from scaling.train.stop import STOPPED_EXIT, StopSignals
 
 
 def _sections() -> str:
@@ -120,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.mlflow and int(os.environ.get("RANK", "0")) == 0:
         loggers.append(mlflow_logger(cfg))
     logger = MultiLogger(loggers) if loggers else NullLogger()
+    stop = StopSignals().install()
     try:
-        result = run_stage(cfg, logger)
+        result = run_stage(cfg, logger, stop_requested=stop.is_set)
     except (StageError, ConfigError, DataError) as exc:
         logger.close("FAILED")
         print(f"error: {exc}", file=sys.stderr)
@@ -129,7 +133,16 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException:
         logger.close("FAILED")
         raise
+    finally:
+        stop.restore()
     logger.close("FINISHED" if result.status == "finished" else "KILLED")
+    if result.status == "preempted":
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_state(cfg.out_dir, "preempted", checkpoint=result.checkpoint, samples_seen=result.samples_seen,
+                        error=None)
+            print(f"stopped by {stop.name} at step {result.steps} ({result.samples_seen} samples): checkpoint "
+                  f"{result.checkpoint}, metrics delivered or spooled; run the same command again to resume")
+        return STOPPED_EXIT
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"{result.status}: {result.steps} steps, {result.samples_seen} samples; checkpoint {result.checkpoint}")
         for key in sorted(result.metrics):

@@ -30,6 +30,7 @@ from scaling.train import distributed as dist_utils
 from scaling.train import integrity
 from scaling.train.engine import DeepSpeedEngine, Engine
 from scaling.train.errors import StageConfigError
+from scaling.train.nonfinite import check_finite
 from scaling.train.optim import (
     CosineSchedule,
     TowerGroups,
@@ -278,6 +279,8 @@ class TrainingLoop:
                     "image_size": self.image_size,
                     "metrics": self.metrics if final else {}}
         rank_state = {"rng": ckpt.rng_state(), "stream": self.stream.state_dict(), "phase": self.phase.index}
+        if self.rank == 0:
+            self.logger.sync()  # a complete checkpoint has its metrics on disk (train.spool)
         path = ckpt.save(target, self.rank, dist_utils.barrier,
                          write_shared=lambda book: book.save(full, book.root / ckpt.MODEL_FILE),
                          rank_state=rank_state, manifest=manifest,
@@ -359,6 +362,8 @@ class TrainingLoop:
             self.module.train()
             loss, grad_norm = self.train_step(batches)
             self.step += 1
+            check_finite(loss, grad_norm, self.step, self.out,
+                         check_norm=not self.engine.deepspeed and self.cfg.train.precision != "fp16")
             self.samples_seen += self.phase.batch_size
             window_loss += loss
             window_steps += 1

@@ -14,6 +14,7 @@ from scaling.metrics import MetricLogger, NullLogger
 from scaling.stage_state import FINAL_DIR, final_manifest
 from scaling.train.errors import StageInputError
 from scaling.train.result import StageResult
+from scaling.train.spool import MetricSpool
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,12 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
     rank, _ = distributed.world()
     if rank == 0:
         save_resolved(cfg, out / "config.yaml")
-    logger = logger if (logger is not None and rank == 0) else NullLogger()
+    if rank == 0:
+        # every metric goes through the stage's spool first; a resume resends what it holds
+        logger = MetricSpool(out, logger if logger is not None else NullLogger())
+        logger.resend()
+    else:
+        logger = NullLogger()
     try:
         result = TrainingLoop(cfg, device, logger, stop_requested).run()
     except BaseException:
