@@ -11,17 +11,24 @@ import pytest
 
 from scaling.paths import REPO_ROOT
 from tests.unit import analysis_fixtures as fx
+from tests.unit import study_fixtures as sf
 
 NOTEBOOKS = {
     "scaling_report.ipynb": fx.LADDER_EXPERIMENT,
     "sweep_report.ipynb": fx.SWEEP_EXPERIMENT,
+    "weak_to_strong.ipynb": sf.EXPERIMENT,
 }
 KERNEL = "scaling-test-python"
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    return fx.shared_store(tmp_path_factory)
+    uri = fx.shared_store(tmp_path_factory)
+    from mlflow.tracking import MlflowClient
+
+    if MlflowClient(tracking_uri=uri).get_experiment_by_name(sf.EXPERIMENT) is None:
+        sf.build_study(uri, tmp_path_factory.mktemp("w2s_artifacts"))  # a study beside the ladder
+    return uri
 
 
 @pytest.fixture(scope="module")
