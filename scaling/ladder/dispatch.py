@@ -7,17 +7,13 @@
   when a stage fails its dependants are cancelled (the cluster's ``kill_invalid_depend`` does the
   same; doing it here covers clusters without it).
 
-A stage keeps its MLflow run across invocations: the run id lives in the stage's state file (and
-the run carries the stage fingerprint as a tag), so a resumed stage logs into the same run. The
-ladder's parent run does too when an invocation was killed outright (``kill -9``, a lost node):
-its run is still RUNNING, and the next invocation of the same plan continues it.
+The MLflow runs (a parent per invocation, a child per stage, kept across invocations) are
+``ladder/runs.py``'s; what differs per executor (dependencies, polling, results) is
+``launch/follow.py``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -27,15 +23,13 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+import scaling.ladder.runs as runs
+import scaling.launch.follow as follow
 from scaling import tracking
-from scaling.config import flatten
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.launch.executors import LaunchError, job_id_of, make_executor
 from scaling.launch.job import StageJob
-from scaling.stage_state import read_progress, stage_run_id, stage_tags, write_state
-
-SLURM_DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL",
-              "BOOT_FAIL", "DEADLINE", "FINISHED", "INTERRUPTED"}
+from scaling.stage_state import read_progress, stage_run_id, write_state
 
 
 @dataclass
@@ -99,94 +93,19 @@ class Dispatcher:
     # -- tracking -------------------------------------------------------------------------------
 
     def _open_runs(self, todo: list[PlannedStage]) -> None:
-        plan = self.plan
-        first_uri = self.tracking_uri or plan.stages[0].cfg.tracking.uri
-        uri = self.outcome.uri = tracking.resolve_uri(first_uri)
-        path = " -> ".join(plan.path)
-        key = plan_key(plan)
-        parent = self._orphaned_parent(uri, key) or tracking.start_run(
-            uri, plan.experiment, f"ladder {path}",
-            tags=tracking.standard_tags(ladder=plan.ladder.name, path=path, proxy=plan.proxy,
-                                        executor=self.executor, role="ladder", plan=key, pid=os.getpid()),
-            params={"ladder.file": str(plan.ladder.path), "ladder.path": path, "ladder.proxy": plan.proxy,
-                    "ladder.executor": self.executor, "ladder.argv": " ".join(self.argv)[:5000],
-                    "ladder.teacher_source": plan.teacher_source,
-                    "ladder.teacher_checkpoint": plan.teacher_checkpoint or ""},
-        )
-        self.outcome.parent_run_id = parent
-        ids = self.outcome.run_ids
-        for stage in todo:
-            run_id = self._reuse_run(uri, stage)
-            if run_id is None:
-                teacher = stage.teacher if stage.kind == "mim" else stage.init.get("text")
-                params = {k: v for k, v in flatten(stage.cfg).items()
-                          if k not in ("tracking.run_id", "tracking.parent_run_id")}
-                run_id = tracking.start_run(
-                    uri, plan.experiment, stage.name, parent_run_id=parent, params=params,
-                    tags=tracking.standard_tags(
-                        **stage_tags(stage.kind, stage.rung, stage.name), fingerprint=stage.fingerprint,
-                        teacher_run_id=ids.get(teacher or ""), init_run_id=ids.get(stage.init.get("vision", "")),
-                        teacher_checkpoint=None if teacher in ids or teacher in plan_names(plan) else teacher,
-                        teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy,
-                        **stage.tags,
-                    ),
-                )
-            ids[stage.name] = run_id
-            stage.cfg.tracking.uri = uri
-            stage.cfg.tracking.run_id = run_id
-            stage.cfg.tracking.parent_run_id = parent
-            write_state(stage.out_dir, "planned", stage=stage.name, run_id=run_id, fingerprint=stage.fingerprint,
-                        proxy=plan.proxy, parent_run_id=parent, error=None)
-
-    def _orphaned_parent(self, uri: str, key: str) -> str | None:
-        """A parent run left RUNNING by an invocation that was killed outright: the same plan's is
-        continued (its id returned); another plan's, whose process is gone from this host, is ended."""
-        adopted = None
-        for run in tracking.find_runs(uri, self.plan.experiment, tags={"role": "ladder"}, status="RUNNING"):
-            tags, run_id = run.data.tags, run.info.run_id
-            here = tags.get("host") == socket.gethostname()
-            if here and _alive(tags.get("pid")):  # another invocation is running right now
-                continue
-            if tags.get("plan") == key and adopted is None:
-                adopted = run_id
-                tracking.set_tags(uri, run_id, {"pid": os.getpid(), "host": socket.gethostname()})
-                self.say(f"continuing the ladder's MLflow run {run_id}: its invocation was cut off")
-            elif here:
-                tracking.end_run(uri, run_id, "KILLED")
-                self.say(f"ended the ladder's MLflow run {run_id} (KILLED): its invocation was cut off")
-        return adopted
-
-    def _reuse_run(self, uri: str, stage: PlannedStage) -> str | None:
-        """The stage's earlier MLflow run (same fingerprint), to resume in it."""
-        known = stage_run_id(stage.out_dir)
-        if known:
-            try:
-                tracking.run_status(uri, known)
-                return str(known)
-            except Exception:  # deleted run, other store: open a new one
-                pass
-        found = tracking.find_stage_run(uri, self.plan.experiment, stage.fingerprint)
-        # A FINISHED run whose folder is gone would swallow the retrained steps as duplicates.
-        return found[0] if found and found[1] != "FINISHED" else None
+        uri = self.outcome.uri = tracking.resolve_uri(self.tracking_uri or self.plan.stages[0].cfg.tracking.uri)
+        parent = self.outcome.parent_run_id = runs.open_parent_run(uri, self.plan, self.executor, self.argv, self.say)
+        runs.open_stage_runs(uri, self.plan, parent, todo, self.outcome.run_ids)
 
     def _end_run(self, name: str, status: str) -> None:
-        run_id = self.outcome.run_ids.get(name)
-        if not run_id:
-            return
-
-        try:
-            if tracking.run_status(self.outcome.uri, run_id) == "RUNNING":
-                tracking.end_run(self.outcome.uri, run_id, status)
-        except Exception as exc:  # tracking trouble must not hide the stage's own outcome
-            self.say(f"warning: could not mark MLflow run {run_id} {status}: {exc}")
+        runs.end_run(self.outcome.uri, self.outcome.run_ids.get(name), status, self.say)
 
     # -- jobs -----------------------------------------------------------------------------------
 
     def _submit(self, stage: PlannedStage, depends: list[str]) -> Any:
         executor = make_executor(self.executor, self.jobs_dir, stage.cfg.resources,
                                  name=f"{self.plan.experiment}:{stage.name}")
-        if depends and self.executor == "slurm":
-            executor.update_parameters(slurm_additional_parameters={"dependency": "afterok:" + ":".join(depends)})
+        follow.depend_on(executor, self.executor, depends)
         try:
             job = executor.submit(StageJob(stage.cfg, stage_fn=self.stage_fn))
         except Exception as exc:  # sbatch refused (partition, account, limits...): say what it said
@@ -200,22 +119,6 @@ class Dispatcher:
         self.say(f"[{stage.name}] submitted: {self.executor} job {job_id}{after}")
         self._shown[stage.name] = ("submitted", -1)  # the progress lines need not say it again
         return job
-
-    def _is_done(self, job: Any) -> bool:
-        if self.executor == "debug":
-            return True
-        if self.executor == "local":
-            return bool(job.done())
-        state = str(job.get_info(mode="force").get("State") or "").split(" ")[0]
-        return state in SLURM_DONE or (job.paths.result_pickle.exists() and state not in ("RUNNING", "PENDING", "REQUEUED"))
-
-    def _scheduler_state(self, job: Any) -> str:
-        if self.executor != "slurm":
-            return "CANCELLED" if getattr(job, "cancelled", False) else ""
-        try:
-            return str(job.get_info(mode="force").get("State") or "")
-        except Exception:  # sacct trouble: the state file decides
-            return ""
 
     def _progress(self, stage: PlannedStage, job: Any) -> None:
         progress = read_progress(stage.out_dir)
@@ -235,13 +138,7 @@ class Dispatcher:
 
     def _collect(self, stage: PlannedStage, job: Any) -> str:
         try:
-            if self.executor == "debug":
-                # DebugJob.result() opens pdb on an exception; exception() runs the job without it.
-                error = job.exception()
-                if error is not None:
-                    raise error
-            # A multi-task job (several nodes or processes) returns one result per task: rank 0's.
-            result = job.results()[0] if getattr(job, "num_tasks", 1) > 1 else job.result()
+            result = follow.job_result(self.executor, job)
         except Exception as exc:
             message = str(exc).strip().splitlines()
             why = next((line for line in reversed(message) if line.strip()), type(exc).__name__)
@@ -253,7 +150,7 @@ class Dispatcher:
                 return "preempted"
             # The job's own record wins: a stage that raised says "failed" in its state file.
             cancelled = state.get("state") == "cancelled" or (
-                state.get("state") != "failed" and self._scheduler_state(job).startswith("CANCELLED"))
+                state.get("state") != "failed" and follow.scheduler_state(self.executor, job).startswith("CANCELLED"))
             if cancelled:
                 write_state(stage.out_dir, "cancelled")
                 self._end_run(stage.name, "KILLED")
@@ -299,7 +196,7 @@ class Dispatcher:
                 if name not in jobs:
                     continue
                 stage = self.plan.stage(name)
-                if self._is_done(job):
+                if follow.is_done(self.executor, job):
                     del jobs[name]
                     self._close_bar(name)
                     state = self._collect(stage, job)
@@ -329,7 +226,7 @@ class Dispatcher:
         self._open_runs(todo)
         jobs: dict[str, Any] = {}
         try:
-            if self.executor == "slurm":
+            if follow.submits_ahead(self.executor):
                 for stage in todo:
                     deps = [self.outcome.job_ids[d] for d in stage.depends_on if d in self.outcome.job_ids]
                     jobs[stage.name] = self._submit(stage, deps)
@@ -358,9 +255,10 @@ class Dispatcher:
             self._finish("FAILED")
             raise
         except KeyboardInterrupt:
+            kept = follow.keeps_running_when_interrupted(self.executor)
             self.say("interrupted: " + ("SLURM jobs keep running; follow them with `python -m scaling.ladder status`"
-                                        if self.executor == "slurm" else "stopping the running stage"))
-            if self.executor != "slurm":
+                                        if kept else "stopping the running stage"))
+            if not kept:
                 for job in jobs.values():
                     job.cancel(check=False)
             self._finish("KILLED")
@@ -369,31 +267,4 @@ class Dispatcher:
         return self.outcome
 
     def _finish(self, status: str) -> None:
-        if self.outcome.parent_run_id:
-            try:
-                tracking.end_run(self.outcome.uri, self.outcome.parent_run_id, status)
-            except Exception as exc:
-                self.say(f"warning: could not close the ladder's MLflow run: {exc}")
-
-
-def plan_names(plan: Plan) -> set[str]:
-    return {s.name for s in plan.stages}
-
-
-def plan_key(plan: Plan) -> str:
-    """One invocation's identity: the experiment and its stages' fingerprints, in order."""
-    text = " ".join([plan.experiment, *(s.fingerprint for s in plan.stages)])
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _alive(pid: str | None) -> bool:
-    """Whether process ``pid`` exists on this host (signal 0 asks without signalling)."""
-    if not str(pid or "").isdigit() or int(pid) <= 0:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
+        runs.end_parent_run(self.outcome.uri, self.outcome.parent_run_id, status, self.say)

@@ -11,6 +11,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from scaling.batching import tasks_per_node
+
 EXECUTORS = ("auto", "local", "slurm", "debug")
 MAX_REQUEUES = 20
 
@@ -70,12 +72,6 @@ def _as_dict(resources: Any) -> dict[str, Any]:
         return dict(resources)
 
     return dict(OmegaConf.to_container(resources, resolve=True))  # type: ignore[arg-type]
-
-
-def tasks_per_node(res: Mapping[str, Any]) -> int:
-    """One task per GPU on GPU nodes; ``tasks_per_node`` processes otherwise."""
-    gpus = int(res.get("gpus_per_node") or 0)
-    return gpus if gpus > 0 else max(1, int(res.get("tasks_per_node") or 1))
 
 
 def slurm_parameters(res: Mapping[str, Any], name: str, array_parallelism: int | None = None) -> dict[str, Any]:

@@ -101,20 +101,11 @@ def ensure_teacher(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> 
 
 def train_teacher(cfg: Any, uri: str, experiment: str, parent_run_id: str) -> str:
     """Job body: the teacher stage with its own child run of the study's parent run."""
-    tags = tracking.standard_tags(**stage_tags("clip", cfg.stage.rung), fingerprint=fingerprint(cfg),
-                                  sweep_role="teacher")
-    found = tracking.find_stage_run(uri, experiment, fingerprint(cfg))
-    run_id = found[0] if found else tracking.start_run(uri, experiment, str(cfg.stage.name),
-                                                        parent_run_id=parent_run_id, tags=tags,
-                                                        params=flatten(cfg))
-    logger = tracking.MlflowLogger(uri, run_id)
-    try:
-        result = run_stage(cfg, logger=logger)
-    except BaseException:
-        logger.close("FAILED")
-        raise
-    logger.close("FINISHED")
-    return result.out_dir
+    run_id = tracking.open_stage_run(
+        uri, experiment, str(cfg.stage.name), fingerprint(cfg), parent_run_id=parent_run_id,
+        tags=tracking.standard_tags(**stage_tags("clip", cfg.stage.rung), sweep_role="teacher"), params=flatten(cfg))
+    with tracking.MlflowLogger(uri, run_id) as logger:  # FAILED if the stage raises
+        return run_stage(cfg, logger=logger).out_dir
 
 
 def submit_workers(spec: SweepSpec, kind: str, uri: str, parent_run_id: str) -> list[Any]:

@@ -4,6 +4,7 @@ flattened config, lineage in tags. Importing it does not import mlflow (a second
 
 from scaling.tracking import store
 from scaling.tracking.logger import MlflowLogger
+from scaling.tracking.stage_run import open_stage_run
 from scaling.tracking.store import *  # noqa: F403
 
-__all__ = ["MlflowLogger", *store.__all__]
+__all__ = ["MlflowLogger", "open_stage_run", *store.__all__]

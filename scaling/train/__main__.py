@@ -26,7 +26,7 @@ from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
 from scaling.models import UnknownRungError
 from scaling.stage_state import remember_run_id, stage_run_id, stage_tags, write_state
 from scaling.stages import KINDS
-from scaling.tracking import MlflowLogger, standard_tags, start_run
+from scaling.tracking import MlflowLogger, open_stage_run, standard_tags
 from scaling.train import run_stage
 from scaling.train.errors import StageError
 from scaling.train.stop import STOPPED_EXIT, StopSignals
@@ -92,14 +92,13 @@ class ConsoleLogger:
 
 def mlflow_logger(cfg):
     """An MLflow logger for this stage's run: ``tracking.run_id``, else the run a previous attempt
-    of the same ``out_dir`` recorded in its state file, else a new one (params = the flattened config)."""
-    run_id = cfg.tracking.run_id or stage_run_id(cfg.out_dir)
-    if not run_id:
-        tags = standard_tags(**stage_tags(cfg.stage.kind, cfg.stage.rung), fingerprint=fingerprint(cfg),
-                             **dict(cfg.tracking.tags))
-        run_id = start_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.stage.name,
-                           parent_run_id=cfg.tracking.parent_run_id, tags=tags, params=flatten(cfg))
-        remember_run_id(cfg.out_dir, run_id)
+    of the same ``out_dir`` recorded in its state file or one with the same fingerprint, else a
+    new one (params = the flattened config)."""
+    tags = standard_tags(**stage_tags(cfg.stage.kind, cfg.stage.rung), **dict(cfg.tracking.tags))
+    run_id = open_stage_run(cfg.tracking.uri, cfg.tracking.experiment, cfg.stage.name, fingerprint(cfg),
+                            known=cfg.tracking.run_id or stage_run_id(cfg.out_dir),
+                            parent_run_id=cfg.tracking.parent_run_id, tags=tags, params=flatten(cfg))
+    remember_run_id(cfg.out_dir, run_id)
     return MlflowLogger(cfg.tracking.uri, run_id)
 
 

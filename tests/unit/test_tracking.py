@@ -407,3 +407,17 @@ def test_a_stage_run_gets_system_metrics_keyed_by_its_node(uri: str, tmp_path: P
     node = socket.gethostname()
     assert f"system/{node}/cpu_utilization_percentage" in metrics and f"system/{node}/system_memory_usage_percentage" in metrics
     assert tracking.run_status(uri, run) == "FINISHED"
+
+
+def test_open_stage_run_continues_the_stages_run_and_never_a_finished_one(uri: str) -> None:
+    first = tracking.open_stage_run(uri, "exp", "clip@B16", "fp1", tags={"kind": "clip"}, params={"a": 1})
+    run = tracking.get_run(uri, first)
+    assert run.data.tags["fingerprint"] == "fp1" and run.data.tags["kind"] == "clip" and run.data.params["a"] == "1"
+    # the id a state file recorded, then the unfinished run with the same fingerprint
+    assert tracking.open_stage_run(uri, "exp", "clip@B16", "fp1", known=first) == first
+    assert tracking.open_stage_run(uri, "exp", "clip@B16", "fp1", known="no-such-run") == first
+    # a FINISHED run (its folder gone) would take the retrained steps as duplicates: a new run
+    tracking.end_run(uri, first, "FINISHED")
+    second = tracking.open_stage_run(uri, "exp", "clip@B16", "fp1")
+    assert second != first and tracking.run_status(uri, second) == "RUNNING"
+    assert tracking.open_stage_run(uri, "exp", "clip@B16", "fp2") not in (first, second)
