@@ -16,6 +16,7 @@ from typing import Any
 
 from scaling.config import ConfigError
 from scaling.ladder.estimate import plan_problems, plan_rows
+from scaling.ladder.legend import results_legend
 from scaling.ladder.plan import plan_ladder
 from scaling.ladder.render import phase_lines, plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
@@ -98,6 +99,7 @@ def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: b
         return
     print("\nresults (zero-shot top-1 on the held-out evaluation set):", file=out)
     print(status_table(rows), file=out)
+    print("", *results_legend(plan, rows), sep="\n", file=out)
     if uri:
         print("", *where_to_look(uri, plan.experiment), sep="\n", file=out)
         try:

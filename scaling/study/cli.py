@@ -18,6 +18,7 @@ from scaling.config import ConfigError
 from scaling.ladder.cli import build_parser as ladder_parser
 from scaling.ladder.cli import gpu_visible, print_status, run_plan, split_command
 from scaling.ladder.estimate import plan_rows
+from scaling.ladder.legend import results_legend
 from scaling.ladder.plan import plan_ladder
 from scaling.ladder.render import plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
@@ -188,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = outcome.uri
     _tag_runs(uri, study, outcome)
     print("\nresults (zero-shot top-1 on the held-out evaluation set):")
-    print(status_table(stage_rows(study.plan)))
+    rows = stage_rows(study.plan)
+    print(status_table(rows))
+    print("", *results_legend(study.plan, rows), sep="\n")
     report_dir = Path(args.report_dir or Path("reports") / study.plan.experiment)
     try:
         _summary(uri, study.plan.experiment, report_dir, sys.stdout, study.plan.ladder.law_metric)

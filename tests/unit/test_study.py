@@ -230,3 +230,20 @@ def test_study_ladder_budgets_follow_its_stated_rule() -> None:
         rule = round(costs.params(get_rung(rung, proxy=True).vision) / 60, -2)
         assert layer["train"]["samples"] == rule, rung
         assert layer["optim"]["warmup_samples"] == round(0.15 * rule), rung
+
+
+def test_results_legend_says_what_the_numbers_mean(tmp_path: Path) -> None:
+    from scaling.ladder.legend import results_legend
+
+    plan = _plan(tmp_path)
+    rows = [{"stage": "clip@E14", "metrics": {"eval/synth_cls/top1": 0.154, "eval/synth_cls/top5": 0.50,
+                                              "eval/synth_cls/loss": 3.0, "eval/synth_ret/loss": 4.0}},
+            {"stage": "mim@18B", "metrics": {"eval/mim/loss": -0.9}},
+            {"stage": "clip@18B", "metrics": {"eval/synth_cls/top1": 0.146, "eval/synth_cls/top5": 0.55,
+                                              "eval/synth_cls/loss": 2.5, "eval/synth_ret/loss": 3.9}}]
+    text = "\n".join(results_legend(plan, rows))
+    assert "chance: 1/56 = 1.8 % top-1" in text and "8/56 = 14.3 %" in text
+    assert "clip@E14 (teacher, trained from scratch): top-1 15.4 %" in text
+    student = next(line for line in text.splitlines() if line.strip().startswith("clip@18B"))
+    assert "student of clip@E14" in student and "top-1 14.6 % (teacher 15.4 %)" in student
+    assert "retrieval InfoNCE 3.900 (teacher 4.000)" in student and "beats its teacher on 2 of 2" in student
