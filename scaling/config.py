@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from scaling import config_provenance as provenance
 from scaling.config_bounds import check_bounds
 from scaling.config_dialect import ConfigError, all_keys, load_yaml, merge_layer, parse_overrides
 from scaling.config_schema import CHOICES, MINIMUM, NULLABLE, POSITIVE, RANGES, StageConfig
@@ -57,6 +58,7 @@ def merge(base: DictConfig, layer: Any, source: str) -> DictConfig:
     merged = merge_layer(base, layer, source)
     OmegaConf.set_struct(merged, True)
     validate(merged, source)
+    provenance.record(layer, source)
     return merged
 
 
@@ -211,6 +213,7 @@ def load_stage_config(
     if kind not in KINDS:
         raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(KINDS)}")
     _check_rung(rung, "stage.rung", "command line")
+    provenance.begin(stage_name(kind, rung))
     cfg = schema()
     cfg = merge(cfg, {"stage": {"kind": kind, "rung": rung, "proxy": proxy}}, "command line")
     for path in recipe_files(kind, rung, proxy):
@@ -227,6 +230,7 @@ def load_stage_config(
         _check_rung(cfg.stage.teacher_rung, "stage.teacher_rung", "config")
     if cfg.stage.name is None:
         cfg.stage.name = stage_name(kind, rung)
+        provenance.record({"stage": {"name": cfg.stage.name}}, "stage kind and rung")
         check_bounds(cfg, "command line")  # the name a rung key made
     return cfg
 

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from scaling.config import ConfigError
+from scaling import config_provenance as provenance
+from scaling.config import ConfigError, flatten
 from scaling.ladder.estimate import plan_problems, plan_rows
 from scaling.ladder.legend import results_legend
 from scaling.ladder.plan import plan_ladder
@@ -64,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     proxy.add_argument("--proxy", dest="proxy", action="store_true", default=None, help="tiny CPU proxies of every rung")
     proxy.add_argument("--no-proxy", dest="proxy", action="store_false", help="real sizes (GPUs)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its costs; submit nothing")
+    parser.add_argument("--show-config", metavar="STAGE",
+                        help="print STAGE's resolved config (e.g. clip@18B), each key with the layer that set it; run nothing")
     parser.add_argument("--json", action="store_true", help="machine-readable output (plan, status or results)")
     parser.add_argument("--force", action="store_true",
                         help="submit even when a stage does not fit its GPUs or divide its batch (warns)")
@@ -138,8 +141,16 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
         proxy = args.proxy
         if proxy is None:
             proxy = not gpu_visible()
-        dry = args.dry_run or command == "status"
-        plan = _plan(args, proxy, dry)
+        dry = args.dry_run or command == "status" or bool(args.show_config)
+        with provenance.recording() as origins:
+            plan = _plan(args, proxy, dry)
+        if args.show_config:
+            names = [s.name for s in plan.stages]
+            if args.show_config not in names:
+                return _fail(f"--show-config: no stage '{args.show_config}' on this path; its stages: {', '.join(names)}")
+            stage = plan.stage(args.show_config)
+            print(provenance.format_config(flatten(stage.cfg), origins.get(stage.name, {})))
+            return 0
     except (ConfigError, LaunchError, SpecError, ValueError) as exc:
         return _fail(str(exc))
     if command == "run":

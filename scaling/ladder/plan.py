@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from scaling import config_provenance as provenance
 from scaling.batching import auto_micro_batch
 from scaling.config import (
     ConfigError,
@@ -114,6 +115,7 @@ def _stage_config(spec: LadderSpec, overrides: Overrides, kind: str, rung: str, 
     # Plain assignments (typed, but no merge + validate round): the dry run must stay fast.
     for dotted, value in _dotted(wiring):
         OmegaConf.update(cfg, dotted, value, merge=False)
+    provenance.record(wiring, "ladder plan (folders, tracking, inputs)")
     sections = ("config", "proxy") if proxy else ("config",)
     if text_from_scratch:  # before the ladder's own layers and the command line, which may change it
         for section in sections:
@@ -192,6 +194,7 @@ def _auto_micro_batch(cfg: DictConfig, name: str, teacher_rung: str | None, note
         notes.append(f"{name}: resources.micro_batch=auto found no micro-batch that fits {cfg.resources.gpu}")
         return
     cfg.train.micro_batch = micro
+    provenance.record({"train": {"micro_batch": micro}}, "resources.micro_batch=auto (ladder plan)")
 
 
 def plan_ladder(
@@ -288,6 +291,7 @@ def plan_ladder(
         fp = fingerprint(_identity(cfg, internal), upstream)
         out_dir = runs / experiment / f"{name}-{fp}"
         cfg.out_dir = out_dir.as_posix()
+        provenance.record({"out_dir": cfg.out_dir}, "ladder plan (runs dir, stage and fingerprint)")
         stage = PlannedStage(name, kind, rung, cfg, fp, out_dir, depends_on=list(dict.fromkeys(internal.values())), **info)
         stages.append(stage)
         by_name[name] = stage

@@ -19,6 +19,7 @@ import os
 import sys
 from collections.abc import Mapping
 
+from scaling import config_provenance as provenance
 from scaling.config import ConfigError, fingerprint, flatten, load_stage_config
 from scaling.config_schema import StageConfig
 from scaling.data.errors import DataError
@@ -69,6 +70,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mlflow", action="store_true",
                    help="also log to MLflow (tracking.uri or $MLFLOW_TRACKING_URI, default ./mlflow.db): "
                         "tracking.run_id, or a new run in tracking.experiment, continued on re-runs")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved config, each key with the layer that set it; train nothing")
     p.add_argument("--quiet", action="store_true", help="no metric lines on the console")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
     return p
@@ -110,10 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         if flag:
             overrides.append(f"{key}={flag}")
     try:
-        cfg = load_stage_config(args.stage, args.rung, proxy=args.proxy, overrides=overrides, files=args.config)
+        with provenance.recording() as origins:
+            cfg = load_stage_config(args.stage, args.rung, proxy=args.proxy, overrides=overrides, files=args.config)
     except (ConfigError, UnknownRungError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.show_config:
+        print(provenance.format_config(flatten(cfg), next(iter(origins.values()), {})))
+        return 0
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     loggers = [] if args.quiet else [ConsoleLogger()]
