@@ -31,6 +31,7 @@ from scaling.config_schema import CHOICES, MINIMUM, NULLABLE, POSITIVE, RANGES, 
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
 from scaling.stages import KINDS, stage_name
+from scaling.uris import mask_mapping
 
 RECIPES_DIR = EXPERIMENTS_DIR / "recipes"
 
@@ -275,6 +276,7 @@ def save_resolved(cfg: DictConfig, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    # written down: a URI's password masked (the job gets the real config by pickle)
+    tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(mask_mapping(to_container(cfg)))))
     tmp.replace(path)
     return path

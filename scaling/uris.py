@@ -74,3 +74,18 @@ def rdb_url(url: str) -> str:
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None:
         return "postgresql+psycopg2://" + url[len("postgresql://"):]
     return url
+
+
+class MaskedStream:
+    """A text stream that masks URI passwords in what is written through it (a library's own
+    console lines, e.g. MLflow's "View run ... at: URL")."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        self.stream.write(mask_text(text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()

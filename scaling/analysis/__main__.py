@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from scaling.stages import LAW_METRIC
+from scaling.uris import mask
 
 EXAMPLES = """examples:
   python -m scaling.analysis report --experiment ladder-eva
@@ -78,7 +79,7 @@ def _report(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:  # e.g. an unreachable tracking server: one line, not a traceback
-        print(f"error: could not read MLflow at {args.tracking_uri or 'the default URI'}: "
+        print(f"error: could not read MLflow at {mask(args.tracking_uri) or 'the default URI'}: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)  # fmt: skip
         return 1
     for note in report.notes:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             spec, _, kind = prepare(spec, args.executor, create=False)
             print(f"{spec.path}: ok ({len(spec.params)} parameters, {spec.n_trials} trials, "
-                  f"{spec.workers} {kind} worker(s), storage {spec.storage_url()})")
+                  f"{spec.workers} {kind} worker(s), storage {spec.storage_label()})")
             return 0
         summary = run_sweep(spec, executor=args.executor, detach=args.detach)
     except (SweepError, ConfigError) as exc:

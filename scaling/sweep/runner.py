@@ -32,6 +32,7 @@ from scaling.sweep.trial import load_function
 from scaling.sweep.worker import worker_entry
 from scaling.tracking import ui
 from scaling.train import run_stage
+from scaling.uris import mask
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, detach: bool = False
         spec = dataclasses.replace(spec, teacher_path=teacher)
     jobs = submit_workers(spec, kind, uri, parent)
     print(f"sweep {spec.name}: {len(jobs)} {kind} worker(s) submitted ({', '.join(str(j.job_id) for j in jobs)}); "
-          f"storage {spec.storage_url()}; MLflow {uri} experiment '{spec.experiment}' parent run {parent}",
+          f"storage {spec.storage_label()}; MLflow {mask(uri)} experiment '{spec.experiment}' parent run {parent}",
           file=sys.stderr)
     if detach:
         return {"detached": True, "jobs": [str(j.job_id) for j in jobs], "parent_run_id": parent}

@@ -264,7 +264,7 @@ def load_sweep(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
           f"'name' may hold letters, digits, '.', '_' and '-' only; got {spec.name!r}")
     storage = spec.storage_url()
     _need(not (storage.startswith("sqlite") and spec.workers > 1), where,
-          f"storage '{storage}' is SQLite, which breaks under {spec.workers} parallel workers; "
+          f"storage '{spec.storage_label()}' is SQLite, which breaks under {spec.workers} parallel workers; "
           "leave 'storage' unset (journal file, safe on NFS) or use a server database URL")
     _need(not storage.startswith("postgres://"), where,
           f"storage '{spec.storage_label()}': the scheme is spelled 'postgresql://' (user@host:port/database)")

@@ -80,7 +80,7 @@ def format_status(summary: dict[str, Any], spec: SweepSpec) -> str:
     done = counts["COMPLETE"] + counts["PRUNED"]
     lines = [f"study {spec.name}: {done}/{spec.n_trials} finished  "
              + "  ".join(f"{s}={counts[s]}" for s in STATES),
-             f"storage: {spec.storage_url()}"]
+             f"storage: {spec.storage_label()}"]
     best = summary["best"]
     if best:
         title = "best trial" if len(spec.objectives) == 1 else f"Pareto front ({len(best)} trials)"

@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scaling.uris import rdb_url
+from scaling.uris import MaskedStream, has_secret, mask, rdb_url
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -95,7 +97,25 @@ def _client(uri: str, create: bool) -> MlflowClient:
         with db.with_name(db.name + ".lock").open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
             with_retries(lambda: MlflowClient(tracking_uri=uri).search_experiments(max_results=1))
-    return MlflowClient(tracking_uri=uri)
+    mlc = MlflowClient(tracking_uri=uri)
+    if has_secret(uri):
+        _mask_run_links(mlc)
+    return mlc
+
+
+def _mask_run_links(mlc: MlflowClient) -> None:
+    """Ending a run on a server, MLflow prints "View run ... at: <URL>" to stdout, the URL with
+    the URI's password: that print goes through a masking stream."""
+    tracking = getattr(mlc, "_tracking_client", None)
+    print_links = getattr(tracking, "_log_url", None)
+    if print_links is None:  # another MLflow release: nothing printed this way to mask
+        return
+
+    def masked(run_id: str) -> None:
+        with contextlib.redirect_stdout(MaskedStream(sys.stdout)):
+            print_links(run_id)
+
+    tracking._log_url = masked
 
 
 def get_or_create_experiment(name: str, uri: str | None = None) -> str:
@@ -128,13 +148,14 @@ def truncate(value: Any, limit: int) -> str:
 def param_entities(params: Mapping[str, Any]) -> list[Any]:
     from mlflow.entities import Param  # values cut to MLflow's limit, marked ...[truncated]
 
-    return [Param(str(k), truncate(v, MAX_PARAM_VAL_LENGTH)) for k, v in params.items()]
+    # a URI's password never reaches the store (tracking.uri, a sweep's storage...)
+    return [Param(str(k), truncate(mask(v), MAX_PARAM_VAL_LENGTH)) for k, v in params.items()]
 
 
 def tag_entities(tags: Mapping[str, Any]) -> list[Any]:
     from mlflow.entities import RunTag
 
-    return [RunTag(str(k), truncate(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items() if v is not None]
+    return [RunTag(str(k), truncate(mask(v), MAX_TAG_VAL_LENGTH)) for k, v in tags.items() if v is not None]
 
 
 def log_params(uri: str | None, run_id: str, params: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ import sys
 from urllib.parse import urlsplit
 
 from scaling.tracking import store
+from scaling.uris import mask, mask_text
 
 DEFAULT_UI = "http://127.0.0.1:5000"  # where `mlflow ui` (and `make ui`) serves a SQLite store
 WORKFLOW = "machine_learning"  # MLflow's workflowType of training runs (the other is "genai")
@@ -85,7 +86,7 @@ def where_to_look(uri: str | None, experiment: str) -> list[str]:
     lines = [f"MLflow: {command}" if command else f"MLflow: {ui_base(uri)}"]
     view = VIEW_TAG_PREFIX + VIEW_KEY in found.tags
     lines.append(f"  then open {runs_url(found.experiment_id, ui_base(uri), view)}   (experiment '{experiment}')")
-    return lines
+    return [mask_text(line) for line in lines]  # a server URL's password stays out of the console
 
 
 def describe_experiment(uri: str | None, experiment: str, text: str) -> None:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{exp.name}: {runs_url(exp.experiment_id, base, VIEW_TAG_PREFIX + VIEW_KEY in exp.tags)}")
     if args.print_only or ui_command(uri) is None:
         return 0
-    print(f"serving {uri} at {base} (Ctrl-C stops)", flush=True)
+    print(f"serving {mask(uri)} at {base} (Ctrl-C stops)", flush=True)
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)])
     return 0  # not reached
