@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README.md):
 #   make ladder   set up .venv, run the proxy ladder E14 -> 18B, write the report
 #   make test     set up .venv, ruff, then every test tier (unit, integration, slow)
+#   make notebooks  execute every analysis/*.ipynb against the ladder's store (after make ladder)
 # Both are idempotent: the venv is rebuilt only when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/.cache/torch_extensions
 export MPLCONFIGDIR := $(CURDIR)/.cache/matplotlib
 
-.PHONY: setup ladder report test test-unit lint ui clean
+.PHONY: setup ladder report notebooks test test-unit lint ui clean
 
 setup: $(STAMP)
 
@@ -27,6 +28,13 @@ ladder: setup
 
 report: setup
 	$(PY) -m scaling.analysis report --experiment $(or $(EXPERIMENT),ladder-eva) --out reports/$(or $(EXPERIMENT),ladder-eva)
+
+# Each notebook runs in analysis/ (as `jupyter lab analysis/` starts it) and finds the project's
+# mlflow.db by walking up; the executed copies go to .cache/notebooks (the stored ones keep no
+# outputs), the figures beside the report's in reports/<experiment>/.
+notebooks: setup
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=900 \
+		--output-dir $(CURDIR)/.cache/notebooks analysis/*.ipynb
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -56,25 +55,47 @@ def test_notebook_is_stored_without_outputs(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
 def test_notebook_executes(name: str, store: str, kernel_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Run as a user opens it: the kernel in analysis/, the store from $MLFLOW_TRACKING_URI."""
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("JUPYTER_PATH", str(kernel_dir))
-    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    monkeypatch.setenv("PYTHONPATH", str(REPO_ROOT))
+    for key, value in (("JUPYTER_PATH", str(kernel_dir)), ("MLFLOW_TRACKING_URI", store),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("MPLCONFIGDIR", str(tmp_path / "mpl")),
+                       ("PYTHONPATH", str(REPO_ROOT))):
+        monkeypatch.setenv(key, value)
     nb = nbformat.read(REPO_ROOT / "analysis" / name, as_version=4)
     # Papermill-style injection: a cell after the tagged parameters cell overrides the defaults.
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    inject = (f"TRACKING_URI = {store!r}\nEXPERIMENT = {NOTEBOOKS[name]!r}\n"
-              f"OUT_DIR = {str(tmp_path / 'out')!r}")  # fmt: skip
-    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(inject))
-    start = time.monotonic()
-    NotebookClient(nb, kernel_name=KERNEL, timeout=120, resources={"metadata": {"path": str(tmp_path)}}).execute()
-    elapsed = time.monotonic() - start
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert errors == []
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    out = tmp_path / "out"
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(f"EXPERIMENT = {NOTEBOOKS[name]!r}\nOUT_DIR = {str(out)!r}"))
+    NotebookClient(nb, kernel_name=KERNEL, timeout=120,
+                   resources={"metadata": {"path": str(REPO_ROOT / "analysis")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert [o for o in outputs if o.output_type == "error"] == []
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 4, "the notebook shows the report's figures"
-    assert any(p.suffix == ".png" for p in (tmp_path / "out").iterdir())
-    assert elapsed < 90, f"{name} took {elapsed:.0f} s"
+    written: dict[str, set[str]] = {}
+    for p in out.iterdir():
+        if p.suffix in (".png", ".svg"):
+            written.setdefault(p.stem, set()).add(p.suffix)
+    assert written and all(s == {".png", ".svg"} for s in written.values()), written  # no stale format
+    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    assert f"tracking URI: {store}" in text
+    if name == "scaling_report.ipynb":  # its own analysis: curves, a fit with its interval, the table
+        assert "90 % interval" in text and "no fit" not in text
+        assert "predicted" in text and "achieved" in text
+        assert {"notebook_curves", "notebook_fit"} <= set(written)
+
+
+def test_project_folder_is_found_from_a_subfolder(tmp_path: Path, monkeypatch) -> None:
+    from scaling.analysis import notebook
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    sub = tmp_path / "analysis" / "deeper"
+    sub.mkdir(parents=True)
+    assert notebook.project_root(sub) == tmp_path.resolve()
+    assert notebook.tracking_uri(start=sub) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert notebook.report_dir("ladder-eva", start=sub) == tmp_path.resolve() / "reports" / "ladder-eva"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
+    assert notebook.tracking_uri(start=sub) == "http://127.0.0.1:5999"
