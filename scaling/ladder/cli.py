@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from scaling import config_provenance as provenance
+from scaling import tracking
 from scaling.config import ConfigError, flatten
+from scaling.ladder.describe import headline_metrics, plan_json
 from scaling.ladder.estimate import plan_problems, plan_rows
 from scaling.ladder.legend import results_legend
 from scaling.ladder.plan import plan_ladder
@@ -226,4 +228,19 @@ def run_plan(plan: Any, executor: str, args: argparse.Namespace, prog: str,
         return 2
     if outcome.uri is None:
         outcome.uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
+    describe_parent(plan, outcome)
     return outcome
+
+
+def describe_parent(plan: Any, outcome: Any) -> None:
+    """The parent run's plan (``plan.json``, as ``--dry-run --json``) and its stages' headline
+    metrics (``clip-18B/eval/synth_cls/top1``), so the runs table compares invocations."""
+    if not outcome.parent_run_id:
+        return
+    try:
+        mlc = tracking.client(outcome.uri)
+        mlc.log_text(outcome.parent_run_id, plan_json(plan), "plan.json")
+        for key, value in headline_metrics({r["stage"]: r for r in stage_rows(plan)}).items():
+            mlc.log_metric(outcome.parent_run_id, key, value, step=0)
+    except Exception as exc:  # tracking trouble must not hide the ladder's own outcome
+        print(f"warning: the ladder's MLflow run was not described: {exc}", file=sys.stderr)

@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable
 
 from scaling import tracking
-from scaling.config import flatten
+from scaling.ladder.describe import lineage_tags, stage_params
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.stage_state import stage_run_id, stage_tags, write_state
 
@@ -79,13 +79,16 @@ def open_stage_runs(uri: str, plan: Plan, parent: str, todo: list[PlannedStage],
     names = {s.name for s in plan.stages}
     for stage in todo:
         teacher = stage.teacher if stage.kind == "mim" else stage.init.get("text")
-        params = {k: v for k, v in flatten(stage.cfg).items()
-                  if k not in ("tracking.run_id", "tracking.parent_run_id")}
+        params = stage_params(stage)
+        links = {"teacher": ids.get(stage.teacher or "") if stage.kind == "mim" else None,
+                 "init": ids.get(stage.init.get("vision", "")), "text init": ids.get(stage.init.get("text", ""))}
         tags = tracking.standard_tags(
             **stage_tags(stage.kind, stage.rung, stage.name),
             teacher_run_id=ids.get(teacher or ""), init_run_id=ids.get(stage.init.get("vision", "")),
             teacher_checkpoint=None if teacher in ids or teacher in names else teacher,
-            teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy, **stage.tags)
+            teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy, **stage.tags,
+        ) | lineage_tags(uri, tracking.get_or_create_experiment(plan.experiment, uri), links,
+                         {v: k for k, v in ids.items()})
         run_id = tracking.open_stage_run(uri, plan.experiment, stage.name, stage.fingerprint,
                                          known=stage_run_id(stage.out_dir), parent_run_id=parent,
                                          tags=tags, params=params)

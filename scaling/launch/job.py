@@ -24,6 +24,7 @@ from typing import Any
 import submitit
 from omegaconf import DictConfig, OmegaConf
 
+from scaling.launch.artifacts import log_stage_files
 from scaling.launch.distributed_env import run_distributed_env
 from scaling.metrics import MultiLogger
 from scaling.stage_state import ProgressLogger, write_state
@@ -174,7 +175,8 @@ class StageJob(submitit.helpers.Checkpointable):
             return out
         if rank == 0:
             if logger is not None:
-                logger.close("FINISHED")
+                logger.close("FINISHED")  # progress.json now holds every metric's last value
+                log_stage_files(cfg)
             write_state(cfg.out_dir, "finished", checkpoint=result.checkpoint, metrics=out["metrics"],
                         samples_seen=result.samples_seen, steps=result.steps, finished=time.time())
         return out

@@ -32,6 +32,7 @@ WORKFLOW = "machine_learning"  # MLflow's workflowType of training runs (the oth
 NOTE_TAG = "mlflow.note.content"  # the experiment's description in the UI (Markdown)
 VIEW_KEY = "scaling"  # the shared view's key: experiment tag mlflow.sharedViewState.scaling
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+X_AXIS = "train/samples_seen"  # the charts' x axis in the stored view (metric steps are optimiser steps)
 
 
 def ui_base(uri: str | None) -> str:
@@ -57,7 +58,9 @@ def view_state(metrics: list[str], ascending: bool = False) -> dict[str, object]
     """The runs table sorted by ``metrics[0]`` (best first), the ``metrics`` columns shown."""
     return {"searchFilter": "", "orderByKey": metric_column(metrics[0]), "orderByAsc": ascending, "startTime": "ALL",
             "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
-            "selectedColumns": [metric_column(m) for m in metrics], "columnOrder": [metric_column(m) for m in metrics]}
+            "selectedColumns": [metric_column(m) for m in metrics], "columnOrder": [metric_column(m) for m in metrics],
+            # charts against samples seen, so stages of different batch sizes line up (steps do not)
+            "globalLineChartConfig": {"xAxisKey": "metric", "lineSmoothness": 0, "selectedXAxisMetricKey": X_AXIS}}
 
 
 def publish_view(uri: str | None, experiment: str, metrics: list[str], ascending: bool = False) -> str:

@@ -174,3 +174,47 @@ def test_a_killed_invocation_of_another_plan_has_its_parent_run_ended(env):
     _, outcome = _run(env)
     assert outcome.ok and outcome.parent_run_id != orphan
     assert tracking.run_status(env["uri"], orphan) == "KILLED"
+
+
+def resolved_fake_stage(cfg, logger=None, stop_requested=None):
+    """``fake_stage`` that also writes the resolved config where ``run_stage`` writes it."""
+    from scaling.config import save_resolved
+
+    save_resolved(cfg, Path(cfg.out_dir) / "config.yaml")
+    return fake_stage(cfg, logger, stop_requested)
+
+
+def test_runs_describe_themselves(env, capsys):
+    from scaling import tracking
+    from scaling.ladder.cli import main
+
+    assert main(["--from", "E14", "--to", "18B", "--executor", "debug", "--proxy", "--tracking-uri", env["uri"],
+                 "--runs-dir", str(env["runs"]), "--experiment", env["experiment"],
+                 "--report-dir", str(env["runs"] / "report")], stage_fn=resolved_fake_stage) == 0
+    assert "workflowType=machine_learning" in capsys.readouterr().out
+    mlc = tracking.client(env["uri"])
+    runs = {r.info.run_name: r for r in _runs(env)}
+    ids = {name: run.info.run_id for name, run in runs.items()}
+    clip = runs["clip@18B"].data
+    # the towers the stage builds, not the layer's "model.vision: {}", and the cost model's figures
+    assert "model.vision" not in clip.params and "model.text" not in clip.params
+    assert int(clip.params["model.vision.depth"]) > 0 and int(clip.params["model.text.width"]) > 0
+    assert clip.params["data.image_size"] == clip.params["model.vision.image_size"]
+    assert int(clip.params["cost.params"]) > 0 and float(clip.params["cost.gflops_per_sample"]) > 0
+    assert "" not in clip.params.values()
+    assert runs["mim@18B"].data.params["model.vision.depth"] and "model.text.depth" not in runs["mim@18B"].data.params
+    # lineage as links to the runs learned from
+    assert runs["mim@18B"].data.tags["lineage.teacher"].endswith(f"/runs/{ids['clip@E14']}")
+    assert clip.tags["lineage.init"].endswith(f"/runs/{ids['mim@18B']}")
+    assert clip.tags["lineage.text_init"].endswith(f"/runs/{ids['clip@E14']}")
+    assert "[mim@18B](" in clip.tags["mlflow.note.content"]
+    # the stage's files
+    files = {f.path for f in mlc.list_artifacts(ids["clip@18B"])}
+    assert {"config.yaml", "progress.json"} <= files
+    local = Path(mlc.download_artifacts(ids["clip@18B"], "progress.json", str(env["runs"] / "dl")))
+    assert json.loads(local.read_text())["metrics"]["eval/synth_cls/top1"] == 0.5
+    # the parent: the plan and its stages' headline metrics
+    parent = next(n for n in runs if n.startswith("ladder"))
+    assert "plan.json" in {f.path for f in mlc.list_artifacts(ids[parent])}
+    assert runs[parent].data.metrics["clip-18B/eval/synth_cls/top1"] == 0.5
+    assert runs[parent].data.metrics["clip-E14/eval/synth_cls/top1"] == 0.5
