@@ -1,5 +1,6 @@
-"""The files a stage's MLflow run keeps: its resolved ``config.yaml`` (secrets in URIs masked)
-and its final ``progress.json`` (every metric's last value), logged by the job on rank 0."""
+"""The files a stage's MLflow run keeps: its resolved ``config.yaml`` (written with URI passwords
+masked, ``scaling.config.save_resolved``) and its final ``progress.json`` (every metric's last
+value), logged by the job on rank 0."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from omegaconf import DictConfig
 
 from scaling import tracking
 from scaling.stage_state import PROGRESS_FILE
-from scaling.uris import mask_text
 
 log = logging.getLogger("scaling.launch")
 STAGE_FILES = ("config.yaml", PROGRESS_FILE)
@@ -25,6 +25,6 @@ def log_stage_files(cfg: DictConfig) -> None:
         mlc = tracking.client(cfg.tracking.uri)
         for name in STAGE_FILES:
             if (out / name).is_file():
-                mlc.log_text(run_id, mask_text((out / name).read_text()), name)
+                mlc.log_artifact(run_id, str(out / name))
     except Exception as exc:
         log.warning("stage files not logged to MLflow run %s: %s", run_id, str(exc).splitlines()[0][:200])
