@@ -30,7 +30,7 @@ def split_stage_name(text: str) -> tuple[str, str] | None:
 # Logged by every stage's training loop (``train.loop.TrainingLoop._log_train``) every train.log_every steps.
 TRAIN_METRICS: tuple[str, ...] = (
     "train/loss", "train/grad_norm", "train/samples_seen", "train/samples_per_s", "train/flops_per_s",
-    "train/mfu", "train/step", "train/phase", "data/skipped",
+    "train/mfu", "train/step", "train/phase", "train/skipped_samples",
 )  # fmt: skip
 # ``train/lr/<group>``: one per optimiser tower (``train.optim.TowerGroups.name``) and stray parameter.
 LR_GROUPS: dict[str, tuple[str, ...]] = {"mim": ("vision", "head"), "clip": ("vision", "text", "logit_scale")}

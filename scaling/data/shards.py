@@ -170,7 +170,7 @@ class ShardStream:
 
     def stats(self) -> dict:
         """``{'skipped': int, 'skipped_by_shard': {shard: n}, 'samples': int, 'batches': int}`` up to
-        the last batch delivered (the stage logs ``skipped`` as ``data/skipped``)."""
+        the last batch delivered (the stage logs ``skipped`` as ``train/skipped_samples``)."""
         by_shard: dict[str, int] = {}
         samples = 0
         for w in self._state["workers"]:

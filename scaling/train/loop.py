@@ -324,7 +324,7 @@ class TrainingLoop:
         flops_per_s = samples_per_s * self.flops_per_sample
         metrics = {"train/loss": loss, "train/grad_norm": grad_norm, "train/samples_seen": self.samples_seen,
                    "train/samples_per_s": samples_per_s, "train/flops_per_s": flops_per_s,
-                   "train/mfu": flops_per_s / (self.peak * self.world), "data/skipped": skipped * self.world,
+                   "train/mfu": flops_per_s / (self.peak * self.world), "train/skipped_samples": skipped * self.world,
                    "train/step": self.step, "train/phase": self.phase.index}
         metrics |= {f"train/lr/{k}": v for k, v in self.step_lrs.items()}
         if self.kind == "clip":

@@ -43,7 +43,7 @@ def test_clip_stage_logs_every_metric_and_saves_final(clip_stage):
     assert (out / "config.yaml").is_file()
     keys = set().union(*rows)
     for key in ("train/loss", "train/lr/vision", "train/lr/text", "train/grad_norm", "train/samples_seen",
-                "train/samples_per_s", "train/flops_per_s", "train/mfu", "data/skipped", "train/temperature",
+                "train/samples_per_s", "train/flops_per_s", "train/mfu", "train/skipped_samples", "train/temperature",
                 "eval/synth_cls/top1", "eval/synth_cls/top5", "eval/synth_ret/image_r1",
                 "eval/synth_ret/image_r10", "eval/synth_ret/text_r5"):
         assert key in keys, key
@@ -162,7 +162,7 @@ def test_bad_samples_are_skipped_and_reported(synth, tmp_path, clip_stage):
     result = run_stage(stage_cfg("clip", tmp_path / "out", synth, f"data.train={bad}",
                                  f"eval.classification={paths['classification']}"), logger)
     assert result.status == "finished"
-    assert result.metrics["data/skipped"] > 0
+    assert result.metrics["train/skipped_samples"] > 0
     assert "eval/classification/top1" in result.metrics  # a real folder: the metric takes its name
 
 
