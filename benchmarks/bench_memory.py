@@ -32,7 +32,7 @@ from typing import Any
 
 from common import machine
 
-from scaling.stages import KINDS
+from scaling.kinds import kind_names
 
 TARGET = (0.8, 1.25)
 PARTS = ("weights", "grads", "optimizer", "teacher", "activations")
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None, device: str = "cpu") -> int:
     args = build_parser().parse_args(argv)
     for case in args.cases:
         kind, _, rung = case.partition(":")
-        if kind not in KINDS or not rung:
+        if kind not in kind_names() or not rung:
             print(f"error: --cases takes KIND:RUNG with KIND clip or mim; got {case!r}", file=sys.stderr)
             return 2
     import torch

@@ -30,14 +30,14 @@ from common import (
     write_json,
 )
 
-from scaling.stages import KINDS
+from scaling.kinds import kind_names
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--kind", default="clip", choices=KINDS)
+    parser.add_argument("--kind", default="clip", choices=kind_names())
     parser.add_argument("--width", type=int, default=384, help="vision/text width, multiple of 64 (384)")
     parser.add_argument("--rung", default="B16", help="proxy rung (B16)")
     add_common_args(parser, repeats=5, warmup=1)

@@ -32,7 +32,7 @@ from common import (
     write_json,
 )
 
-from scaling.stages import KINDS
+from scaling.kinds import kind_names
 
 TARGET = 1.05
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--kinds", nargs="+", default=["clip", "mim"], choices=KINDS)
+    parser.add_argument("--kinds", nargs="+", default=["clip", "mim"], choices=kind_names())
     parser.add_argument("--width", type=int, default=384, help="vision/text width, multiple of 64 (384)")
     parser.add_argument("--rung", default="B16", help="proxy rung whose recipe and shapes are used (B16)")
     parser.add_argument("--batch", type=int, default=None, help="batch (default: the proxy recipe's)")

@@ -32,7 +32,7 @@ from common import (
     write_json,
 )
 
-from scaling.stages import KINDS
+from scaling.kinds import kind_names
 
 TARGET = 0.50
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--kinds", nargs="+", default=["clip", "mim"], choices=KINDS)
+    parser.add_argument("--kinds", nargs="+", default=["clip", "mim"], choices=kind_names())
     parser.add_argument("--widths", nargs="+", type=int, default=[256, 384, 512])
     parser.add_argument("--rung", default="B16", help="proxy rung whose recipe and shapes are used (B16)")
     parser.add_argument("--batch", type=int, default=None, help="fixed batch (default: auto, see --min-step-ms)")

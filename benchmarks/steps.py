@@ -85,10 +85,11 @@ def toolkit_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
     """``TrainingLoop.train_step`` of the toolkit (its engine, param groups, optimiser, schedule,
     clipping, autocast and loss) on a fixed in-memory batch: no data pipeline, no logging."""
     from scaling.costs import mim_target_dim
+    from scaling.kinds import stage_kind
     from scaling.models.build import build_mim, build_vision
-    from scaling.models.losses import ContrastiveLoss
+    from scaling.train.kinds import build_stage_model, training_kind
     from scaling.train.loop import TrainingLoop, batch_layout, seed_all
-    from scaling.train.stage_models import build_stage_model, stage_rung
+    from scaling.train.stage_models import stage_rung
     from scaling.train.throughput import flops_per_sample
 
     device = torch.device(device)
@@ -97,6 +98,7 @@ def toolkit_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
     stage = TrainingLoop.__new__(TrainingLoop)  # the real step without the data pipeline and evaluator
     stage.cfg, stage.device, stage.kind = cfg, device, kind
     stage.rank, stage.world = 0, 1
+    stage.description, stage.training = stage_kind(kind), training_kind(kind)(cfg)
     stage.micro, stage.accum = batch_layout(cfg, 1)
     stage.total_steps = 10**9
     stage.step, stage.samples_seen, stage.metrics = 0, 0, {}
@@ -115,7 +117,6 @@ def toolkit_step(cfg, device: torch.device | str = "cpu") -> StepSetup:
         stage.teacher_image_size = None
     stage.rung = rung
     stage.engine = stage._engine()
-    stage.loss_fn = ContrastiveLoss(0, 1) if kind == "clip" else None
     batch = make_batch(kind, rung, cfg.train.batch_size, device)
     batches = itertools.repeat(batch)
     stage.module.train()

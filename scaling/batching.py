@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from scaling import costs
 from scaling.config import Phase, stage_phases
+from scaling.kinds import stage_kind
 from scaling.models.registry import RungSpec, configured_rung_of, get_rung
 
 
@@ -75,7 +76,7 @@ def phase_config(cfg: DictConfig, phase: Phase) -> DictConfig:
     """The stage config as it trains during ``phase`` (batch layout and patch dropout)."""
     cfg = cfg.copy()
     cfg.train.batch_size, cfg.train.micro_batch = phase.batch_size, phase.micro_batch
-    if cfg.stage.kind == "clip":
+    if stage_kind(cfg.stage.kind).patch_dropout:
         cfg.model.patch_dropout = phase.patch_dropout
     return cfg
 

@@ -28,9 +28,10 @@ from scaling import config_provenance as provenance
 from scaling.config_bounds import check_bounds
 from scaling.config_dialect import ConfigError, all_keys, load_yaml, merge_layer, parse_overrides
 from scaling.config_schema import CHOICES, MINIMUM, NULLABLE, POSITIVE, RANGES, StageConfig
+from scaling.kinds import kind_names, stage_kind
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
-from scaling.stages import KINDS, stage_name
+from scaling.stages import stage_name
 from scaling.uris import mask_mapping
 
 RECIPES_DIR = EXPERIMENTS_DIR / "recipes"
@@ -72,6 +73,8 @@ def _open_dicts(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig, source: str = "config") -> None:
     """Check values the type system cannot: choices, ranges, positivity, cross-field rules."""
+    if cfg.stage.kind not in kind_names():
+        raise ConfigError(f"{source}: 'stage.kind' must be one of {', '.join(kind_names())}; got {cfg.stage.kind!r}")
     for key, allowed in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
@@ -211,12 +214,13 @@ def load_stage_config(
     extra: dict[str, Any] | DictConfig | None = None,
 ) -> DictConfig:
     """Resolve a stage config from the recipes, user ``files``, ``extra`` (programmatic) and overrides."""
-    if kind not in KINDS:
-        raise ConfigError(f"unknown stage kind '{kind}': use one of {', '.join(KINDS)}")
+    description = stage_kind(kind)  # ConfigError naming the known kinds
     _check_rung(rung, "stage.rung", "command line")
     provenance.begin(stage_name(kind, rung))
     cfg = schema()
     cfg = merge(cfg, {"stage": {"kind": kind, "rung": rung, "proxy": proxy}}, "command line")
+    if description.config:
+        cfg = merge(cfg, dict(description.config), f"stage kind '{kind}'")
     for path in recipe_files(kind, rung, proxy):
         cfg = merge(cfg, load_yaml(path), str(path))
     for path in files:

@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from scaling.stages import KINDS
-
 
 @dataclass
 class StageSection:
-    kind: str = "clip"  # mim | clip
+    kind: str = "clip"  # a registered stage kind (scaling.kinds): mim | clip | ...
     rung: str = "B16"  # the rung this stage trains (student rung for mim)
     teacher_rung: Optional[str] = None  # mim: the CLIP rung whose vision tower is the teacher
     proxy: bool = True  # tiny CPU version of the rung (same architecture switches)
@@ -184,7 +182,6 @@ class StageConfig:
 
 # Allowed values; checked after every merge so the error names the file that set them.
 CHOICES: dict[str, tuple[Any, ...]] = {
-    "stage.kind": KINDS,
     "model.attn": ("sdpa", "flash", "math"),
     "eval.mode": ("resize_center_crop", "resize"),
     "optim.name": ("adamw", "lamb"),

@@ -1,16 +1,15 @@
-"""What a stage is called and what it logs: the stage kinds, stage names, override scopes and
-metric names, defined once for the loaders, the planners, the trainer and the evaluator.
+"""What a stage is called and what it logs: stage names, override scopes and metric names,
+defined once for the loaders, the planners, the trainer and the evaluator (the stage kinds
+themselves are ``scaling.kinds``).
 
-Torch-free: a sweep file's objectives are checked against :func:`logged_metrics` before any
-worker starts, so the names must be known without building a model.
+Torch-free: a sweep file's objectives are checked against ``scaling.kinds.logged_metrics`` before
+any worker starts, so the names must be known without building a model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-KINDS: tuple[str, ...] = ("mim", "clip")  # MIM pre-training of a vision tower; contrastive CLIP
 ALL = "all"  # ladder layer target: every stage
 LADDER_SCOPE = "ladder"  # command-line scope of the ladder file's own keys: ladder.teacher_checkpoint=PATH
 
@@ -20,21 +19,14 @@ def stage_name(kind: str, rung: str) -> str:
     return f"{kind}@{rung}"
 
 
-def split_stage_name(text: str) -> tuple[str, str] | None:
-    """``'clip@18B'`` -> ``('clip', '18B')``; ``None`` unless a known kind, '@' and a rung."""
-    kind, sep, rung = text.partition("@")
-    return (kind, rung) if sep and kind in KINDS and rung else None
-
-
 # --- metric names -------------------------------------------------------------------------
 # Logged by every stage's training loop (``train.loop.TrainingLoop._log_train``) every train.log_every steps.
 TRAIN_METRICS: tuple[str, ...] = (
     "train/loss", "train/grad_norm", "train/samples_seen", "train/samples_per_s", "train/flops_per_s",
     "train/mfu", "train/step", "train/phase", "train/skipped_samples",
 )  # fmt: skip
-# ``train/lr/<group>``: one per optimiser tower (``train.optim.TowerGroups.name``) and stray parameter.
-LR_GROUPS: dict[str, tuple[str, ...]] = {"mim": ("vision", "head"), "clip": ("vision", "text", "logit_scale")}
-KIND_TRAIN_METRICS: dict[str, tuple[str, ...]] = {"mim": (), "clip": ("train/temperature",)}
+# Each stage kind adds ``train/lr/<group>`` per optimiser tower and its own metrics
+# (``scaling.kinds.StageKind.lr_groups``, ``train_metrics``, ``eval_metrics``).
 # Evaluation (``eval.runner.StageEvaluator``): a MIM stage's held-out loss; a CLIP's per-set metrics.
 MIM_EVAL_METRIC = "eval/mim/loss"
 # ``loss``: the held-out cross-entropy (classification) and InfoNCE over the whole set (retrieval)
@@ -72,26 +64,3 @@ def eval_set_name(path: str | None, synthetic: bool, kind: str) -> str:
 
 def eval_metric(set_name: str, metric: str) -> str:
     return f"eval/{set_name}/{metric}"
-
-
-def logged_metrics(cfg: Any) -> tuple[str, ...]:
-    """Every metric a stage with resolved config ``cfg`` logs (rank 0), in the stage's own names.
-
-    The eval sets are the ones the stage will load (``train.stage_data.resolve_sources``): the
-    synthetic world's held-out sets unless ``data.train`` is set, then ``eval.classification`` /
-    ``eval.retrieval``, named by :func:`eval_set_name`.
-    """
-    kind = str(cfg.stage.kind)
-    synthetic = cfg.data.train is None
-    classification = cfg.eval.classification or ("synthetic" if synthetic else None)
-    retrieval = cfg.eval.retrieval or ("synthetic" if synthetic else None)
-    out = [*TRAIN_METRICS, *(f"train/lr/{g}" for g in LR_GROUPS[kind]), *KIND_TRAIN_METRICS[kind]]
-    if kind == "mim":
-        return (*out, MIM_EVAL_METRIC) if classification else tuple(out)
-    if classification:
-        name = eval_set_name(classification, synthetic and not cfg.eval.classification, "classification")
-        out += [eval_metric(name, m) for m in CLASSIFICATION_METRICS]
-    if retrieval:
-        name = eval_set_name(retrieval, synthetic and not cfg.eval.retrieval, "retrieval")
-        out += [eval_metric(name, m) for m in retrieval_metrics()]
-    return tuple(out)

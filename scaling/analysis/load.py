@@ -20,8 +20,9 @@ from typing import Any
 import pandas as pd
 
 from scaling import costs
+from scaling.kinds import kind_names, stage_kind
 from scaling.models.registry import configured_rung, get_rung
-from scaling.stages import KINDS, stage_name
+from scaling.stages import stage_name
 from scaling.tracking import store
 from scaling.tracking.store import PARENT_TAG
 
@@ -154,13 +155,13 @@ def _costs(row: pd.Series) -> tuple[float, float, str]:
         flops, source = float(logged), "logged"
     if _first(row, "metrics.cost/params") is not None:
         n_params = float(row["metrics.cost/params"])
-    if rung_name is None or kind not in KINDS:
+    if rung_name is None or kind not in kind_names():
         return n_params, flops, source
     try:
         proxy = _truthy(_first(row, "proxy", "params.stage.proxy") or "false")
         rung = _configured(row, str(rung_name), proxy)
         if math.isnan(n_params):
-            n_params = float(costs.clip_params(rung) if kind == "clip" else costs.params(rung.mim))
+            n_params = float(stage_kind(kind).law_params(rung))
         if source:
             return n_params, flops, source
         samples = _first(row, "metrics.train/samples_seen", "params.train.samples")

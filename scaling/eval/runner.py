@@ -1,9 +1,10 @@
-"""Evaluation inside a stage: zero-shot classification/retrieval for CLIPs, held-out loss for MIM."""
+"""Evaluation inside a stage: the held-out sets, loaded once, and the evaluations a stage kind
+picks (``scaling.train.kinds``): zero-shot classification/retrieval for CLIPs, held-out loss for MIM."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -29,12 +30,14 @@ def _batches(tensors: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
 
 class StageEvaluator:
     """Loads the held-out sets once; ``__call__(model, rank, all_ranks)`` returns ``eval/...`` metrics
-    on rank 0. With ``all_ranks`` (ZeRO-3: parameters are gathered collectively) every rank runs."""
+    on rank 0 from ``evaluate(self, model)`` (the stage kind's evaluation, e.g. :func:`zero_shot`).
+    With ``all_ranks`` (ZeRO-3: parameters are gathered collectively) every rank runs."""
 
     def __init__(self, cfg: DictConfig, sources, image_size: int, grid: int, tokenizer, device: torch.device,
+                 evaluate: Callable[[StageEvaluator, torch.nn.Module], dict[str, float]],
                  teacher=None, teacher_image_size: int | None = None) -> None:
         self.cfg = cfg
-        self.kind = cfg.stage.kind
+        self.evaluate = evaluate
         self.sources = sources
         self.image_size = image_size
         self.tokenizer = tokenizer
@@ -46,22 +49,23 @@ class StageEvaluator:
         self._cache: dict = {}
         self.grid = grid
 
-    def _classification_set(self):
+    def classification_set(self):
         if "cls" not in self._cache:
             self._cache["cls"] = sets.load_classification(self.sources.classification, self.image_size,
                                                           self.cfg.eval.mode, self.max_samples)
         return self._cache["cls"]
 
-    def _retrieval_set(self):
+    def retrieval_set(self):
         if "ret" not in self._cache:
             self._cache["ret"] = sets.load_retrieval(self.sources.retrieval, self.image_size,
                                                      self.cfg.eval.mode, self.max_samples)
         return self._cache["ret"]
 
-    def _mim_set(self):
+    def mim_set(self):
+        """Held-out images (the classification set's) with fixed masks, for a MIM loss."""
         if "mim" not in self._cache:
             limit = self.max_samples or MIM_EVAL_SAMPLES
-            images = self._classification_set().images[:limit]
+            images = self.classification_set().images[:limit]
             rng = np.random.default_rng(self.cfg.train.seed + 7919)  # fixed masks, not the train RNG
             gen = mask_generator(self.cfg, self.grid)
             masks = torch.from_numpy(np.stack([gen(rng) for _ in range(len(images))]))
@@ -75,38 +79,43 @@ class StageEvaluator:
         was_training = model.training
         model.eval()
         try:
-            return self._run(model)
+            return self.evaluate(self, model)
         finally:
             model.train(was_training)
 
-    def _run(self, model) -> dict[str, float]:
-        out: dict[str, float] = {}
-        synthetic = self.sources.synthetic
-        if self.kind == "mim":
-            if self.sources.classification is None:
-                return out
-            images, masks = self._mim_set()
-            total, count = 0.0, 0
-            for i in range(0, len(images), self.batch):
-                x = normalize_on_device(images[i : i + self.batch], self.device)
-                m = masks[i : i + self.batch].to(self.device)
-                loss = mim_loss(model(x, m), teacher_targets(self.teacher, x, self.teacher_image_size), m)
-                total += float(loss) * len(x)
-                count += len(x)
-            return {MIM_EVAL_METRIC: total / max(1, count)}
-        if self.sources.classification:
-            data = self._classification_set()
-            # a set the config names keeps its own name when the stage trains on the synthetic world
-            name = set_name(self.sources.classification, synthetic and not self.cfg.eval.classification,
-                            "classification")
-            classifier = text_classifier(model, data.classnames, data.templates, self.tokenizer, self.device)
-            batches = zip(_batches(data.images, self.batch), _batches(data.labels, self.batch), strict=False)
-            out |= {f"eval/{name}/{k}": v for k, v in classification(model, batches, classifier,
-                                                                    self.device).items()}
-            out[f"eval/{name}/chance_top1"] = 1.0 / len(data.classnames)
-        if self.sources.retrieval:
-            data = self._retrieval_set()
-            name = set_name(self.sources.retrieval, synthetic and not self.cfg.eval.retrieval, "retrieval")
-            res = retrieval(model, _batches(data.images, self.batch), data.captions, self.tokenizer, self.device)
-            out |= {f"eval/{name}/{k}": v for k, v in res.items()}
-        return out
+
+def mim_held_out_loss(ev: StageEvaluator, model: torch.nn.Module) -> dict[str, float]:
+    """``eval/mim/loss``: the MIM loss against the teacher on held-out images with fixed masks."""
+    if ev.sources.classification is None:
+        return {}
+    images, masks = ev.mim_set()
+    total, count = 0.0, 0
+    for i in range(0, len(images), ev.batch):
+        x = normalize_on_device(images[i : i + ev.batch], ev.device)
+        m = masks[i : i + ev.batch].to(ev.device)
+        loss = mim_loss(model(x, m), teacher_targets(ev.teacher, x, ev.teacher_image_size), m)
+        total += float(loss) * len(x)
+        count += len(x)
+    return {MIM_EVAL_METRIC: total / max(1, count)}
+
+
+def zero_shot(ev: StageEvaluator, model: torch.nn.Module) -> dict[str, float]:
+    """A CLIP's zero-shot classification and retrieval on the held-out sets it has."""
+    out: dict[str, float] = {}
+    synthetic = ev.sources.synthetic
+    if ev.sources.classification:
+        data = ev.classification_set()
+        # a set the config names keeps its own name when the stage trains on the synthetic world
+        name = set_name(ev.sources.classification, synthetic and not ev.cfg.eval.classification,
+                        "classification")
+        classifier = text_classifier(model, data.classnames, data.templates, ev.tokenizer, ev.device)
+        batches = zip(_batches(data.images, ev.batch), _batches(data.labels, ev.batch), strict=False)
+        out |= {f"eval/{name}/{k}": v for k, v in classification(model, batches, classifier,
+                                                                ev.device).items()}
+        out[f"eval/{name}/chance_top1"] = 1.0 / len(data.classnames)
+    if ev.sources.retrieval:
+        data = ev.retrieval_set()
+        name = set_name(ev.sources.retrieval, synthetic and not ev.cfg.eval.retrieval, "retrieval")
+        res = retrieval(model, _batches(data.images, ev.batch), data.captions, ev.tokenizer, ev.device)
+        out |= {f"eval/{name}/{k}": v for k, v in res.items()}
+    return out

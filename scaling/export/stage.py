@@ -9,8 +9,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from scaling.export.errors import ExportError
+from scaling.kinds import split_stage_name
 from scaling.stage_state import final_manifest, newest_finished, read_state
-from scaling.stages import split_stage_name
 
 CONFIG_FILE = "config.yaml"  # the resolved config a stage writes into its folder when it starts
 

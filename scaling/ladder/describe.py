@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from scaling.config import flatten
+from scaling.kinds import stage_kind
 from scaling.ladder.estimate import plan_rows, stage_estimate
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.models.registry import configured_rung_of
@@ -29,9 +30,7 @@ def stage_params(stage: PlannedStage) -> dict[str, str]:
     cfg = stage.cfg
     flat = {k: v for k, v in flatten(cfg).items() if k not in RUN_KEYS}
     rung = configured_rung_of(cfg)
-    towers = {"vision": rung.mim if stage.kind == "mim" else rung.vision}
-    if stage.kind == "clip" and rung.text is not None:
-        towers["text"] = rung.text
+    towers = stage_kind(stage.kind).towers(rung)
     for name, spec in towers.items():
         flat.pop(f"model.{name}", None)  # "{}": the rung's tower, spelled out below
         flat.update({f"model.{name}.{k}": "" if v is None else str(v) for k, v in dataclasses.asdict(spec).items()})

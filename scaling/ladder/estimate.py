@@ -18,6 +18,7 @@ from scaling.batching import (
     world,
 )
 from scaling.config import Phase, stage_phases
+from scaling.kinds import stage_kind
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.models.registry import RungSpec, apply_overrides
 
@@ -142,19 +143,16 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
     spec, teacher = stage_rungs(cfg, stage.teacher_rung)
     samples = int(cfg.train.samples)
     mask_ratio = float(cfg.loss.mask_ratio)
-    if stage.kind == "clip":
-        n_params = costs.clip_params(spec)
-        gflops_fwd = costs.eva02_gflops(spec.vision)
-    else:
-        target_dim = costs.mim_target_dim(teacher, spec.mim)
-        n_params = costs.params(spec.mim) + costs.mim_head_params(spec.mim, target_dim)
-        gflops_fwd = costs.eva02_gflops(spec.mim)
+    kind = stage_kind(stage.kind)
+    n_params = kind.params(spec, teacher)
+    tower = kind.tower(spec)
+    gflops_fwd = costs.eva02_gflops(tower)
     # FLOPs summed over the phases at each one's patch dropout and image size; layout and memory
     # checked per phase, and the table shows the phase that needs the most memory (or does not divide)
     phases = stage_phases(cfg)
     total = 0.0
     for p in phases:
-        drop = p.patch_dropout if stage.kind == "clip" else 0.0
+        drop = p.patch_dropout if kind.patch_dropout else 0.0
         p_spec, p_teacher = _phase_rungs(spec, teacher, p)
         total += costs.train_flops(p_spec, stage.kind, 1, drop, mask_ratio, p_teacher) * p.samples
     per_sample = total / samples
@@ -187,7 +185,7 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
         "gpu_hours": None,
         "wall_hours": None,
         "problems": _stage_problems(stage.name, cfg, phases, [c["problems"] for c in checks])
-        + _resize_problems(stage.name, cfg, phases, (spec.vision if stage.kind == "clip" else spec.mim).image_size),
+        + _resize_problems(stage.name, cfg, phases, tower.image_size),
     }
     if gpus_per_node > 0:
         mem = worst["memory"]
@@ -197,8 +195,7 @@ def stage_estimate(stage: PlannedStage) -> dict[str, Any]:
                    memory_gb={k: v / GIB for k, v in mem.items()})
         # loader cores a GPU needs: its planned samples/s over one core's, at the stage's image size
         per_gpu = 1.0 / (3600.0 * costs.gpu_hours(per_sample, str(res.gpu), float(res.mfu)))
-        size = (spec.vision if stage.kind == "clip" else spec.mim).image_size
-        out.update(loader_costs.loader_cores(per_gpu, size, int(res.cpus_per_task)))
+        out.update(loader_costs.loader_cores(per_gpu, tower.image_size, int(res.cpus_per_task)))
     return out
 
 

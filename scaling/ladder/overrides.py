@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 from scaling.config import schema
 from scaling.config_dialect import ConfigError, merge_layer, parse_overrides
-from scaling.stages import KINDS, LADDER_SCOPE, split_stage_name
+from scaling.kinds import kind_names, split_stage_name
+from scaling.stages import LADDER_SCOPE
 
 
 @dataclass
@@ -42,12 +43,12 @@ def _scope(item: str) -> tuple[str | None, str]:
         if not rest:
             raise ConfigError(f"command line: '{item}' names no ladder setting (e.g. ladder.teacher_checkpoint=PATH)")
         return head, f"{rest}={value}"
-    if head in KINDS and dot:
+    if head in kind_names() and dot:
         return head, f"{rest}={value}"
     if "@" in head:
         if split_stage_name(head) is None or not rest:
             raise ConfigError(f"command line: '{item}': a stage override looks like clip@18B.train.samples=5000 "
-                              f"(kind one of {', '.join(KINDS)})")
+                              f"(kind one of {', '.join(kind_names())})")
         return head, f"{rest}={value}"
     return None, item
 
@@ -68,7 +69,7 @@ def split_overrides(items: Sequence[str]) -> Overrides:
             out.common.append(rest)
         elif scope == LADDER_SCOPE:
             out.ladder.append(rest)
-        elif scope in KINDS:
+        elif scope in kind_names():
             out.by_kind.setdefault(scope, []).append(rest)
         else:
             out.by_stage.setdefault(scope, []).append(rest)

@@ -23,11 +23,12 @@ from scaling.config import (
     parse_overrides,
 )
 from scaling.config_bounds import check_name, check_uri
+from scaling.kinds import split_stage_name
 from scaling.ladder.overrides import Overrides, split_overrides
 from scaling.ladder.spec import LadderSpec, load_ladder
 from scaling.models.registry import configured_rung
 from scaling.stage_state import newest_finished, read_state
-from scaling.stages import BOOTSTRAP_ARM, split_stage_name, stage_name
+from scaling.stages import BOOTSTRAP_ARM, stage_name
 
 TEACHER_KEY = "ladder.teacher_checkpoint"
 
@@ -323,8 +324,9 @@ def plan_ladder(
             wiring, internal = {}, {}
             if mim_name:
                 wiring["init_vision"] = internal["init_vision"] = mim_name
-            # the text shape the stage will have (ladder layers and command line included)
-            text_of = {name: st.cfg.model.text for name, st in by_name.items() if st.kind == "clip"}
+            # the text shape the stage will have (ladder layers and command line included); looked up
+            # by the CLIP stage names of clip_of only
+            text_of = {name: st.cfg.model.text for name, st in by_name.items()}
             text_of[stage_name("clip", rung)] = _stage_config(spec, split, "clip", rung, proxy, {}).model.text
             text_init, why = _text_init(spec, entries[rung], teacher_rung, clip_of, proxy, text_of)
             if text_init:

@@ -78,9 +78,10 @@ def open_stage_runs(uri: str, plan: Plan, parent: str, todo: list[PlannedStage],
     ``ids``, its config's ``tracking`` section and its state file (``planned``)."""
     names = {s.name for s in plan.stages}
     for stage in todo:
-        teacher = stage.teacher if stage.kind == "mim" else stage.init.get("text")
+        # the run it learns from: a MIM stage's teacher, a CLIP stage's text init
+        teacher = stage.teacher or stage.init.get("text")
         params = stage_params(stage)
-        links = {"teacher": ids.get(stage.teacher or "") if stage.kind == "mim" else None,
+        links = {"teacher": ids.get(stage.teacher or ""),
                  "init": ids.get(stage.init.get("vision", "")), "text init": ids.get(stage.init.get("text", ""))}
         tags = tracking.standard_tags(
             **stage_tags(stage.kind, stage.rung, stage.name),

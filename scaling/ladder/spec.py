@@ -25,9 +25,10 @@ from scaling.config_dialect import (
     merge_layer,
     parse_overrides,
 )
+from scaling.kinds import default_kinds, kind_names, split_stage_name
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import EXPERIMENTS_DIR
-from scaling.stages import ALL, KINDS, LADDER_SCOPE, LAW_METRIC, split_stage_name
+from scaling.stages import ALL, LADDER_SCOPE, LAW_METRIC
 
 LADDERS_DIR = EXPERIMENTS_DIR / "ladders"
 DEFAULT_LADDER = LADDERS_DIR / "eva.yaml"
@@ -70,7 +71,7 @@ class RungEntry:
     key: str  # as written in the ladder file, e.g. "18B"
     canonical: str  # the registry's full name
     teacher: str | None = None  # ladder key of the teacher rung
-    stages: tuple[str, ...] = KINDS
+    stages: tuple[str, ...] = field(default_factory=default_kinds)
     # where the rung's CLIP text tower starts: "teacher", a rung of the ladder (its CLIP), a
     # checkpoint path, or None (from scratch, with the ladder's text_from_scratch layer)
     text_init: str | None = TEXT_FROM_TEACHER
@@ -132,10 +133,10 @@ def _rungs(path: Path, raw: Mapping[str, Any]) -> list[RungEntry]:
         except UnknownRungError as exc:
             raise _fail(path, f"rungs.{key}", f"is not a known rung: {exc}") from None
         body = body or {}
-        stages = tuple(body.get("stages") or KINDS)
-        bad = [s for s in stages if s not in KINDS]
+        stages = tuple(body.get("stages") or default_kinds())
+        bad = [s for s in stages if s not in kind_names()]
         if bad:
-            raise _fail(path, f"rungs.{key}.stages", f"has unknown stage kind(s) {bad}; use {', '.join(KINDS)}")
+            raise _fail(path, f"rungs.{key}.stages", f"has unknown stage kind(s) {bad}; use {', '.join(kind_names())}")
         text_init = body.get("text_init", TEXT_FROM_TEACHER)
         entries.append(RungEntry(key, canonical, body.get("teacher"), stages, text_init or None))
     keys = [e.key for e in entries]
@@ -166,8 +167,8 @@ def _layers(path: Path, data: Mapping[str, Any], base: DictConfig) -> dict[str, 
     for section in LAYER_SECTIONS:
         out[section] = {}
         for target, layer in (data.get(section) or {}).items():
-            if target not in (ALL, *KINDS) and split_stage_name(target) is None:
-                raise _fail(path, f"{section}.{target}", f"must be '{ALL}', a stage kind ({', '.join(KINDS)}) "
+            if target not in (ALL, *kind_names()) and split_stage_name(target) is None:
+                raise _fail(path, f"{section}.{target}", f"must be '{ALL}', a stage kind ({', '.join(kind_names())}) "
                             "or a stage like 'clip@18B'")
             out[section][target] = _check_layer(path, f"{section}.{target}", layer or {}, base)
     return out

@@ -15,6 +15,7 @@ from typing import Any
 from scaling import costs
 from scaling.batching import batch_layout
 from scaling.config import ConfigError, load_stage_config, stage_phases
+from scaling.kinds import default_kinds, kind_names, stage_kind
 from scaling.ladder.spec import load_ladder
 from scaling.models.registry import (
     LADDER_ORDER,
@@ -106,11 +107,24 @@ def _stage_config(kind: str, rung: RungSpec):
     return load_stage_config(kind, key, proxy=rung.proxy)
 
 
+def _default_kind(rung: RungSpec) -> str:
+    """The last stage a ladder rung trains that this rung can train (clip for a CLIP rung, else mim)."""
+    for name in reversed(default_kinds()):
+        try:
+            stage_kind(name).check_rung(rung)
+        except ValueError:
+            continue
+        return name
+    raise ValueError(f"{rung.name}: no stage kind trains it")
+
+
 def cost_report(args: argparse.Namespace) -> dict[str, Any]:
     rung = get_rung(args.rung, proxy=args.proxy)
-    kind = args.kind or ("clip" if rung.is_clip else "mim")
-    if kind == "clip" and not rung.is_clip:
-        raise ValueError(f"{rung.name} is MIM-only: use --kind mim")
+    kind = args.kind or _default_kind(rung)
+    try:
+        stage_kind(kind).check_rung(rung)
+    except ValueError as exc:
+        raise ValueError(f"{exc} ({rung.name} is MIM-only: use --kind mim)") from None
     cfg = _stage_config(kind, rung)
     res = cfg.resources
     recipe_gpus = int(res.nodes) * int(res.gpus_per_node)
@@ -130,11 +144,11 @@ def cost_report(args: argparse.Namespace) -> dict[str, Any]:
         cfg.model.grad_checkpointing = args.grad_checkpointing
     if args.optimizer:
         cfg.optim.name = args.optimizer
-    patch_dropout = float(cfg.model.patch_dropout) if kind == "clip" else 0.0
+    patch_dropout = float(cfg.model.patch_dropout) if stage_kind(kind).patch_dropout else 0.0
     teacher = (
         get_rung(args.teacher, rung.proxy)
         if args.teacher
-        else (_default_teacher(rung) if kind == "mim" else None)
+        else (_default_teacher(rung) if stage_kind(kind).needs_teacher else None)
     )
     mem = costs.config_memory(cfg, rung, teacher, gpus, micro)
     flops = costs.train_flops(
@@ -228,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group(
         "cost estimate (with --rung); defaults: the stage config the ladder runs (experiments/recipes)"
     )
-    g.add_argument("--kind", choices=costs.KINDS, help="stage kind (default: clip for CLIP rungs)")
+    g.add_argument("--kind", choices=kind_names(), help="stage kind (default: clip for CLIP rungs)")
     g.add_argument("--gpus", type=int, help="number of GPUs (default: the recipe's nodes x GPUs)")
     g.add_argument("--gpu", choices=sorted(costs.GPU_PEAK_FLOPS), help="GPU type (default: the recipe's)")
     g.add_argument(

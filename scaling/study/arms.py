@@ -64,7 +64,8 @@ def _check(arms: Sequence[str], seeds: int, budgets: Sequence[int] | None) -> tu
 
 
 def _is_compared(stage: PlannedStage) -> bool:
-    return stage.kind == "clip" and bool(stage.init.get("vision"))
+    # a vision init is what a MIM stage hands its rung's CLIP: the arms compare those stages
+    return bool(stage.init.get("vision"))
 
 
 def _text_from_scratch(stage: PlannedStage) -> bool:

@@ -23,8 +23,8 @@ from scaling.data.tokenizer import get_tokenizer
 from scaling.eval import sets
 from scaling.eval.zeroshot import text_classifier
 from scaling.train.checkpoint import final_checkpoint, load_model_state
+from scaling.train.kinds import build_stage_model
 from scaling.train.stage_data import resolve_sources
-from scaling.train.stage_models import build_stage_model
 
 
 def split_accuracy(pred: Sequence[int], labels: Sequence[int], classnames: Sequence[str]) -> dict[str, float]:

@@ -23,7 +23,7 @@ INIT_KEYS = {"vision": "init_vision", "text": "init_text"}
 def internal_inputs(stage: PlannedStage, by_name: Mapping[str, PlannedStage]) -> dict[str, str]:
     """The stage's ``inputs`` keys that another planned stage writes: ``{key: stage name}``."""
     out = {}
-    if stage.kind == "mim" and stage.teacher in by_name:
+    if stage.teacher in by_name:  # a teacher is set on the stages that are taught (mim)
         out["teacher"] = stage.teacher
     for kind, key in INIT_KEYS.items():
         if stage.init.get(kind) in by_name:

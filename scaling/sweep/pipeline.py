@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from scaling import costs
 from scaling.config import ConfigError, _all_keys, fingerprint, load_stage_config
+from scaling.kinds import stage_kind
 from scaling.models.registry import configured_rung_of, get_rung
 from scaling.models.specs import TextSpec, TowerSpec, field_names
 from scaling.sweep.errors import SweepError
@@ -164,12 +165,11 @@ def trial_configs(spec: SweepSpec, params: Mapping[str, Any], trial_dir: Path) -
     previous: str | None = None
     for stage in spec.base.stages:
         extra: dict[str, Any] = {"out_dir": str(trial_dir / stage)}
-        if stage == "mim" and teacher:
-            extra["inputs"] = {"teacher": teacher}
-            if spec.base.teacher and spec.base.teacher.rung:
-                extra["stage"] = {"teacher_rung": spec.base.teacher.rung}
-        if stage == "clip" and previous:
-            extra["inputs"] = {"init_vision": previous, **({"init_text": teacher} if teacher else {})}
+        inputs = stage_kind(stage).sweep_inputs(previous, teacher)
+        if inputs:
+            extra["inputs"] = inputs
+        if "teacher" in inputs and spec.base.teacher and spec.base.teacher.rung:
+            extra["stage"] = {"teacher_rung": spec.base.teacher.rung}
         cfg = base_config(spec, stage, params, extra)
         configs.append(cfg)
         previous = str(cfg.out_dir)
@@ -181,11 +181,12 @@ def trial_costs(configs: list[DictConfig]) -> dict[str, float]:
     flops, n_params = 0.0, 0.0
     for cfg in configs:
         rung = check_towers(cfg)
+        kind = stage_kind(cfg.stage.kind)
         teacher = None
-        if cfg.stage.kind == "mim" and cfg.stage.teacher_rung:
+        if kind.needs_teacher and cfg.stage.teacher_rung:
             teacher = get_rung(cfg.stage.teacher_rung, proxy=bool(cfg.stage.proxy))
-        flops += costs.train_flops(rung, cfg.stage.kind, float(cfg.train.samples),
+        flops += costs.train_flops(rung, kind.name, float(cfg.train.samples),
                                    patch_dropout=float(cfg.model.patch_dropout),
                                    mask_ratio=float(cfg.loss.mask_ratio), teacher=teacher)
-        n_params = float(costs.clip_params(rung) if cfg.stage.kind == "clip" else costs.params(rung.mim))
+        n_params = float(kind.law_params(rung))
     return {"cost/train_flops": flops, "cost/params": n_params}

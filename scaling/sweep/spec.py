@@ -19,9 +19,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from scaling.config_dialect import ConfigError, load_structured, load_yaml, parse_overrides, suggest
+from scaling.kinds import kind_names, logged_metrics, stage_kind
 from scaling.launch.executors import EXECUTORS
 from scaling.paths import SWEEPS_DIR
-from scaling.stages import COST_METRICS, KINDS, logged_metrics
+from scaling.stages import COST_METRICS
 from scaling.sweep.errors import SweepError
 from scaling.sweep.pipeline import base_config, check_param_keys
 from scaling.sweep.spec_types import (
@@ -38,7 +39,6 @@ SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("median", "hyperband", "none")
 PARAM_TYPES = ("float", "int", "categorical", "fixed")
 DIRECTIONS = ("maximize", "minimize")
-PIPELINES = ([KINDS[0]], [KINDS[1]], list(KINDS))  # [mim], [clip], [mim, clip]
 
 
 def find_sweep_file(path: str | Path) -> Path:
@@ -127,11 +127,14 @@ def _parse_base(data: Mapping[str, Any] | None, where: str) -> Base:
               f"base.function must look like 'package.module:callable'; got {fn!r}")
         return Base(function=fn, stages=[])
     stages = data.get("stages") or ([data["kind"]] if data.get("kind") else [])
-    _need(bool(stages), where, f"base needs 'kind' ({' | '.join(KINDS)}), 'stages' (e.g. {list(KINDS)}) or 'function'")
-    bad = [s for s in stages if s not in KINDS]
-    _need(not bad, where, f"unknown stage kind(s) {bad} in base.stages; use {' and/or '.join(KINDS)}")
+    kinds = kind_names()
+    _need(bool(stages), where, f"base needs 'kind' ({' | '.join(kinds)}), 'stages' (e.g. {list(kinds[:2])}) or 'function'")
+    bad = [s for s in stages if s not in kinds]
+    _need(not bad, where, f"unknown stage kind(s) {bad} in base.stages; use {' and/or '.join(kinds)}")
     _need(len(set(stages)) == len(stages), where, f"base.stages repeats a stage: {stages}")
-    _need(stages in PIPELINES, where, f"base.stages must be one of {', '.join(map(str, PIPELINES))}; got {stages}")
+    # a stage feeds the ones after it (a MIM tower initialises the CLIP): kinds in the order a rung trains them
+    _need(stages == sorted(stages, key=kinds.index), where,
+          f"base.stages must follow the order {list(kinds)}; got {stages}")
     stage_overrides = data.get("stage_overrides") or {}
     _need(set(stage_overrides) <= set(stages), where,
           f"base.stage_overrides keys must be stages of the pipeline ({', '.join(stages)})")
@@ -142,8 +145,9 @@ def _parse_base(data: Mapping[str, Any] | None, where: str) -> Base:
               "base.teacher needs exactly one of 'rung' (trained once, before the workers) or 'checkpoint'")
         teacher = Teacher(rung=t.get("rung"), checkpoint=t.get("checkpoint"),
                           overrides=list(t.get("overrides") or []), proxy=t.get("proxy"))
-    _need(stages[0] != "mim" or teacher is not None, where,
-          "a pipeline starting with mim needs base.teacher (a CLIP rung to train once, or a checkpoint)")
+    taught = [s for s in stages if stage_kind(s).needs_teacher]
+    _need(not taught or teacher is not None, where,
+          f"a pipeline with {taught[0] if taught else ''} needs base.teacher (a CLIP rung to train once, or a checkpoint)")
     return Base(
         stages=list(stages),
         rung=str(data["rung"]),
@@ -175,7 +179,7 @@ def _parse_objectives(data: Sequence[Mapping[str, Any]], base: Base, where: str)
 
 def check_objectives(spec: SweepSpec, configs: Mapping[str, DictConfig]) -> None:
     """Every objective and ``report`` column is a metric its stage logs with the base's resolved
-    config ``configs[stage]`` (``scaling.stages.logged_metrics``: the eval sets it is configured
+    config ``configs[stage]`` (``scaling.kinds.logged_metrics``: the eval sets it is configured
     with, real ones named after their folder) or a ``cost/`` metric the runner computes."""
     wanted = [(f"objectives[{i}]", o.metric, o.stage) for i, o in enumerate(spec.objectives)]
     for i, item in enumerate(spec.report):  # "stage:metric" or "metric" (the last stage's)

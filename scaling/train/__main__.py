@@ -23,10 +23,10 @@ from scaling import config_provenance as provenance
 from scaling.config import ConfigError, fingerprint, flatten, load_stage_config
 from scaling.config_schema import StageConfig
 from scaling.data.errors import DataError
+from scaling.kinds import kind_names
 from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
 from scaling.models import UnknownRungError
 from scaling.stage_state import remember_run_id, stage_run_id, stage_tags, write_state
-from scaling.stages import KINDS
 from scaling.tracking import MlflowLogger, open_stage_run, standard_tags
 from scaling.train import run_stage
 from scaling.train.errors import StageError
@@ -55,7 +55,7 @@ def parser() -> argparse.ArgumentParser:
                + "\n\nexamples:\n  python -m scaling.train --stage clip --rung B16 --out runs/clip train.samples=4096"
                  "\n  python -m scaling.train --stage mim --rung L14 --teacher runs/clip --out runs/mim",
     )
-    p.add_argument("--stage", required=True, choices=KINDS, help="stage kind")
+    p.add_argument("--stage", required=True, choices=kind_names(), help="stage kind")
     p.add_argument("--rung", required=True, help="rung name or alias (B16, L14, E14, 8B, 18B, ...)")
     p.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
                    help="tiny CPU proxy of the rung (default) or the real sizes (--no-proxy)")

@@ -21,27 +21,21 @@ from scaling.data.tokenizer import get_tokenizer
 from scaling.data.transforms import normalize_on_device
 from scaling.eval.cadence import eval_every_samples
 from scaling.eval.runner import StageEvaluator
+from scaling.kinds import stage_kind
 from scaling.metrics import MetricLogger
 from scaling.models import apply_overrides
-from scaling.models.build import text_layer_id, vision_layer_id
-from scaling.models.losses import ContrastiveLoss, mim_loss, teacher_targets
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
 from scaling.train import integrity
 from scaling.train.engine import DeepSpeedEngine, Engine
 from scaling.train.errors import StageConfigError
+from scaling.train.kinds import training_kind
 from scaling.train.nonfinite import check_finite
-from scaling.train.optim import (
-    CosineSchedule,
-    TowerGroups,
-    build_optimizer,
-    param_groups,
-    tower_lrs,
-)
+from scaling.train.optim import CosineSchedule, build_optimizer, param_groups, tower_lrs
 from scaling.train.resize import set_teacher_grid, set_tower_image_size
 from scaling.train.result import StageResult
 from scaling.train.stage_data import resolve_sources, train_stream
-from scaling.train.stage_models import build_stage_model, stage_rung
+from scaling.train.stage_models import stage_rung
 from scaling.train.throughput import flops_per_sample, peak_flops
 
 log = logging.getLogger(__name__)
@@ -84,6 +78,9 @@ class TrainingLoop:
         self.rank, self.world = dist_utils.world()
         self.out = Path(cfg.out_dir)
         self.kind = cfg.stage.kind
+        # what the kind is (torch-free: towers, metrics, inputs) and how it trains (model, loss, eval)
+        self.description = stage_kind(self.kind)
+        self.training = training_kind(self.kind)(cfg, self.rank, self.world)
         # Phases: consecutive step ranges of one stage; the lr schedule runs over all of them.
         self.phases = stage_phases(cfg)
         self.phase_ends = list(np.cumsum([p.steps for p in self.phases]))
@@ -94,16 +91,16 @@ class TrainingLoop:
         self.step = 0
         self.samples_seen = 0
         self.metrics: dict[str, float] = {}
-        built = stage_rung(cfg).mim if self.kind == "mim" else stage_rung(cfg).vision
+        built = self.description.tower(stage_rung(cfg))
         # the size the towers are built at; a phase may run at another (checked before any build)
         self.base_image_size = built.image_size
         self._check_phase_sizes(built.patch_size)
         self.engine: Engine | None = None
 
         seed_all(cfg.train.seed)  # identical initial weights on every rank
-        self.module, self.teacher, info = build_stage_model(cfg, device)
+        self.module, self.teacher, info = self.training.build(device)
         self.rung = info["rung"]
-        spec = self.rung.mim if self.kind == "mim" else self.rung.vision
+        spec = self.description.tower(self.rung)
         self.image_size, self.grid = spec.image_size, spec.grid  # the size the towers run at now
         self.teacher_image_size = info.get("teacher_image_size")
         self.teacher_spec = info.get("teacher_spec")
@@ -111,8 +108,6 @@ class TrainingLoop:
         self.engine = self._engine()
         if cfg.train.compile:
             self.engine.compile()  # compiles at the first step; evaluation runs the eager module
-        self.loss_fn = ContrastiveLoss(self.rank, self.world) if self.kind == "clip" else None
-
         self.tokenizer = get_tokenizer(self.rung.text.context_length) if self.rung.text else None
         # the synthetic world at the rung's size whatever the phases: the transforms resize to theirs
         self.sources = resolve_sources(cfg, self.base_image_size, progress=self.rank == 0)
@@ -156,13 +151,13 @@ class TrainingLoop:
 
     def _evaluator(self) -> StageEvaluator:
         return StageEvaluator(self.cfg, self.sources, self.image_size, self.grid, self.tokenizer,
-                              self.device, self.teacher, self.teacher_image_size)
+                              self.device, self.training.evaluate, self.teacher, self.teacher_image_size)
 
     def _move_towers(self, size: int) -> bool:
         """Run the towers at ``size``: the trained tower's position table (and its optimizer
         moments, once there is an optimizer) resampled, RoPE rebuilt, the teacher fed the matching
         size. True if the size changed."""
-        tower = self.module.encoder if self.kind == "mim" else self.module.visual
+        tower = self.training.trained_tower(self.module)
         old = self.image_size
         optimizer = self.engine.client_optimizer if self.engine is not None else None
         if not set_tower_image_size(tower, size, optimizer):
@@ -201,7 +196,7 @@ class TrainingLoop:
         self.micro, self.accum = phase_layout(phase.batch_size, phase.micro_batch, self.world,
                                               self._where(phase.index))
         self.engine.set_batch(phase.batch_size, self.micro, self.accum)
-        if self.kind == "clip":
+        if self.description.patch_dropout:
             set_patch_dropout(self.module, phase.patch_dropout)
         self.stream = self._stream(phase.index)
         self.flops_per_sample = flops_per_sample(self.kind, self.rung, phase.patch_dropout,
@@ -214,19 +209,7 @@ class TrainingLoop:
     # -- setup -------------------------------------------------------------------------------
     def _engine(self) -> Engine:
         cfg = self.cfg
-        text_lr = cfg.optim.text_lr if cfg.optim.text_lr is not None else cfg.optim.lr
-        text_wd = cfg.optim.text_weight_decay if cfg.optim.text_weight_decay is not None else cfg.optim.weight_decay
-        if self.kind == "clip":
-            towers = [TowerGroups("vision", self.module.visual, cfg.optim.lr, cfg.optim.weight_decay,
-                                  cfg.optim.layer_decay, vision_layer_id),
-                      TowerGroups("text", self.module.text, text_lr, text_wd, cfg.optim.text_layer_decay,
-                                  text_layer_id)]
-            extra = {"logit_scale": self.module.logit_scale}
-        else:
-            towers = [TowerGroups("vision", self.module.encoder, cfg.optim.lr, cfg.optim.weight_decay,
-                                  cfg.optim.layer_decay, vision_layer_id),
-                      TowerGroups("head", self.module, cfg.optim.lr, cfg.optim.weight_decay, 1.0)]
-            extra = None
+        towers, extra = self.training.towers(self.module)
         groups = param_groups(towers, extra=extra)
         optimizer = build_optimizer(cfg.optim.name, groups, cfg.optim.betas, cfg.optim.eps, cfg.optim)
         warmup = math.ceil(cfg.optim.warmup_samples / self.phases[0].batch_size)
@@ -293,14 +276,7 @@ class TrainingLoop:
     # -- steps ---------------------------------------------------------------------------------
     def micro_loss(self, batch: dict) -> torch.Tensor:
         images = normalize_on_device(batch["image"], self.device)  # the stream ships uint8
-        model = self.engine.model
-        if self.kind == "mim":
-            mask = batch["mask"].to(self.device).bool()
-            targets = teacher_targets(self.teacher, images, self.teacher_image_size)
-            return mim_loss(model(images, mask), targets, mask)
-        tokens = batch["text"].to(self.device, non_blocking=True)
-        image_features, text_features, scale = model(images, tokens)
-        return self.loss_fn(image_features, text_features, scale)
+        return self.training.loss(self, self.engine.model, images, batch)
 
     def train_step(self, batches) -> tuple[float, float]:
         total = torch.zeros((), dtype=torch.float64)
@@ -327,8 +303,7 @@ class TrainingLoop:
                    "train/mfu": flops_per_s / (self.peak * self.world), "train/skipped_samples": skipped * self.world,
                    "train/step": self.step, "train/phase": self.phase.index}
         metrics |= {f"train/lr/{k}": v for k, v in self.step_lrs.items()}
-        if self.kind == "clip":
-            metrics["train/temperature"] = float(1.0 / self.module.logit_scale.detach().float().exp())
+        metrics |= self.training.train_metrics(self.module)
         self.metrics.update(metrics)
         self.logger.log_metrics(metrics, step=self.step)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from scaling.config import save_resolved
+from scaling.kinds import stage_kind
 from scaling.metrics import MetricLogger, NullLogger
 from scaling.stage_state import FINAL_DIR, final_manifest
 from scaling.train.errors import StageInputError
@@ -31,9 +32,9 @@ def finished_result(out_dir: str | os.PathLike) -> StageResult | None:
 
 def check_inputs(cfg: DictConfig) -> None:
     """Fail before any heavy import when a stage input is missing (the error names the key)."""
-    if cfg.stage.kind == "mim" and cfg.inputs.teacher is None:
+    if stage_kind(cfg.stage.kind).needs_teacher and cfg.inputs.teacher is None:
         raise StageInputError(
-            "a mim stage needs a teacher: set 'inputs.teacher' (or --teacher) to a CLIP checkpoint "
+            f"a {cfg.stage.kind} stage needs a teacher: set 'inputs.teacher' (or --teacher) to a CLIP checkpoint "
             "(a clip stage folder, its final/ checkpoint, or an open_clip state dict file)")
     for key in ("teacher", "init_vision", "init_text"):
         path = cfg.inputs[key]

@@ -12,6 +12,7 @@ from scaling.data.masking import mask_generator
 from scaling.data.shards import ShardStream
 from scaling.data.synth import ensure_synthetic
 from scaling.data.transforms import train_transform
+from scaling.kinds import stage_kind
 from scaling.paths import REPO_ROOT
 
 
@@ -50,14 +51,15 @@ def train_stream(cfg: DictConfig, urls: str, image_size: int, grid: int, tokeniz
     receives the loader workers' batches gets a quarter of the bytes and does no float work.
     With loader workers and a CUDA device, batches arrive in pinned memory (an asynchronous copy).
     ``seed_offset`` (the phase index) gives each phase of a stage its own data order."""
-    masks = mask_generator(cfg, grid) if cfg.stage.kind == "mim" else None
+    kind = stage_kind(cfg.stage.kind)
+    masks = mask_generator(cfg, grid) if kind.masks else None
     if pin_memory is None:  # the stage trains on the GPU when there is one
         pin_memory = torch.cuda.is_available()
     return ShardStream(
         urls,
         batch_size=micro_batch,
         transform=train_transform(image_size, tuple(cfg.data.crop_scale), normalize=False),
-        tokenizer=tokenizer if cfg.stage.kind == "clip" else None,
+        tokenizer=tokenizer if kind.captions else None,
         mask_generator=masks,
         seed=cfg.train.seed + seed_offset,
         rank=rank,

@@ -1,5 +1,6 @@
-"""The stage's models: the rung spec after config overrides, the trained model, and what
-upstream checkpoints feed it (MIM teacher, CLIP vision/text inits)."""
+"""What a stage's model is built from: the rung spec after config overrides and the upstream
+checkpoints that feed it (MIM teacher, CLIP vision/text inits). The stage kinds
+(``scaling.train.kinds``) build their models with these."""
 
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from omegaconf import DictConfig
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from scaling.costs import mim_target_dim
-from scaling.models.build import build_clip, build_mim, build_vision
+from scaling.models.build import build_vision
 from scaling.models.registry import configured_rung_of, get_rung
 from scaling.train.checkpoint import (
     MANIFEST,
@@ -148,41 +148,30 @@ def build_teacher(cfg: DictConfig, student_spec, device: torch.device) -> tuple[
     return teacher, image_size
 
 
-def build_stage_model(cfg: DictConfig, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict]:
-    """(trained model, frozen teacher or None, info) for the stage kind in ``cfg``."""
-    rung = stage_rung(cfg)
-    common = dict(device=device, attn=cfg.model.attn, grad_checkpointing=cfg.model.grad_checkpointing,
-                  drop_path=cfg.model.drop_path, subln_rescale=cfg.model.subln_rescale)
-    if cfg.stage.kind == "mim":
-        teacher, teacher_image = build_teacher(cfg, rung.mim, device)
-        model = build_mim(rung, mim_target_dim(teacher.spec, rung.mim), **common)
-        return model, teacher, {"rung": rung, "teacher_image_size": teacher_image,
-                                "teacher_spec": teacher.spec}
-    if rung.text is None:
-        raise StageInputError(f"rung {rung.name} has no text tower: a clip stage needs a CLIP rung")
-    model = build_clip(rung, patch_dropout=cfg.model.patch_dropout, **common)
-    if cfg.inputs.init_vision:
-        path = _require(cfg.inputs.init_vision, "inputs.init_vision")
-        full = _load(path, "inputs.init_vision")
-        state = _sub_state(full, ("encoder.", "visual.", "module.encoder.", "module.visual."))
-        if not state:
-            raise StageInputError(f"'inputs.init_vision': {path} holds neither a MIM encoder ('encoder.*') "
-                                  "nor a CLIP vision tower ('visual.*')")
-        _fit_pos_embed(state, model.visual.spec, "inputs.init_vision", path)
-        # A MIM encoder has no CLIP projection: the head starts fresh.
-        _load_into(model.visual, state, "inputs.init_vision", path, allowed_missing=("trunk.head.",),
-                   projection="trunk.head.weight")
-    if cfg.inputs.init_text:
-        path = _require(cfg.inputs.init_text, "inputs.init_text")
-        state = _sub_state(_load(path, "inputs.init_text"), ("text.", "module.text."))
-        if not state:
-            raise StageInputError(f"'inputs.init_text': {path} holds no CLIP text tower ('text.*' weights)")
-        _load_into(model.text, state, "inputs.init_text", path, projection="text_projection")
-    if cfg.loss.temperature is not None:
-        with torch.no_grad():
-            model.logit_scale.fill_(float(torch.log(torch.tensor(1.0 / cfg.loss.temperature))))
-        model.logit_scale.requires_grad_(False)
-    else:
-        with torch.no_grad():
-            model.logit_scale.fill_(float(torch.log(torch.tensor(1.0 / cfg.loss.init_temperature))))
-    return model, None, {"rung": rung}
+def model_options(cfg: DictConfig, device: torch.device) -> dict:
+    """The ``models.build`` options every trained tower takes from the stage config."""
+    return dict(device=device, attn=cfg.model.attn, grad_checkpointing=cfg.model.grad_checkpointing,
+                drop_path=cfg.model.drop_path, subln_rescale=cfg.model.subln_rescale)
+
+
+def init_vision(tower: nn.Module, path: str) -> None:
+    """Load ``inputs.init_vision`` (a MIM encoder or a CLIP vision tower) into a CLIP's vision tower."""
+    path = _require(path, "inputs.init_vision")
+    full = _load(path, "inputs.init_vision")
+    state = _sub_state(full, ("encoder.", "visual.", "module.encoder.", "module.visual."))
+    if not state:
+        raise StageInputError(f"'inputs.init_vision': {path} holds neither a MIM encoder ('encoder.*') "
+                              "nor a CLIP vision tower ('visual.*')")
+    _fit_pos_embed(state, tower.spec, "inputs.init_vision", path)
+    # A MIM encoder has no CLIP projection: the head starts fresh.
+    _load_into(tower, state, "inputs.init_vision", path, allowed_missing=("trunk.head.",),
+               projection="trunk.head.weight")
+
+
+def init_text(tower: nn.Module, path: str) -> None:
+    """Load ``inputs.init_text`` (a CLIP's text tower) into a CLIP's text tower."""
+    path = _require(path, "inputs.init_text")
+    state = _sub_state(_load(path, "inputs.init_text"), ("text.", "module.text."))
+    if not state:
+        raise StageInputError(f"'inputs.init_text': {path} holds no CLIP text tower ('text.*' weights)")
+    _load_into(tower, state, "inputs.init_text", path, projection="text_projection")

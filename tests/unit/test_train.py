@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from scaling.config import load_stage_config
+from scaling.kinds import logged_metrics
 from scaling.metrics import JsonlLogger
-from scaling.stages import logged_metrics
 from scaling.train import checkpoint as ckpt
 from scaling.train import run_stage
 from scaling.train.errors import StageInputError
@@ -114,7 +114,7 @@ def test_mim_stage_learns_from_a_clip_teacher_and_initialises_a_clip(clip_stage,
     assert [r["step"] for r in logger.read() if "eval/mim/loss" in r] == [2, 3, 5, 6]  # 32, 48, 80, 96 samples
     assert set().union(*logger.read()) - {"step"} == set(logged_metrics(stage_cfg("mim", tmp_path / "mim", synth)))
 
-    from scaling.train.stage_models import build_stage_model
+    from scaling.train.kinds import build_stage_model
 
     cfg = stage_cfg("clip", tmp_path / "clip", synth, f"inputs.init_vision={tmp_path / 'mim'}", rung="L14")
     model, _, _ = build_stage_model(cfg, torch.device("cpu"))
@@ -168,7 +168,7 @@ def test_bad_samples_are_skipped_and_reported(synth, tmp_path, clip_stage):
 
 def test_teacher_with_another_patch_size_sees_a_resized_image(clip_stage, synth, tmp_path):
     from scaling.models.losses import teacher_targets
-    from scaling.train.stage_models import build_stage_model
+    from scaling.train.kinds import build_stage_model
 
     cfg = stage_cfg("mim", tmp_path, synth, f"inputs.teacher={clip_stage[0]}", "model.vision.patch_size=8")
     student, teacher, info = build_stage_model(cfg, torch.device("cpu"))

@@ -89,8 +89,8 @@ def test_the_loop_moves_to_the_next_phase_at_its_boundary(whole):
 
 
 def test_patch_dropout_follows_the_phase(synth, tmp_path):
+    from scaling.train.kinds import build_stage_model
     from scaling.train.loop import set_patch_dropout
-    from scaling.train.stage_models import build_stage_model
 
     model, _, _ = build_stage_model(stage_cfg(tmp_path, synth), torch.device("cpu"))
     assert model.visual.trunk.patch_drop.prob == 0.5
@@ -162,8 +162,8 @@ def test_the_tower_and_its_adam_moments_move_to_the_new_grid(synth, tmp_path):
     through the square root (non-negative)."""
     from timm.layers import resample_abs_pos_embed
 
+    from scaling.train.kinds import build_stage_model
     from scaling.train.resize import set_tower_image_size
-    from scaling.train.stage_models import build_stage_model
 
     model, _, _ = build_stage_model(stage_cfg(tmp_path, synth), torch.device("cpu"))
     model.visual.trunk.patch_drop = None
@@ -273,7 +273,7 @@ def test_a_stage_starts_from_a_checkpoint_of_another_image_size(whole, synth, tm
     position table resampled from the 12x12 grid; the L14+ recipe carries EVA-02 Table 26's L+ column."""
     from timm.layers import resample_abs_pos_embed
 
-    from scaling.train.stage_models import build_stage_model
+    from scaling.train.kinds import build_stage_model
 
     cfg = load_stage_config("clip", "B16", proxy=True, overrides=[
         f"out_dir={tmp_path}", f"data.cache_dir={synth}", f"inputs.init_vision={whole[0]}",

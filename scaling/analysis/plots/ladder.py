@@ -8,9 +8,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
 from scaling.analysis.plots.style import COLORS, CYCLE, figure, human, note
-from scaling.stages import KINDS
+from scaling.kinds import default_kinds, kind_names, stage_kind
 
-RESULT_METRICS = {"clip": "eval/synth_cls/top1", "mim": "eval/mim/loss"}
 STATUS_MARK = {"FINISHED": "✓", "FAILED": "✗", "KILLED": "✗", "RUNNING": "…", "SCHEDULED": "…"}
 BOX_W, BOX_H = 0.78, 0.62
 COL_STEP = 1.25  # data units between columns
@@ -45,7 +44,7 @@ def _box_text(row: pd.Series) -> str:
     lines = [str(row.get("label") or row.get("run_name") or row["run_id"][:8])]
     size = row.get("n_params")
     lines.append(f"{kind.upper() or 'run'}" + (f" · {human(size)} params" if pd.notna(size) else ""))
-    key = RESULT_METRICS.get(kind)
+    key = stage_kind(kind).result_metric if kind in kind_names() else None
     value = row.get(f"metrics.{key}") if key else None
     if value is not None and pd.notna(value):
         lines.append(f"{key.split('/')[-2]}/{key.split('/')[-1]} = {value:.3g}")
@@ -105,7 +104,8 @@ def lineage(stages: pd.DataFrame, title: str = "Ladder lineage") -> Figure:
     edges: list[tuple] = []
     for _, r in stages.iterrows():
         # a CLIP stage's teacher_run_id is where its text tower comes from
-        teacher = "text init" if r.get("kind") == "clip" else "teacher"
+        kind = r.get("kind")
+        teacher = stage_kind(kind).teacher_label if kind in kind_names() else "teacher"
         for col, style, label in (("teacher_run_id", "--", teacher), ("init_run_id", "-", "init")):
             up = r.get(col)
             if not isinstance(up, str) or up not in nodes or r["run_id"] not in nodes:
@@ -151,8 +151,8 @@ def training_curves(stages: pd.DataFrame, curves: pd.DataFrame) -> Figure:
     metrics and ``train/samples_seen`` (used as the x axis when present).
     """
     fig, axes = figure(2, 2, figsize=(11, 7))
-    kinds = KINDS
-    panels = {(0, k): "train/loss" for k in kinds} | {(1, k): RESULT_METRICS[k] for k in kinds}
+    kinds = default_kinds()
+    panels = {(0, k): "train/loss" for k in kinds} | {(1, k): stage_kind(k).result_metric for k in kinds}
     for (r, kind), key in panels.items():
         ax = axes[r][kinds.index(kind)]
         ax.set_title(f"{kind.upper()} stages: {key}", loc="left")
