@@ -59,3 +59,11 @@ def test_unreachable_server_exits_2_without_the_password(tmp_path: Path, capsys:
     assert main([str(path), "--check"]) == 2
     err = capsys.readouterr().err
     assert "cannot open storage 'postgresql://optuna:***@127.0.0.1:1/sweeps'" in err and "s3cret" not in err
+
+
+def test_status_shows_the_storage_without_its_password(tmp_path: Path) -> None:
+    from scaling.sweep.status import STATES, format_status
+
+    spec = load_sweep(write(tmp_path, storage="postgresql://alice:S3cretPW@db.example:5432/sweeps"))
+    text = format_status({"counts": dict.fromkeys(STATES, 0), "best": None}, spec)
+    assert "storage: postgresql://alice:***@db.example:5432/sweeps" in text and "S3cretPW" not in text
