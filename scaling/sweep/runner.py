@@ -158,7 +158,7 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, detach: bool = False
     uri = tracking.resolve_uri(spec.tracking.get("uri"))
     parent = runs.start_parent_run(spec, uri, study.user_attrs.get("mlflow_parent_run_id"))
     study.set_user_attr("mlflow_parent_run_id", parent)
-    study.set_user_attr("mlflow_uri", uri)
+    study.set_user_attr("mlflow_uri", mask(uri))  # a record: no password
     announce(spec, uri)
     study.set_user_attr("sweep_file", str(spec.path))
     if spec.base.teacher is not None:
