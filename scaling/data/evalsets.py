@@ -18,52 +18,28 @@ Images are read lazily (file paths, or tar offsets), so large sets do not fill m
 
 from __future__ import annotations
 
-import io
+import dataclasses
 import json
 import os
 import tarfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-from PIL import Image
 
 from scaling.data import clip_benchmark
 from scaling.data.errors import DataError
+from scaling.data.image_source import ImageSource
 from scaling.data.tario import IMAGE_EXTS
 from scaling.data.transforms import eval_transform
 
 IMAGE_SUFFIXES = tuple(f".{e}" for e in IMAGE_EXTS) + (".bmp", ".gif", ".tif", ".tiff")
 
 
-class ImageSource(torch.utils.data.Dataset):
-    """Images by index, from files or from ``(tar path, offset, size)`` members, transformed."""
-
-    def __init__(self, items: Sequence[str | tuple[str, int, int]], transform: Callable) -> None:
-        self.items, self.transform = list(items), transform
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def read(self, i: int) -> Image.Image:
-        item = self.items[i]
-        try:
-            if isinstance(item, tuple):
-                path, offset, size = item
-                with open(path, "rb") as f:
-                    f.seek(offset)
-                    img = Image.open(io.BytesIO(f.read(size)))
-            else:
-                img = Image.open(item)
-            img.load()
-        except Exception as exc:
-            raise DataError(f"cannot read image {item}: {type(exc).__name__}: {exc}") from exc
-        return img
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.transform(self.read(i))
+_Set = TypeVar("_Set", bound="_EvalSet")
 
 
 @dataclass
@@ -89,6 +65,19 @@ class _EvalSet:
             self.source, batch_size=batch_size, num_workers=num_workers
         )
 
+    def subset(self: _Set, limit: int | None = None) -> _Set:
+        """At most ``limit`` evenly spaced samples (each class keeps some in a class-sorted
+        folder), decoded now: a stage evaluating every few thousand samples decodes them once."""
+        n = len(self)
+        keep = list(range(n)) if not limit or limit >= n else sorted({int(i * n / limit) for i in range(limit)})
+        source = ImageSource([self.source.items[i] for i in keep], self.source.transform)
+        out = dataclasses.replace(self, source=source, _cache=None, **self._select(keep))
+        out.images  # noqa: B018 -- decode once, here
+        return out
+
+    def _select(self, keep: list[int]) -> dict[str, Any]:
+        return {}
+
 
 @dataclass
 class ClassificationSet(_EvalSet):
@@ -104,6 +93,9 @@ class ClassificationSet(_EvalSet):
     def prompts(self, classname: str) -> list[str]:
         return [t.format(classname) for t in self.templates]
 
+    def _select(self, keep: list[int]) -> dict[str, Any]:
+        return {"labels": self.labels[keep]}
+
 
 @dataclass
 class RetrievalSet(_EvalSet):
@@ -116,6 +108,9 @@ class RetrievalSet(_EvalSet):
             [i for i, caps in enumerate(self.captions) for _ in caps], dtype=torch.long
         )
         return flat, owner
+
+    def _select(self, keep: list[int]) -> dict[str, Any]:
+        return {"captions": [self.captions[i] for i in keep]}
 
 
 def _read_lines(path: Path) -> list[str]:
