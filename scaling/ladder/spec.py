@@ -27,11 +27,9 @@ from scaling.config_dialect import (
 )
 from scaling.kinds import default_kinds, kind_names, split_stage_name
 from scaling.models.registry import UnknownRungError, get_rung
-from scaling.paths import EXPERIMENTS_DIR
+from scaling.paths import DEFAULT_LADDER, LADDERS_DIR
 from scaling.stages import ALL, LADDER_SCOPE, LAW_METRIC
 
-LADDERS_DIR = EXPERIMENTS_DIR / "ladders"
-DEFAULT_LADDER = LADDERS_DIR / "eva.yaml"
 LAYER_SECTIONS = ("config", "proxy")
 TEXT_FROM_TEACHER = "teacher"  # text_init: the CLIP of the rung that taught this rung's MIM stage
 

@@ -48,7 +48,19 @@ __all__ = [
     "rung_names",
 ]
 
-LADDER_ORDER: list[str] = ["B16", "L14", "E14", "8B", "18B"]
+
+
+def ladder_order(path: str | Path = paths.DEFAULT_LADDER) -> list[str]:
+    """The rungs a ladder file trains from a teacher, in the file's (weak-to-strong) order; a rung
+    without a teacher (the external g14) only teaches. No such file: none (the ladder's commands
+    say which file is missing when they need it)."""
+    if not Path(path).is_file():
+        return []
+    rungs = load_yaml(path).get("rungs") or {}
+    return [str(key) for key, entry in rungs.items() if (entry or {}).get("teacher")]
+
+
+LADDER_ORDER: list[str] = ladder_order()
 
 @dataclass
 class ProxyFields:

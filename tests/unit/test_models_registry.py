@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from scaling import costs, paths
 from scaling.models import registry
@@ -266,3 +267,13 @@ def test_extends_merges_towers_and_replaces_names_and_counts(tmp_path, monkeypat
     assert child.aliases == ("CHILD",) and dict(child.published) == {"vision": "2M"}
     assert child.vision.depth == 4 and child.vision.width == good.vision.width and child.text is None
     assert get_rung("CHILD", proxy=True).vision.depth == 1  # the parent's proxy section applies
+
+
+def test_the_ladder_order_is_the_ladder_files(tmp_path):
+    from scaling.models.registry import ladder_order
+
+    assert ladder_order() == LADDER_ORDER == [k for k, v in yaml.safe_load(paths.DEFAULT_LADDER.read_text())["rungs"].items()
+                                              if v.get("teacher")]
+    (tmp_path / "mine.yaml").write_text("rungs:\n  g14: {teacher: null}\n  L14: {teacher: g14}\n  B16: {teacher: L14}\n")
+    assert ladder_order(tmp_path / "mine.yaml") == ["L14", "B16"]
+    assert ladder_order(tmp_path / "missing.yaml") == []
