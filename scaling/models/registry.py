@@ -30,23 +30,9 @@ from scaling.models.specs import (
     make,
 )
 
-__all__ = [
-    "LADDER_ORDER",
-    "RungSpec",
-    "SpecError",
-    "TextSpec",
-    "TowerSpec",
-    "UnknownRungError",
-    "apply_overrides",
-    "configured_rung",
-    "configured_rung_of",
-    "get_rung",
-    "ladder_rungs",
-    "list_rungs",
-    "models_dir",
-    "reload",
-    "rung_names",
-]
+__all__ = ["LADDER_ORDER", "RungSpec", "SpecError", "TextSpec", "TowerSpec", "UnknownRungError", "apply_overrides",
+           "configured_rung", "configured_rung_of", "get_rung", "ladder_order", "ladder_rungs", "list_rungs",
+           "models_dir", "reload", "rung_names"]
 
 
 
@@ -287,7 +273,7 @@ def configured_rung_of(cfg: Any) -> RungSpec:
 
 
 def list_rungs(proxy: bool = False) -> list[RungSpec]:
-    """Every rung: the ladder's five first, in ladder order, then the other models."""
+    """Every rung: the ladder's first, in ladder order, then the other models."""
     reg = _registry()
     return [reg.get(name, proxy) for name in reg.ordered()]
 
@@ -300,6 +286,4 @@ def ladder_rungs(proxy: bool = False) -> list[RungSpec]:
 def rung_names() -> list[str]:
     """Full names and aliases accepted by :func:`get_rung`."""
     reg = _registry()
-    return [
-        n for name in reg.ordered() for n in (name, *reg.aliases[name])
-    ]
+    return [n for name in reg.ordered() for n in (name, *reg.aliases[name])]

@@ -32,11 +32,7 @@ GIB = 2**30
 def tower_rows(rung: RungSpec) -> list[dict[str, Any]]:
     """One row per tower: ``vision`` and ``text`` for a CLIP, plus the ``mim`` form."""
     rows = []
-    towers = (
-        [("vision", rung.vision), ("text", rung.text), ("mim", rung.mim)]
-        if rung.is_clip
-        else [("mim", rung.mim)]
-    )
+    towers = [("vision", rung.vision), ("text", rung.text), ("mim", rung.mim)] if rung.is_clip else [("mim", rung.mim)]
     for kind, spec in towers:
         row: dict[str, Any] = {
             "name": rung.name,
@@ -53,17 +49,9 @@ def tower_rows(rung: RungSpec) -> list[dict[str, Any]]:
         if kind == "text":
             row.update(mlp="gelu", context_length=spec.context_length, embed_dim=spec.embed_dim)
         else:
-            row.update(
-                mlp=spec.mlp,
-                norm=spec.norm,
-                ln_mode=spec.ln_mode,
-                pos=spec.pos,
-                qkv_bias=spec.qkv_bias,
-                image_size=spec.image_size,
-                patch_size=spec.patch_size,
-                embed_dim=spec.embed_dim,
-                eva02_gflops=costs.eva02_gflops(spec),
-            )
+            row.update(mlp=spec.mlp, norm=spec.norm, ln_mode=spec.ln_mode, pos=spec.pos, qkv_bias=spec.qkv_bias,
+                       image_size=spec.image_size, patch_size=spec.patch_size, embed_dim=spec.embed_dim,
+                       eva02_gflops=costs.eva02_gflops(spec))
         rows.append(row)
     return rows
 
