@@ -19,7 +19,6 @@ from scaling import tracking
 from scaling.config import ConfigError, flatten
 from scaling.ladder.describe import headline_metrics, plan_json
 from scaling.ladder.estimate import plan_problems, plan_rows
-from scaling.ladder.legend import results_legend
 from scaling.ladder.plan import plan_ladder
 from scaling.ladder.render import phase_lines, plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
@@ -104,6 +103,9 @@ def _results(plan, out: Any, uri: str | None, report_dir: str | None, as_json: b
         return
     print("\nresults (zero-shot top-1 on the held-out evaluation set):", file=out)
     print(status_table(rows), file=out)
+    # the legend names the synthetic world's colours (scaling.data), which the dry run must not load
+    from scaling.ladder.legend import results_legend
+
     print("", *results_legend(plan, rows), sep="\n", file=out)
     if uri:
         print("", *where_to_look(uri, plan.experiment), sep="\n", file=out)
