@@ -211,8 +211,11 @@ class DeepSpeedEngine(Engine):
         # through the book, they are hashed as they are written, and a full disk raises OSError
         engine = self.model.checkpoint_engine
         serialization = getattr(engine, "zipfile_serialization", True)
-        engine.save = lambda state, path: book.save(state, path,
-                                                    _use_new_zipfile_serialization=serialization)
+
+        def save(state_dict: dict, path: str) -> None:  # DeepSpeed passes both by keyword
+            book.save(state_dict, path, _use_new_zipfile_serialization=serialization)
+
+        engine.save = save
         try:
             self.model.save_checkpoint(str(book.root / "deepspeed"), tag=DS_TAG, save_latest=False)
         finally:
