@@ -91,3 +91,16 @@ def auto_micro_batch(cfg: DictConfig, teacher_rung: str | None = None) -> int | 
     fits = [largest_micro_batch(phase_config(cfg, p), procs, spec, teacher)
             for p in stage_phases(cfg) if p.micro_batch is None or p.micro_batch == cfg.train.micro_batch]
     return None if not fits or None in fits else min(fits)
+
+
+def apply_auto_micro_batch(cfg: DictConfig, teacher_rung: str | None = None) -> str | None:
+    """``resources.micro_batch=auto``: set ``train.micro_batch`` to the largest that fits the GPU
+    (the planner before fingerprinting, the loop for a stage started on its own); a note when none
+    fits. CPU processes have no memory model: batch / processes, no accumulation."""
+    if cfg.resources.micro_batch != "auto" or int(cfg.resources.gpus_per_node) <= 0:
+        return None
+    micro = auto_micro_batch(cfg, teacher_rung)
+    if micro is None:
+        return f"{cfg.stage.name}: resources.micro_batch=auto found no micro-batch that fits {cfg.resources.gpu}"
+    cfg.train.micro_batch = micro
+    return None

@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from scaling import config_provenance as provenance
-from scaling.batching import auto_micro_batch
+from scaling.batching import apply_auto_micro_batch
 from scaling.config import (
     ConfigError,
     fingerprint,
@@ -186,18 +186,6 @@ def _text_init(spec: LadderSpec, entry, teacher_rung: str, clip_of: dict[str, st
     return clip_of[source], ""
 
 
-def _auto_micro_batch(cfg: DictConfig, name: str, teacher_rung: str | None, notes: list[str]) -> None:
-    """``resources.micro_batch=auto``: the largest ``train.micro_batch`` that fits the GPU."""
-    if int(cfg.resources.gpus_per_node) <= 0:
-        return  # CPU processes: no memory model; batch / processes, no accumulation
-    micro = auto_micro_batch(cfg, teacher_rung)
-    if micro is None:
-        notes.append(f"{name}: resources.micro_batch=auto found no micro-batch that fits {cfg.resources.gpu}")
-        return
-    cfg.train.micro_batch = micro
-    provenance.record({"train": {"micro_batch": micro}}, "resources.micro_batch=auto (ladder plan)")
-
-
 def plan_ladder(
     start: str | None = None,
     end: str | None = None,
@@ -286,8 +274,11 @@ def plan_ladder(
             extra["stage"] = {"teacher_rung": info["teacher_rung"]}
         cfg = _stage_config(spec, split, kind, rung, proxy, extra, text_from_scratch=scratch)
         name = stage_name(kind, rung)
-        if cfg.resources.micro_batch == "auto":
-            _auto_micro_batch(cfg, name, info.get("teacher_rung"), notes)
+        note = apply_auto_micro_batch(cfg, info.get("teacher_rung"))
+        if note:
+            notes.append(note)
+        elif cfg.resources.micro_batch == "auto" and cfg.train.micro_batch is not None:
+            provenance.record({"train": {"micro_batch": cfg.train.micro_batch}}, "resources.micro_batch=auto (ladder plan)")
         upstream = [by_name[s].fingerprint for s in dict.fromkeys(internal.values())]
         fp = fingerprint(_identity(cfg, internal), upstream)
         out_dir = runs / experiment / f"{name}-{fp}"

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from timm.layers import PatchDropoutWithIndices
 from tqdm.auto import tqdm
 
-from scaling.batching import batch_layout
+from scaling.batching import apply_auto_micro_batch, batch_layout
 from scaling.config import Phase, stage_phases
 from scaling.data.tokenizer import get_tokenizer
 from scaling.data.transforms import normalize_on_device
@@ -81,6 +81,9 @@ class TrainingLoop:
         # what the kind is (torch-free: towers, metrics, inputs) and how it trains (model, loss, eval)
         self.description = stage_kind(self.kind)
         self.training = training_kind(self.kind)(cfg, self.rank, self.world)
+        note = apply_auto_micro_batch(cfg)  # a stage started on its own: the planner's rule
+        if note:
+            log.warning(note)
         # Phases: consecutive step ranges of one stage; the lr schedule runs over all of them.
         self.phases = stage_phases(cfg)
         self.phase_ends = list(np.cumsum([p.steps for p in self.phases]))
