@@ -76,5 +76,5 @@ def test_dry_run_shows_the_phases(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["--from", "E14", "--to", "18B", "--no-proxy", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "clip@18B phases: patch-dropout 5.4G samples (batch 108k, patch dropout 0.5) -> " \
+    assert "clip@18B phases: patch-dropout 5.4B samples (batch 108k, patch dropout 0.5) -> " \
            "full-patches 600M samples (batch 108k, patch dropout 0)" in out
