@@ -144,7 +144,7 @@ def files_loaded_by(manifest: Mapping[str, Any], rank: int) -> list[str]:
     """The checkpoint files rank ``rank`` reads on resume: its RNG/stream file, the training
     state, the full weights (plain torch) or its own ZeRO shards and the shared DeepSpeed files."""
     files = manifest.get("files", {})
-    shard = re.compile(r"(^|/)zero_pp_rank_(\d+)_")
+    shard = re.compile(r"zero_pp_rank_(\d+)_")  # also bf16_zero_pp_rank_<r>_...
     own = {f"rank_{rank}.pt", "train_state.pt"} | (set() if manifest.get("deepspeed") else {"model.pt"})
     wanted = []
     for name in files:
@@ -152,7 +152,7 @@ def files_loaded_by(manifest: Mapping[str, Any], rank: int) -> list[str]:
             wanted.append(name)
         elif name.startswith("deepspeed/") and name.endswith(".pt"):
             match = shard.search(name)
-            if match is None or int(match.group(2)) == rank:
+            if match is None or int(match.group(1)) == rank:
                 wanted.append(name)
     return sorted(wanted)
 

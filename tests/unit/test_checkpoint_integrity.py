@@ -111,7 +111,8 @@ def test_each_rank_verifies_only_the_files_it_loads():
     files = {"rank_0.pt": 1, "rank_1.pt": 1, "train_state.pt": 1, "model.pt": 1,
              "deepspeed/state/mp_rank_00_model_states.pt": 1, "deepspeed/zero_to_fp32.py": 1,
              "deepspeed/state/zero_pp_rank_0_mp_rank_00_optim_states.pt": 1,
-             "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt": 1}
+             "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt": 1,
+             "deepspeed/state/bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt": 1}
     assert integrity.files_loaded_by({"files": files, "deepspeed": True}, 1) == [
         "deepspeed/state/mp_rank_00_model_states.pt", "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt",
         "rank_1.pt", "train_state.pt"]
