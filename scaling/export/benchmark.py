@@ -5,6 +5,7 @@ them (``eval/<set>/<metric>``) so that the two sit side by side and can be compa
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Sequence
@@ -53,7 +54,9 @@ def read_results(path: str | Path) -> tuple[str, dict[str, float]]:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ExportError(f"{path}: not a clip_benchmark results file ({type(exc).__name__}: {exc})") from None
     name = eval_set_name(dataset.removeprefix("wds/").replace("/", "-"), False, "benchmark")
-    return name, {metric_name(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    # CLIP_benchmark reports acc5 as NaN for sets of fewer than 5 classes: not a result, not logged
+    return name, {metric_name(k): float(v) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not math.isnan(v)}
 
 
 def log_results(stage: FinishedStage, files: Sequence[str | Path], uri: str | None = None) -> dict[str, float]:
