@@ -128,10 +128,18 @@ def _configured(row: pd.Series, name: str, proxy: bool):
     for col, value in row.items():
         for part, tower in parts.items():
             prefix = f"params.model.{part}."
-            if isinstance(col, str) and col.startswith(prefix) and isinstance(value, str) and value:
+            # A stage run logs unset keys as "null" (scaling.ladder.describe): not an override.
+            if (
+                isinstance(col, str)
+                and col.startswith(prefix)
+                and isinstance(value, str)
+                and value not in ("", "null")
+            ):
                 tower[col[len(prefix):]] = value
     image_size = _first(row, "params.data.image_size")
-    if not parts["vision"] and not parts["text"] and image_size in (None, "None"):
+    if image_size in ("null", "None"):
+        image_size = None
+    if not parts["vision"] and not parts["text"] and image_size is None:
         return _rung(name, proxy)
     return configured_rung(name, proxy, parts["vision"], parts["text"], image_size)
 
@@ -139,6 +147,8 @@ def _configured(row: pd.Series, name: str, proxy: bool):
 def _first(row: pd.Series, *columns: str) -> Any:
     for col in columns:
         value = row.get(col)
+        if value == "null":  # an unset key, as a stage run logs it (scaling.ladder.describe)
+            continue
         if value is not None and not (isinstance(value, float) and pd.isna(value)):
             return value
     return None
