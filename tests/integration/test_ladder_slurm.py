@@ -39,7 +39,9 @@ def test_proxy_ladder_runs_on_slurm_with_afterok(slurm_cluster, mlflow_server, s
             "train.samples=32", *TINY]
     assert main(argv) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "MLflow: open " + mlflow_server.uri in out and "synth_cls" in out
+    # a server serves its own UI: its address, then the runs table to open in it
+    assert "MLflow: " + mlflow_server.uri in out and "then open " + mlflow_server.uri + "/#/experiments/" in out
+    assert "synth_cls" in out
 
     # every stage after the first waited on its upstream through an afterok dependency
     scripts = {p.read_text() for p in submitit_folder.glob("*_submission.sh")}
