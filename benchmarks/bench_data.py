@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
             results["pipeline"].append(r)
             print(
                 f"pipeline  {size:>3d} px: {r['samples_per_s']:6.0f} samples/s to batches "
-                f"({r['samples_per_cpu_s']:.0f} per CPU-second; decode+crop+tokenize+mask {r['mask_grid'][0]}x{r['mask_grid'][1]}, batch {r['batch_size']}); "
+                f"({r['samples_per_cpu_s']:.0f} per CPU-second; "
+                f"decode+crop+tokenize+mask {r['mask_grid'][0]}x{r['mask_grid'][1]}, batch {r['batch_size']}); "
                 f"restore after {r['restore_after_samples']} samples: {r['restore_s']:.2f} s"
             )
         if not (args.skip_real or args.only_ratio):
@@ -308,13 +309,16 @@ def run_real(work: Path, args) -> dict:
               f"open_clip-style webdataset {r['open_clip_samples_per_cpu_s']:4.0f} per CPU-s "
               f"({r['open_clip_samples_per_s']:.0f}/s) -> {r['ratio_per_core']:.2f}x per core "
               f"(wall {r['ratio_wall']:.2f}x; target >= 1.3x; load {r['load_average_1min']:.1f}); "
-              f"a stage's stream (uint8, normalised on the device) {r['toolkit_uint8_samples_per_cpu_s']:.0f} per CPU-s")
+              f"a stage's stream (uint8, normalised on the device) "
+              f"{r['toolkit_uint8_samples_per_cpu_s']:.0f} per CPU-s")
     # the loader-cores column prices a stage's stream, which ships uint8
     figures = {r["crop"]: r["toolkit_uint8_samples_per_cpu_s"] for r in rows if r["format"] == "jpg"}
-    path = None if not figures else throughput.write_figures(figures, args.throughput_out, source="a stage's stream (uint8 batches) on JPEG shards, crops "
-                                    + ", ".join(f"{c} from {data_real.SOURCE[c]} px" for c in figures),
-                                    cpu=platform.processor() or platform.machine(), cpus=os.cpu_count(),
-                                    load_average_1min=os.getloadavg()[0])
+    source = "a stage's stream (uint8 batches) on JPEG shards, crops " + ", ".join(
+        f"{c} from {data_real.SOURCE[c]} px" for c in figures)
+    path = None if not figures else throughput.write_figures(figures, args.throughput_out, source=source,
+                                                             cpu=platform.processor() or platform.machine(),
+                                                             cpus=os.cpu_count(),
+                                                             load_average_1min=os.getloadavg()[0])
     if path:
         print(f"wrote samples/s per core {figures} to {path}")
     if "workers" in parts:
@@ -341,7 +345,8 @@ def run_real(work: Path, args) -> dict:
     times = ", ".join(f"{p:,} samples {t:.3f} s (CPU {r['restore_cpu_s'][p]:.3f} s)"
                       for p, t in r["restore_s"].items())
     print(f"restore to the first batch (224 px, batch 64, shuffle buffer 1000): {times}; spread "
-          f"{100 * r['spread']:.0f} % wall, {100 * r['spread_cpu']:.0f} % CPU (target < 20 %); a fresh stream's first batch {r['fresh_first_batch_s']:.3f} s; "
+          f"{100 * r['spread']:.0f} % wall, {100 * r['spread_cpu']:.0f} % CPU (target < 20 %); "
+          f"a fresh stream's first batch {r['fresh_first_batch_s']:.3f} s; "
           f"replay (no seek state) at {r['positions'][0]:,}: {r['replay_s_at_first_position']:.2f} s; "
           f"simulated position equal to the streamed one: {r['simulate_checked']}; "
           f"state {r['state_json_bytes'] / 1024:.0f} KiB as JSON")

@@ -15,7 +15,7 @@ on the CPU proxy (sdpa vs math) to check the program itself.
 (``torch.cuda.max_memory_allocated`` above what was allocated before the forward) beside
 ``scaling.costs``' prediction: ``benchmarks/bench_memory.py``'s cases and flags, on CUDA.
 
-    python benchmarks/bench_gpu.py --memory                 # B16 CLIP + L14 MIM, micro-batch 2/4/8, ckpt on/off, fp32/bf16
+    python benchmarks/bench_gpu.py --memory     # B16 CLIP + L14 MIM, micro-batch 2/4/8, ckpt on/off, fp32/bf16
     python benchmarks/bench_gpu.py --memory --micro 32 64 --precision bf16
 """
 

@@ -2,7 +2,7 @@
 prediction of each part: weights, gradients, optimizer state, the MIM teacher and the
 activation peak. Target: predicted / measured in [0.8, 1.25] for every part.
 
-    python benchmarks/bench_memory.py                              # B16 CLIP + L14 MIM, micro-batch 2/4/8, ckpt on/off, fp32/bf16
+    python benchmarks/bench_memory.py         # B16 CLIP + L14 MIM, micro-batch 2/4/8, ckpt on/off, fp32/bf16
     python benchmarks/bench_memory.py --cases clip:B16 --micro 2 --precision fp32   # a subset first
     python benchmarks/bench_memory.py --json out/memory.json
 

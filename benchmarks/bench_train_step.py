@@ -6,7 +6,8 @@
 
 For each kind and width: the proxy rung (``--rung``, default B16) with its vision and text
 towers set to that width (64-wide heads, SwiGLU hidden 8/3 x width), the batch doubled until
-one step takes >= ``--min-step-ms``, starting from the proxy recipe's batch (or ``--batch``). Timed, interleaved: one training step
+one step takes >= ``--min-step-ms``, starting from the proxy recipe's batch (or ``--batch``).
+Timed, interleaved: one training step
 (``TrainingLoop.train_step``: forward, loss, backward, clipping, optimiser, schedule) and one pass of
 ``torch.mm`` over every GEMM the step runs (forward, input- and weight-gradient of each linear
 layer; the frozen teacher's forward). Model FLOPs come from ``scaling.costs`` (2 x multiply-

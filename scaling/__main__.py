@@ -11,7 +11,8 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "ladder": ("scaling.ladder", "plan, dispatch and track the weak-to-strong ladder (MIM -> CLIP, rung by rung)"),
-    "study": ("scaling.study", "the ladder plus its random-init and scratch controls over seeds: the weak-to-strong gain"),
+    "study": ("scaling.study",
+              "the ladder plus its random-init and scratch controls over seeds: the weak-to-strong gain"),
     "train": ("scaling.train", "run one stage (mim | clip) in the foreground"),
     "sweep": ("scaling.sweep", "Optuna ablation sweeps over a stage, workers local or on SLURM"),
     "analysis": ("scaling.analysis", "scaling plots, power-law fits and reports from MLflow"),

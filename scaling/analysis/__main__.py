@@ -27,14 +27,16 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="write figures (PNG + SVG) and report.md for one experiment")
     rep.add_argument("--experiment", "-e", required=True, help="MLflow experiment (ladder or sweep study)")
     rep.add_argument("--tracking-uri", default=None,
-                     help="MLflow tracking URI or a .db file (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")  # fmt: skip
+                     help="MLflow tracking URI or a .db file "
+                          "(default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")  # fmt: skip
     rep.add_argument("--out", default=None, help="output folder (default: reports/<experiment>)")
     rep.add_argument("--metric", default=LAW_METRIC,
                      help=f"metric to fit against compute (default {LAW_METRIC}; a ladder file's law_metric, "
                           "e.g. eval/synth_ret/loss for the study ladder)")  # fmt: skip
     rep.add_argument("--two-step", action="store_true",
                      help="also fit the two-step law: compute -> the held-out task loss of the metric's set "
-                          "(eval/<set>/loss; the train loss for runs without one) -> accuracy (OLMo's sigmoid link)")  # fmt: skip
+                          "(eval/<set>/loss; the train loss for runs without one) "
+                          "-> accuracy (OLMo's sigmoid link)")  # fmt: skip
     rep.add_argument("--law-compute", choices=("own", "inherited"), default="own",
                      help="the law's compute axis: each stage's own training FLOPs (default), or plus the FLOPs of "
                           "every stage it starts from (teacher, MIM, lower rungs; studies tag it)")

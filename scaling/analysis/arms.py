@@ -197,7 +197,8 @@ def gains(runs: pd.DataFrame, metric: str, level: float = 0.9) -> pd.DataFrame:
             if not r[f"n_{b}"] or not r[f"n_{a}"]:
                 continue
             k = f"{a}-{b}"
-            lo, hi = sorted((sign * r[f"{k}_low"], sign * r[f"{k}_high"])) if not pd.isna(r[f"{k}_low"]) else (np.nan,) * 2
+            lo, hi = ((np.nan,) * 2 if pd.isna(r[f"{k}_low"])
+                      else sorted((sign * r[f"{k}_low"], sign * r[f"{k}_high"])))
             rows.append({"stage": r["stage"], "budget": r["budget"], "upstream": r["upstream"], "metric": metric,
                          "control": b, "mim_init": r[f"mean_{a}"], "control_mean": r[f"mean_{b}"],
                          "gain": sign * r[k], "low": lo, "high": hi, "method": r[f"{k}_method"],

@@ -3,9 +3,9 @@
 Columns follow ``mlflow.search_runs``: ``params.<dotted.key>``, ``metrics.<key>`` (last value),
 ``tags.<key>``; plus plain columns for what the analysis uses most: ``run_id``, ``experiment``,
 ``run_name``, ``status``, ``start_time``, ``end_time``, ``duration_s``, ``parent_run_id``,
-``is_parent``, ``label`` (e.g. ``clip@18B``), the lineage tags (``rung``, ``stage``, ``kind``, ``proxy``, ``fingerprint``,
-``teacher_run_id``, ``init_run_id``), the sweep tags (``optuna_study``, ``optuna_trial_number``,
-``optuna_state``) and the cost columns ``n_params``, ``flops`` and ``flops_source``.
+``is_parent``, ``label`` (e.g. ``clip@18B``), the lineage tags (``rung``, ``stage``, ``kind``, ``proxy``,
+``fingerprint``, ``teacher_run_id``, ``init_run_id``), the sweep tags (``optuna_study``,
+``optuna_trial_number``, ``optuna_state``) and the cost columns ``n_params``, ``flops`` and ``flops_source``.
 Reads through ``scaling.tracking.store`` (mlflow is imported only when a function here is
 called) and never creates a store: a SQLite file that does not exist is an ``AnalysisError``.
 """

@@ -86,7 +86,8 @@ def running_seconds(stages: pd.DataFrame) -> tuple[pd.Series, bool]:
     Returns the times and whether any stage lacked the tag (then: the MLflow run's duration)."""
     started = pd.to_numeric(stages.get("tags.stage_started_at", pd.Series(np.nan, index=stages.index)),
                             errors="coerce")  # fmt: skip
-    ended = pd.to_datetime(stages["end_time"], utc=True) if "end_time" in stages else pd.Series(pd.NaT, index=stages.index)
+    ended = (pd.to_datetime(stages["end_time"], utc=True) if "end_time" in stages
+             else pd.Series(pd.NaT, index=stages.index))
     end_s = ended.map(lambda t: t.timestamp() if not pd.isna(t) else np.nan).astype(float)
     own = end_s - started
     fallback = own.isna() & stages["duration_s"].notna()
@@ -171,7 +172,8 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
         ci = fit.intervals()
         how = fit.interval.replace("runs", "stages")
         lines += [f"Fit on the binned compute frontier of {fit.n} stages (final evaluations; seeds averaged), "
-                  f"Huber loss on log residuals: `{fit.formula('err' if spec.higher_is_better else 'y', 'C', 'FLOPs')}`; "
+                  "Huber loss on log residuals: "
+                  f"`{fit.formula('err' if spec.higher_is_better else 'y', 'C', 'FLOPs')}`; "
                   f"90 % intervals ({how}, {len(fit.boot)} draws): exponent [{ci['b'][0]:.3g}, {ci['b'][1]:.3g}], "
                   f"prefactor at C = {fit.x_ref:.0e} FLOPs [{ci['a_ref'][0]:.3g}, {ci['a_ref'][1]:.3g}]; "
                   f"R² (log) = {fit.r2:.3f}.", ""]  # fmt: skip
@@ -179,7 +181,8 @@ def _ladder(w: _Writer, uri, runs: pd.DataFrame, metric: str, record: bool,
             y = float(fit.predict(nxt[1]))
             lo, hi = (float(spec.from_fit(v[0])) for v in fit.band(nxt[1]))
             lines += [f"**Next rung {nxt[0]}** (planned {_human(nxt[1])} FLOPs): predicted `{metric}` = "
-                      f"{float(spec.from_fit(y)):.4g} (90 % band {min(lo, hi):.4g} – {max(lo, hi):.4g}).", ""]  # fmt: skip
+                      f"{float(spec.from_fit(y)):.4g} (90 % band {min(lo, hi):.4g} – {max(lo, hi):.4g}).",
+                      ""]  # fmt: skip
     if not checks.empty:
         lines += _rollout_lines(checks, "Held-out stages: predicted vs achieved", "as predicted by the law")
         if record:
@@ -215,7 +218,8 @@ def _two_step_lines(w: _Writer, uri, points: pd.DataFrame, spec: MetricSpec, nxt
         lo, hi = two.band(nxt[1])
         lines += [f"Next rung {nxt[0]}: predicted `{spec.key}` = {float(np.ravel(two.predict(nxt[1]))[0]) * scale:.4g} "
                   f"(90 % band {lo[0] * scale:.4g} – {hi[0] * scale:.4g}).", ""]  # fmt: skip
-    lines += _rollout_lines(two_step_rollout(pts, spec), "Held-out stages (two-step)", "as predicted by the two-step law")
+    lines += _rollout_lines(two_step_rollout(pts, spec), "Held-out stages (two-step)",
+                            "as predicted by the two-step law")
     return lines
 
 

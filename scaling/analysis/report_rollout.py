@@ -16,7 +16,8 @@ def rollout_lines(checks: pd.DataFrame, title: str, what: str) -> list[str]:
     table = checks[["label", "flops", "predicted", "low", "high", "achieved", "rel_error"]].copy()
     if "n_runs" in checks:
         table["achieved"] = [f"{v:.4g} ± {sd:.2g} ({int(n)})" if n > 1 else f"{v:.4g} (1)"
-                             for v, sd, n in zip(checks["achieved"], checks["sd"], checks["n_runs"], strict=True)]  # fmt: skip
+                             for v, sd, n in zip(checks["achieved"], checks["sd"], checks["n_runs"],
+                                                 strict=True)]  # fmt: skip
     table["flops"] = [human(v) for v in table["flops"]]
     table["rel_error"] = [f"{100 * v:+.1f} %" if not pd.isna(v) else "–" for v in table["rel_error"]]
     table.columns = ["stage", "FLOPs", "predicted", "band low", "band high", "achieved", "relative error"]

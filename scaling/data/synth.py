@@ -5,9 +5,9 @@
     python -m scaling.data.synth --grid grid.png --image-size 64   # look at a few samples
 
 Shards hold ``KEY.png`` (palette PNG, below 128 px) or ``KEY.jpg`` (quality 95, from 128 px
-up, as img2dataset writes real data; ``--format`` chooses, ``webp`` too), ``KEY.txt`` (caption) and ``KEY.json`` (img2dataset
-fields plus the scene), byte-identical for the same seed. The zero-shot sets use their own
-seeds and prompts that never occur in training captions:
+up, as img2dataset writes real data; ``--format`` chooses, ``webp`` too), ``KEY.txt`` (caption) and
+``KEY.json`` (img2dataset fields plus the scene), byte-identical for the same seed. The zero-shot sets
+use their own seeds and prompts that never occur in training captions:
 
 - ``classification``: one object alone, class = "colour shape" over the 56 combinations seen
   in training (chance 1/56), ImageFolder layout + ``classnames.txt`` + ``templates.txt``;

@@ -120,7 +120,8 @@ def check_export(out: Path, stage: FinishedStage) -> float:
     load_clip_state_dict(ours, load_model_state(stage.out_dir))
     theirs = open_clip.create_model(f"local-dir:{out.resolve()}")
     ours.eval(), theirs.eval()
-    image = torch.randn(1, 3, spec.vision.image_size, spec.vision.image_size, generator=torch.Generator().manual_seed(0))
+    size = spec.vision.image_size
+    image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     tokens = get_tokenizer(spec.text.context_length)(["a photo of a cat"])
     return max(float((ours.encode_image(image) - theirs.encode_image(image, normalize=True)).abs().max()),
                float((ours.encode_text(tokens) - theirs.encode_text(tokens, normalize=True)).abs().max()))

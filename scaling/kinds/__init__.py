@@ -19,8 +19,8 @@ from scaling.kinds.clip import ClipKind
 from scaling.kinds.mim import MimKind
 from scaling.stages import TRAIN_METRICS, eval_set_name
 
-__all__ = ["MemoryShape", "StageKind", "default_kinds", "kind_names", "logged_metrics", "register_kind", "split_stage_name",
-           "stage_kind", "unregister_kind"]
+__all__ = ["MemoryShape", "StageKind", "default_kinds", "kind_names", "logged_metrics", "register_kind",
+           "split_stage_name", "stage_kind", "unregister_kind"]
 
 # The built-in kinds, in the order a rung trains them.
 register_kind(MimKind())

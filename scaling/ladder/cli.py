@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "CLIP, rung by rung). 'status' as first argument shows each stage's state instead.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--from", dest="start", metavar="RUNG", help="teacher rung (default: --to's teacher in the ladder file)")
+    parser.add_argument("--from", dest="start", metavar="RUNG",
+                        help="teacher rung (default: --to's teacher in the ladder file)")
     parser.add_argument("--to", dest="end", metavar="RUNG", help="last rung to train (default: the ladder's last)")
     parser.add_argument("--via", action="append", default=[], metavar="RUNG",
                         help="go through these rungs (repeat or comma-separate); default: the ladder file's teachers")
@@ -63,17 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default="auto",
                         help="auto: slurm when a SLURM cluster is reachable, else local subprocesses")
     proxy = parser.add_mutually_exclusive_group()
-    proxy.add_argument("--proxy", dest="proxy", action="store_true", default=None, help="tiny CPU proxies of every rung")
+    proxy.add_argument("--proxy", dest="proxy", action="store_true", default=None,
+                       help="tiny CPU proxies of every rung")
     proxy.add_argument("--no-proxy", dest="proxy", action="store_false", help="real sizes (GPUs)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan and its costs; submit nothing")
     parser.add_argument("--show-config", metavar="STAGE",
-                        help="print STAGE's resolved config (e.g. clip@18B), each key with the layer that set it; run nothing")
+                        help="print STAGE's resolved config (e.g. clip@18B), each key with the layer that set it; "
+                             "run nothing")
     parser.add_argument("--json", action="store_true", help="machine-readable output (plan, status or results)")
     parser.add_argument("--force", action="store_true",
                         help="submit even when a stage does not fit its GPUs or divide its batch (warns)")
     parser.add_argument("--experiment", help="MLflow experiment (default: the ladder file's)")
     parser.add_argument("--tracking-uri", help="MLflow URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)")
-    parser.add_argument("--runs-dir", default="runs", help="where stage folders go: RUNS/<experiment>/<stage>-<fingerprint>")
+    parser.add_argument("--runs-dir", default="runs",
+                        help="where stage folders go: RUNS/<experiment>/<stage>-<fingerprint>")
     parser.add_argument("--jobs-dir", help="submitit folder (default: RUNS/<experiment>/jobs)")
     parser.add_argument("--report-dir", help="where the final report goes (default: reports/<experiment>)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
@@ -151,7 +155,8 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
         if args.show_config:
             names = [s.name for s in plan.stages]
             if args.show_config not in names:
-                return _fail(f"--show-config: no stage '{args.show_config}' on this path; its stages: {', '.join(names)}")
+                return _fail(f"--show-config: no stage '{args.show_config}' on this path; "
+                             f"its stages: {', '.join(names)}")
             stage = plan.stage(args.show_config)
             print(provenance.format_config(flatten(stage.cfg), origins.get(stage.name, {})))
             return 0

@@ -37,7 +37,8 @@ def stage_params(stage: PlannedStage) -> dict[str, str]:
     if not flat.get("data.image_size"):
         flat["data.image_size"] = str(towers["vision"].image_size)
     estimate = stage_estimate(stage)
-    flat.update({"cost.params": str(estimate["params"]), "cost.gflops_per_sample": f"{estimate['gflops_per_sample']:.6g}",
+    flat.update({"cost.params": str(estimate["params"]),
+                 "cost.gflops_per_sample": f"{estimate['gflops_per_sample']:.6g}",
                  "cost.samples": str(estimate["samples"]), "cost.train_flops": f"{estimate['train_flops']:.6g}",
                  "model.rung_name": rung.name})
     return {k: ("null" if v == "" else v) for k, v in flat.items()}  # MLflow shows "" as nothing
@@ -47,14 +48,16 @@ def run_url(uri: str, experiment_id: str, run_id: str) -> str:
     return f"{ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
-def lineage_tags(uri: str, experiment_id: str, links: Mapping[str, str | None], names: Mapping[str, str]) -> dict[str, str]:
+def lineage_tags(uri: str, experiment_id: str, links: Mapping[str, str | None],
+                 names: Mapping[str, str]) -> dict[str, str]:
     """``lineage.<role>`` tags holding run links, and the run's description (Markdown) listing
     them: ``links`` maps a role (teacher, init, text init) to a run id (None: none)."""
     found = {role: run_id for role, run_id in links.items() if run_id}
     tags = {f"lineage.{role.replace(' ', '_')}": run_url(uri, experiment_id, run_id) for role, run_id in found.items()}
     if found:
         tags["mlflow.note.content"] = "Learns from: " + ", ".join(
-            f"{role} [{names.get(run_id, run_id)}]({run_url(uri, experiment_id, run_id)})" for role, run_id in found.items())
+            f"{role} [{names.get(run_id, run_id)}]({run_url(uri, experiment_id, run_id)})"
+            for role, run_id in found.items())
     return tags
 
 

@@ -166,7 +166,8 @@ class Dispatcher:
             self.say(f"[{stage.name}] stopped ({status}) at {result.get('samples_seen')} samples; "
                      "run the same command again to resume")
             return status
-        self.say(f"[{stage.name}] finished: {result.get('samples_seen')} samples, checkpoint {result.get('checkpoint')}")
+        self.say(f"[{stage.name}] finished: {result.get('samples_seen')} samples, "
+                 f"checkpoint {result.get('checkpoint')}")
         return "finished"
 
     def _cancel_downstream(self, name: str, jobs: dict[str, Any], stopped: bool = False) -> None:

@@ -95,7 +95,8 @@ def _phase_check(cfg: DictConfig, label: str, spec: RungSpec, teacher: RungSpec 
     if not divides:
         out["problems"].append(
             f"{label}: global batch {batch} is not {procs} processes x micro-batch {micro} x an "
-            f"accumulation count; would divide: {'; '.join(_divide_advice(batch, procs, cfg.train.micro_batch, gpus_per_node))}")
+            "accumulation count; would divide: "
+            + "; ".join(_divide_advice(batch, procs, cfg.train.micro_batch, gpus_per_node)))
     if gpus_per_node > 0:
         mem = memory(cfg, spec, teacher, procs, max(micro, 1))
         out.update(memory=mem, fits=costs.fits(mem, str(res.gpu)))

@@ -252,7 +252,8 @@ def plan_ladder(
         kind, rung = split_stage_name(typed)
         name = stage_name(kind, spec.rung(rung).key)
         if name not in stage_names:
-            raise ConfigError(f"command line: '{typed}.…' targets no stage of this plan; stages: {', '.join(stage_names)}")
+            raise ConfigError(f"command line: '{typed}.…' targets no stage of this plan; "
+                              f"stages: {', '.join(stage_names)}")
         targeted.setdefault(name, []).extend(items)
     split.by_stage = targeted
 
@@ -278,13 +279,15 @@ def plan_ladder(
         if note:
             notes.append(note)
         elif cfg.resources.micro_batch == "auto" and cfg.train.micro_batch is not None:
-            provenance.record({"train": {"micro_batch": cfg.train.micro_batch}}, "resources.micro_batch=auto (ladder plan)")
+            provenance.record({"train": {"micro_batch": cfg.train.micro_batch}},
+                              "resources.micro_batch=auto (ladder plan)")
         upstream = [by_name[s].fingerprint for s in dict.fromkeys(internal.values())]
         fp = fingerprint(_identity(cfg, internal), upstream)
         out_dir = runs / experiment / f"{name}-{fp}"
         cfg.out_dir = out_dir.as_posix()
         provenance.record({"out_dir": cfg.out_dir}, "ladder plan (runs dir, stage and fingerprint)")
-        stage = PlannedStage(name, kind, rung, cfg, fp, out_dir, depends_on=list(dict.fromkeys(internal.values())), **info)
+        stage = PlannedStage(name, kind, rung, cfg, fp, out_dir,
+                             depends_on=list(dict.fromkeys(internal.values())), **info)
         stages.append(stage)
         by_name[name] = stage
         return stage

@@ -53,7 +53,8 @@ def plan_table(rows: Sequence[dict[str, Any]]) -> str:
         body.append([
             r["stage"] + (" (bootstrap)" if r.get("bootstrap") else ""), r.get("teacher") or "-", init,
             human(r["params"]), f"{r['gflops_per_sample']:.4g}", human(r["samples"]), f"{r['train_flops']:.3g}",
-            world, f"{r['micro_batch']} x {r['accumulation']}" if r.get("divides", True) else f"{r['micro_batch']} x ? !",
+            world,
+            f"{r['micro_batch']} x {r['accumulation']}" if r.get("divides", True) else f"{r['micro_batch']} x ? !",
             mem, cores, human(r["gpu_hours"]), duration(r["wall_hours"]), r.get("state", "new"),
         ])
     warned = [f"warning: {r['stage']} {r['loader_warning']}" for r in rows if r.get("loader_warning")]

@@ -141,11 +141,14 @@ def _rungs(path: Path, raw: Mapping[str, Any]) -> list[RungEntry]:
     for entry in entries:
         if entry.teacher is not None:
             if entry.teacher not in keys:
-                raise _fail(path, f"rungs.{entry.key}.teacher", f"'{entry.teacher}' is not a rung of this ladder ({', '.join(keys)})")
+                raise _fail(path, f"rungs.{entry.key}.teacher",
+                            f"'{entry.teacher}' is not a rung of this ladder ({', '.join(keys)})")
             if keys.index(entry.teacher) >= keys.index(entry.key):
-                raise _fail(path, f"rungs.{entry.key}.teacher", f"'{entry.teacher}' must come before {entry.key} in 'rungs'")
+                raise _fail(path, f"rungs.{entry.key}.teacher",
+                            f"'{entry.teacher}' must come before {entry.key} in 'rungs'")
         if entry.text_init_kind(keys) == "rung" and keys.index(entry.text_init) >= keys.index(entry.key):
-            raise _fail(path, f"rungs.{entry.key}.text_init", f"'{entry.text_init}' must come before {entry.key} in 'rungs'")
+            raise _fail(path, f"rungs.{entry.key}.text_init",
+                        f"'{entry.text_init}' must come before {entry.key} in 'rungs'")
         if entry.text_init_kind(keys) == "checkpoint" and "/" not in entry.text_init \
                 and not Path(entry.text_init).suffix:
             raise _fail(path, f"rungs.{entry.key}.text_init", f"'{entry.text_init}' is neither 'teacher', a rung "

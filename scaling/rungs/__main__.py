@@ -64,7 +64,8 @@ def _human(n: float) -> str:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    header = f"{'rung':<22} {'alias':<8} {'tower':<6} {'depth':>5} {'width':>5} {'heads':>5} {'MLP':<13} {'params':>9} {'GFLOPs':>10}"
+    header = (f"{'rung':<22} {'alias':<8} {'tower':<6} {'depth':>5} {'width':>5} {'heads':>5} {'MLP':<13} "
+              f"{'params':>9} {'GFLOPs':>10}")
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -119,7 +120,8 @@ def cost_report(args: argparse.Namespace) -> dict[str, Any]:
     gpus = args.gpus or recipe_gpus or 8
     gpu = args.gpu or str(res.gpu)
     batch = args.batch or int(cfg.train.batch_size)
-    micro, accumulation, divides = batch_layout(batch, gpus, args.micro_batch or (None if args.batch else cfg.train.micro_batch))
+    micro, accumulation, divides = batch_layout(
+        batch, gpus, args.micro_batch or (None if args.batch else cfg.train.micro_batch))
     micro = max(1, micro)
     samples = args.samples or float(cfg.train.samples)
     if args.patch_dropout is not None:
@@ -192,7 +194,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(
         f"  {r['gpus']} x {r['gpu']}, micro-batch {r['micro_batch']} x accumulation {r['accumulation']} "
         f"(global {r['global_batch']}{'' if r['divides'] else ', does NOT divide the batch'}), ZeRO-{r['zero_stage']}, "
-        f"{r['precision']}, grad checkpointing {'on' if r['grad_checkpointing'] else 'off'}, patch dropout {r['patch_dropout']}"
+        f"{r['precision']}, grad checkpointing {'on' if r['grad_checkpointing'] else 'off'}, "
+        f"patch dropout {r['patch_dropout']}"
     )
     print("  memory per GPU:")
     for key, value in r["memory_bytes"].items():

@@ -72,7 +72,8 @@ def prepare(spec: SweepSpec, executor: str | None = None, create: bool = True) -
 def announce(spec: SweepSpec, uri: str) -> None:
     """Describe the sweep's experiment, store its runs view (best trial first) and say where it is."""
     command = " ".join(["python -m scaling.sweep", *sys.argv[1:]])
-    ui.describe_experiment(uri, spec.experiment, f"**sweep {spec.name}** ({spec.path})\n\nLast run with: `{command}`\n\n"
+    ui.describe_experiment(uri, spec.experiment,
+                           f"**sweep {spec.name}** ({spec.path})\n\nLast run with: `{command}`\n\n"
                            "Each child run is one trial; the parent run carries the study's summary.")
     if spec.objectives:
         first = spec.objectives[0]

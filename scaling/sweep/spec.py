@@ -128,7 +128,8 @@ def _parse_base(data: Mapping[str, Any] | None, where: str) -> Base:
         return Base(function=fn, stages=[])
     stages = data.get("stages") or ([data["kind"]] if data.get("kind") else [])
     kinds = kind_names()
-    _need(bool(stages), where, f"base needs 'kind' ({' | '.join(kinds)}), 'stages' (e.g. {list(kinds[:2])}) or 'function'")
+    _need(bool(stages), where,
+          f"base needs 'kind' ({' | '.join(kinds)}), 'stages' (e.g. {list(kinds[:2])}) or 'function'")
     bad = [s for s in stages if s not in kinds]
     _need(not bad, where, f"unknown stage kind(s) {bad} in base.stages; use {' and/or '.join(kinds)}")
     _need(len(set(stages)) == len(stages), where, f"base.stages repeats a stage: {stages}")
@@ -147,7 +148,8 @@ def _parse_base(data: Mapping[str, Any] | None, where: str) -> Base:
                           overrides=list(t.get("overrides") or []), proxy=t.get("proxy"))
     taught = [s for s in stages if stage_kind(s).needs_teacher]
     _need(not taught or teacher is not None, where,
-          f"a pipeline with {taught[0] if taught else ''} needs base.teacher (a CLIP rung to train once, or a checkpoint)")
+          f"a pipeline with {taught[0] if taught else ''} needs base.teacher "
+          "(a CLIP rung to train once, or a checkpoint)")
     return Base(
         stages=list(stages),
         rung=str(data["rung"]),
@@ -190,7 +192,8 @@ def check_objectives(spec: SweepSpec, configs: Mapping[str, DictConfig]) -> None
             known, who = COST_METRICS, "the runner"
         else:
             stage = stage or spec.base.stages[-1]
-            _need(stage in configs, f"{spec.path}: {where}", f"stage '{stage}' is not in the pipeline {spec.base.stages}")
+            _need(stage in configs, f"{spec.path}: {where}",
+                  f"stage '{stage}' is not in the pipeline {spec.base.stages}")
             known, who = logged_metrics(configs[stage]), f"the {stage} stage"
         if metric not in known:
             raise SweepError(f"{spec.path}: {where}: {who} never logs '{metric}'.{suggest(metric, known, 0.4)} "

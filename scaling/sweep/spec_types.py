@@ -31,7 +31,8 @@ class Param:
 class Objective:
     metric: str = ""
     direction: str = "maximize"
-    stage: str | None = None  # the stage that logs it (default: the pipeline's last; None: cost metric or function base)
+    # the stage that logs it (default: the pipeline's last; None: cost metric or function base)
+    stage: str | None = None
 
     @property
     def key(self) -> str:

@@ -114,7 +114,8 @@ class MlflowLogger:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:  # an error: FAILED, KeyboardInterrupt: KILLED
-        self.close("FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        self.close("FINISHED" if exc_type is None
+                   else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
 
     def _reject(self, key: str, why: str) -> None:
         self._bad_keys.add(key)

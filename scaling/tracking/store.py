@@ -36,7 +36,8 @@ TRUNCATION_MARKER = "...[truncated]"
 RUN_STATUSES = ("RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED")
 # Errors another attempt cannot fix; anything else (server down, database busy) is transient.
 PERMANENT_ERROR_CODES = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
-                                   "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "ENDPOINT_NOT_FOUND"})
+                                   "INVALID_STATE", "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED",
+                                   "ENDPOINT_NOT_FOUND"})
 
 
 def resolve_uri(uri: str | os.PathLike | None = None) -> str:

@@ -194,7 +194,8 @@ class Lamb(torch.optim.AdamW):
             cached = self._piece_cache[flat] = (before, index, [before[s:e] for _, s, e in layout.segments])
         return cached[1], cached[2]
 
-    def _step_flat(self, group: dict, scale: float, flat: torch.Tensor, before: torch.Tensor, layout: FlatLayout) -> None:
+    def _step_flat(self, group: dict, scale: float, flat: torch.Tensor, before: torch.Tensor,
+                   layout: FlatLayout) -> None:
         index, pieces = self._pieces(flat, before, layout)
         sums = torch.zeros(2, layout.num_params, dtype=torch.float32, device=flat.device)
         if pieces:

@@ -1,5 +1,5 @@
-"""Optimisers and schedules of the stages: AdamW or LAMB (DeepSpeed's rule by default) over per-tower, per-layer parameter groups
-(layer-wise lr decay, no weight decay on norms/biases/embeddings/temperature), and a cosine
+"""Optimisers and schedules of the stages: AdamW or LAMB (DeepSpeed's rule by default) over per-tower,
+per-layer parameter groups (layer-wise lr decay, no weight decay on norms/biases/embeddings/temperature), and a cosine
 schedule with linear warm-up driven by optimiser steps."""
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ def test_proxy_ladder_runs_on_slurm_with_afterok(slurm_cluster, mlflow_server, s
     monkeypatch.chdir(tmp_path)
     experiment = "ladder-slurm-e2e"
     argv = ["--from", "E14", "--to", "18B", "--proxy", "--executor", "slurm", "--experiment", experiment,
-            "--tracking-uri", mlflow_server.uri, "--jobs-dir", str(submitit_folder), "--report-dir", str(tmp_path / "rep"),
+            "--tracking-uri", mlflow_server.uri, "--jobs-dir", str(submitit_folder),
+            "--report-dir", str(tmp_path / "rep"),
             "train.samples=32", *TINY]
     assert main(argv) == 0, capsys.readouterr().out
     out = capsys.readouterr().out

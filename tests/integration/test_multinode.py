@@ -133,7 +133,8 @@ def _stage_job(tmp_path: Path, uri: str, samples: int, stage_fn, *extra: str):
     cfg = load_stage_config("clip", "18B", proxy=True, overrides=[
         f"train.samples={samples}", f"out_dir={tmp_path / 'stage'}", *TINY, *TWO_NODES, *extra])
     cfg.tracking.uri = uri
-    cfg.tracking.run_id = tracking.start_run(uri, "two-node-faults", "clip@18B", tags=tracking.standard_tags(stage="clip"))
+    cfg.tracking.run_id = tracking.start_run(uri, "two-node-faults", "clip@18B",
+                                             tags=tracking.standard_tags(stage="clip"))
     return cfg, StageJob(cfg, stage_fn=stage_fn)
 
 

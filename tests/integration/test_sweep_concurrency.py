@@ -104,7 +104,8 @@ def test_killed_worker_trial_is_retried_and_target_reached(tmp_path: Path, monke
         t = study.get_trials(deepcopy=False)
         first = next((x for x in t if x.number == 0), None)
         marker = Path(spec.work_dir()) / "trials" / "00000" / "started"
-        return first if first and first.state == TrialState.RUNNING and marker.exists() and "worker_pid" in first.user_attrs else None
+        running = first and first.state == TrialState.RUNNING
+        return first if running and marker.exists() and "worker_pid" in first.user_attrs else None
 
     victim = wait_for(first_trial_running, 180, "trial 0 to start")
     os.kill(int(victim.user_attrs["worker_pid"]), signal.SIGKILL)

@@ -30,7 +30,8 @@ def find_chromium() -> tuple[str | None, str]:
     return found, ""
 
 
-def _run(chromium: str, url: str, what: list[str], size: tuple[int, int], budget_ms: int) -> subprocess.CompletedProcess:
+def _run(chromium: str, url: str, what: list[str], size: tuple[int, int],
+         budget_ms: int) -> subprocess.CompletedProcess:
     # A new profile folder per call: no local storage, cookies or cache from an earlier visit.
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
         return subprocess.run(

@@ -128,7 +128,8 @@ def test_uint8_crops_normalised_by_the_consumer_are_the_float_ones():
     expected = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float().sub(mean255).div(std255)
     assert torch.equal(normalize_on_device(batch), expected)
     assert torch.equal(normalize_on_device(batch), t.collate(crops))
-    assert torch.equal(normalize_on_device(raw(_gradient(), rng=random.Random(1))), t(_gradient(), rng=random.Random(1)))
+    assert torch.equal(normalize_on_device(raw(_gradient(), rng=random.Random(1))),
+                       t(_gradient(), rng=random.Random(1)))
     assert torch.equal(normalize_on_device(expected, "cpu"), expected)  # already normalised: only moved
     with pytest.raises(TypeError, match="uint8 images"):
         normalize_on_device(batch.long())

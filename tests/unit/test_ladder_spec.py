@@ -29,7 +29,8 @@ def test_shipped_ladders_load_as_written():
     assert spec.rung("18B").text_init == "teacher" and spec.rung("B16").text_init is None
     # the student's budget by the stated rule: the teacher's x the papers' ratio of samples seen (6B / 9B)
     assert spec.layers["proxy"]["clip@18B"] == {"train": {"samples": 8000}, "optim": {"warmup_samples": 1200}}
-    assert spec.layers["proxy"]["clip@18B"]["train"]["samples"] == spec.layers["proxy"]["clip@E14"]["train"]["samples"] * 6 // 9
+    proxy = spec.layers["proxy"]
+    assert proxy["clip@18B"]["train"]["samples"] == proxy["clip@E14"]["train"]["samples"] * 6 // 9
     written = OmegaConf.to_container(OmegaConf.load(LADDERS_DIR / "eva.yaml").text_from_scratch.proxy)
     assert spec.text_from_scratch["proxy"] == written == {"optim": {"text_lr": written["optim"]["text_lr"]}}
     assert spec.law_metric == "eval/synth_cls/top1"  # the default when the file names none
@@ -38,12 +39,15 @@ def test_shipped_ladders_load_as_written():
 
 
 @pytest.mark.parametrize(("old", "new", "message"), [
-    ("experiment: ladder-eva", "experimnt: ladder-eva", r"bad\.yaml: unknown config key 'experimnt'.*Did you mean: experiment"),
-    ("18B: {teacher: E14,", "18B: {teachr: E14,", r"bad\.yaml: unknown config key 'rungs\.18B\.teachr'.*Did you mean: rungs\.18B\.teacher"),
+    ("experiment: ladder-eva", "experimnt: ladder-eva",
+     r"bad\.yaml: unknown config key 'experimnt'.*Did you mean: experiment"),
+    ("18B: {teacher: E14,", "18B: {teachr: E14,",
+     r"bad\.yaml: unknown config key 'rungs\.18B\.teachr'.*Did you mean: rungs\.18B\.teacher"),
     ("  clip@18B: {train: {samples: 8000}", "  clip@18B: {train: {sample: 8000}",
      r"bad\.yaml: proxy\.clip@18B: unknown config key 'train\.sample'.*Did you mean: train\.samples"),
     ("B16: {teacher: g14,", "B16: {stages: mim, teacher: g14,", r"bad\.yaml: 'rungs\.B16\.stages' has a bad value"),
-    ("teacher_checkpoint: null", "law_metric: top1", r"bad\.yaml: 'law_metric' must name a CLIP stage's evaluation metric"),
+    ("teacher_checkpoint: null", "law_metric: top1",
+     r"bad\.yaml: 'law_metric' must name a CLIP stage's evaluation metric"),
     ("  clip@18B: {train", "  clip@18B: 3\n  x: {train", r"bad\.yaml: 'proxy\.clip@18B' has a bad value"),
     ("  clip@18B: {train", "  sft@18B: {train", r"bad\.yaml: 'proxy\.sft@18B' must be 'all', a stage kind"),
     ("  clip@18B: {train: {samples: 8000}", "  clip@18B: {train: {samples: lots}",
@@ -63,7 +67,8 @@ def test_ladder_overrides_merge_on_the_file():
 
 
 @pytest.mark.parametrize(("item", "message"), [
-    ("clip@18B.optim.lrr=1", r"command line: unknown config key 'clip@18B\.optim\.lrr'.*Did you mean: clip@18B\.optim\.lr"),
+    ("clip@18B.optim.lrr=1",
+     r"command line: unknown config key 'clip@18B\.optim\.lrr'.*Did you mean: clip@18B\.optim\.lr"),
     ("mim.train.samples=many", r"command line: 'mim\.train\.samples' has a bad value"),
     ("optim.betaz=[0.9,0.9]", r"unknown config key 'optim\.betaz'.*Did you mean: optim\.betas"),
     ("sft@18B.optim.lr=1", r"'sft@18B\.optim\.lr=1': a stage override looks like clip@18B"),

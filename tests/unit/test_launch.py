@@ -89,7 +89,8 @@ def test_run_distributed_env_from_slurm_tasks(monkeypatch, nodelist, host):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     values = run_distributed_env()
-    assert (values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], values["LOCAL_WORLD_SIZE"]) == ("9", "16", "1", "8")
+    ranks = (values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"], values["LOCAL_WORLD_SIZE"])
+    assert ranks == ("9", "16", "1", "8")
     assert values["MASTER_ADDR"] == host and os.environ["MASTER_ADDR"] == host
     assert 20000 <= int(values["MASTER_PORT"]) <= 60000 and values["JOB_ID"] == "4242"
 

@@ -272,8 +272,9 @@ def test_extends_merges_towers_and_replaces_names_and_counts(tmp_path, monkeypat
 def test_the_ladder_order_is_the_ladder_files(tmp_path):
     from scaling.models.registry import ladder_order
 
-    assert ladder_order() == LADDER_ORDER == [k for k, v in yaml.safe_load(paths.DEFAULT_LADDER.read_text())["rungs"].items()
-                                              if v.get("teacher")]
-    (tmp_path / "mine.yaml").write_text("rungs:\n  g14: {teacher: null}\n  L14: {teacher: g14}\n  B16: {teacher: L14}\n")
+    rungs = yaml.safe_load(paths.DEFAULT_LADDER.read_text())["rungs"]
+    assert ladder_order() == LADDER_ORDER == [k for k, v in rungs.items() if v.get("teacher")]
+    (tmp_path / "mine.yaml").write_text("rungs:\n  g14: {teacher: null}\n  L14: {teacher: g14}\n"
+                                        "  B16: {teacher: L14}\n")
     assert ladder_order(tmp_path / "mine.yaml") == ["L14", "B16"]
     assert ladder_order(tmp_path / "missing.yaml") == []

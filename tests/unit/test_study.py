@@ -118,7 +118,10 @@ def test_reseeded_upstream_gives_each_seed_its_own_chain_at_each_budget(tmp_path
     for s in arms:
         seed = int(s.tags["seed"])
         assert s.tags["upstream_seed"] == str(seed)
-        assert all(d.endswith(f".s{seed}") for d in s.depends_on) if seed else set(s.depends_on) <= {"mim@18B", "clip@E14"}
+        if seed:
+            assert all(d.endswith(f".s{seed}") for d in s.depends_on)
+        else:
+            assert set(s.depends_on) <= {"mim@18B", "clip@E14"}
         assert s.cfg.train.samples == int(s.tags["budget"])
         base = by["clip@18B"]
         fraction = base.cfg.optim.warmup_samples / base.cfg.train.samples

@@ -261,7 +261,8 @@ def test_objective_of_a_stage_lists_what_that_stage_logs(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"n_trials": "many"}, r"s\.yaml: 'n_trials' has a bad value"),
-    ({"base": {"kind": "clip", "rung": "B16", "overrids": []}}, r"unknown config key 'base\.overrids'.*Did you mean: base\.overrides"),
+    ({"base": {"kind": "clip", "rung": "B16", "overrids": []}},
+     r"unknown config key 'base\.overrids'.*Did you mean: base\.overrides"),
     ({"base": {"kind": "clip", "teacher": {"rung": "B16", "chekpoint": "x"}}},
      r"unknown config key 'base\.teacher\.chekpoint'.*Did you mean: base\.teacher\.checkpoint"),
     ({"objectives": [{"metric": "eval/synth_cls/top1", "directon": "maximize"}]},

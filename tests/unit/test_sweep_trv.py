@@ -23,11 +23,13 @@ REDUCED = [
     "search_space.model.vision.init=beit",
     "search_space.model.vision.mlp=swiglu",
     "search_space.model.vision.pos=rope",
-    "base.overrides=[train.samples=256, train.batch_size=32, data.synth_samples=512, eval.every_samples=128, eval.max_samples=128]",
+    "base.overrides=[train.samples=256, train.batch_size=32, data.synth_samples=512, eval.every_samples=128, "
+    "eval.max_samples=128]",
 ]
 
 
-def test_reduced_trv_ablation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_reduced_trv_ablation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert main(["trv_ablation", *REDUCED]) == 0

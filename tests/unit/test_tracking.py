@@ -390,7 +390,8 @@ def _wait_for_system_metrics(cfg, logger=None, stop_requested=None):
     from scaling.train.result import StageResult
 
     deadline = time.monotonic() + 120  # a bound for a broken monitor, not a timing assertion
-    while not any(k.startswith("system/") for k in tracking.get_run(cfg.tracking.uri, cfg.tracking.run_id).data.metrics):
+    uri, run_id = cfg.tracking.uri, cfg.tracking.run_id
+    while not any(k.startswith("system/") for k in tracking.get_run(uri, run_id).data.metrics):
         assert time.monotonic() < deadline, "no system metric was logged"
         time.sleep(0.1)
     return StageResult("finished", 1, 1, {}, str(Path(cfg.out_dir) / "final"), cfg.out_dir)
@@ -405,7 +406,8 @@ def test_a_stage_run_gets_system_metrics_keyed_by_its_node(uri: str, tmp_path: P
     assert StageJob(cfg, stage_fn=_wait_for_system_metrics)()["status"] == "finished"
     metrics = tracking.get_run(uri, run).data.metrics
     node = socket.gethostname()
-    assert f"system/{node}/cpu_utilization_percentage" in metrics and f"system/{node}/system_memory_usage_percentage" in metrics
+    assert f"system/{node}/cpu_utilization_percentage" in metrics
+    assert f"system/{node}/system_memory_usage_percentage" in metrics
     assert tracking.run_status(uri, run) == "FINISHED"
 
 

@@ -84,7 +84,8 @@ def compute_scaling(
         done = checks.dropna(subset=["predicted"])
         if not done.empty:
             ax.scatter(done["flops"], spec.to_fit(done["predicted"]), marker="D", s=46, facecolor="white",
-                       edgecolor=COLORS["pred"], lw=1.6, zorder=5, label="held out: predicted from smaller stages")  # fmt: skip
+                       edgecolor=COLORS["pred"], lw=1.6, zorder=5,
+                       label="held out: predicted from smaller stages")  # fmt: skip
     finals = points[points["final"] & ok & (points["label"] == stage_of)]  # one label per stage
     label_x += list(finals["flops"])
     label_y += list(spec.to_fit(finals["value"]))
