@@ -35,8 +35,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from scaling.data.errors import DataError
+from scaling.data.shard_urls import expand_urls
 from scaling.data.stream import StreamConfig, WorkerStream
-from scaling.data.tario import expand_urls
 
 STATE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 (no seek state) restores by replay
