@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from scaling.analysis.fits import ArrayLike, FitError
+from scaling.analysis.power_law import ArrayLike, FitError
 from scaling.analysis.predict import base_stage
 
 ARMS = ("mim_init", "random_init", "random_init_compute", "scratch")

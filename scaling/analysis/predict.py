@@ -18,8 +18,9 @@ import pandas as pd
 
 from scaling import costs
 from scaling.analysis import load
-from scaling.analysis.fits import FitError, PowerLawFit, fit_power_law
+from scaling.analysis.fits import fit_power_law
 from scaling.analysis.frontier import binned_frontier
+from scaling.analysis.power_law import FitError, PowerLawFit
 from scaling.analysis.two_step import TwoStepFit, fit_two_step
 from scaling.models.registry import LADDER_ORDER, get_rung
 

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from scaling.analysis import load, published
-from scaling.analysis.fits import FitError
 from scaling.analysis.markdown import human as _human
 from scaling.analysis.markdown import md_table
+from scaling.analysis.power_law import FitError
 from scaling.analysis.predict import (
     COMPUTE_AXES,
     MetricSpec,

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import curve_fit
 
-from scaling.analysis.fits import ArrayLike, FitError, PowerLawFit, fit_power_law, refit
+from scaling.analysis.fits import fit_power_law, refit
+from scaling.analysis.power_law import ArrayLike, FitError, PowerLawFit
 
 
 def sigmoid(loss: np.ndarray, a: float, l0: float, k: float, b: float) -> np.ndarray:

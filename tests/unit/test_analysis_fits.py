@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scaling.analysis.fits import FitError, fit_power_law, rollout
+from scaling.analysis.fits import fit_power_law, rollout
 from scaling.analysis.frontier import binned_frontier, pareto_frontier
+from scaling.analysis.power_law import FitError
 from scaling.analysis.two_step import fit_sigmoid, fit_two_step, sigmoid
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from scaling.analysis.arms import mean_difference_interval
-from scaling.analysis.fits import FitError
+from scaling.analysis.power_law import FitError
 
 DRAWS = 2000
 TRUE_DIFF = 6.0

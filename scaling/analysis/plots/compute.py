@@ -7,8 +7,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from scaling.analysis.fits import PowerLawFit
 from scaling.analysis.plots.style import COLORS, CYCLE, figure, note, place_labels
+from scaling.analysis.power_law import PowerLawFit
 from scaling.analysis.predict import MetricSpec, ladder_points, law_points
 
 
