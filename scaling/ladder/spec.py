@@ -1,4 +1,4 @@
-"""Ladder files (``experiments/ladders/*.yaml``): rungs, teacher wiring, stage-config layers.
+"""Ladder files (``experiments/ladders/*.yaml``): rungs, how their stages connect, stage-config layers.
 
 A ladder file loads as a typed config (``LadderFile``, OmegaConf structured): unknown keys and
 wrong types fail with the file and the dotted key, close matches suggested, as stage configs
@@ -25,7 +25,8 @@ from scaling.config_dialect import (
     merge_layer,
     parse_overrides,
 )
-from scaling.kinds import default_kinds, kind_names, split_stage_name
+from scaling.kinds import kind_names, split_stage_name
+from scaling.ladder.wiring import StageWiring, parse_wiring
 from scaling.models.registry import UnknownRungError, get_rung
 from scaling.paths import DEFAULT_LADDER, LADDERS_DIR
 from scaling.stages import ALL, LADDER_SCOPE, LAW_METRIC
@@ -39,7 +40,7 @@ class RungFields:
     """One entry of ``rungs:``."""
 
     teacher: Optional[str] = None  # ladder key of the rung whose CLIP teaches this rung's MIM stage
-    stages: Optional[list[str]] = None  # what the rung trains; None: every kind (mim, clip)
+    stages: Optional[list[str]] = None  # what the rung trains; None: every stage of the file's ``stages``
     text_init: Optional[str] = TEXT_FROM_TEACHER  # 'teacher' | a rung above | a checkpoint | null (scratch)
 
 
@@ -56,6 +57,8 @@ class LadderFile:
     name: Optional[str] = None  # default: the file's stem
     experiment: Optional[str] = None  # default: ladder-<name>
     rungs: dict[str, Optional[RungFields]] = field(default_factory=dict)  # in ladder order
+    # kind -> {input key: source}, in the order a rung trains them (scaling.ladder.wiring)
+    stages: dict[str, Optional[dict[str, str]]] = field(default_factory=dict)
     teacher_checkpoint: Optional[str] = None
     law_metric: Optional[str] = None  # default: scaling.stages.LAW_METRIC
     # target ('all' | kind | 'kind@rung') -> stage-config keys; 'proxy' applies to proxy ladders only
@@ -69,7 +72,7 @@ class RungEntry:
     key: str  # as written in the ladder file, e.g. "18B"
     canonical: str  # the registry's full name
     teacher: str | None = None  # ladder key of the teacher rung
-    stages: tuple[str, ...] = field(default_factory=default_kinds)
+    stages: tuple[str, ...] = ()  # what the rung trains (a subset of the file's ``stages``)
     # where the rung's CLIP text tower starts: "teacher", a rung of the ladder (its CLIP), a
     # checkpoint path, or None (from scratch, with the ladder's text_from_scratch layer)
     text_init: str | None = TEXT_FROM_TEACHER
@@ -89,6 +92,7 @@ class LadderSpec:
     name: str
     experiment: str
     rungs: list[RungEntry]
+    wiring: dict[str, StageWiring] = field(default_factory=dict)  # kind -> its inputs, in training order
     teacher_checkpoint: str | None = None
     law_metric: str = LAW_METRIC  # the CLIP metric the report fits against compute
     # section ("config" | "proxy") -> target ("all" | kind | "kind@rung") -> stage-config mapping
@@ -121,7 +125,7 @@ def _fail(path: Path, key: str, why: str) -> ConfigError:
     return ConfigError(key_message(str(path), key, why))
 
 
-def _rungs(path: Path, raw: Mapping[str, Any]) -> list[RungEntry]:
+def _rungs(path: Path, raw: Mapping[str, Any], trained: Sequence[str]) -> list[RungEntry]:
     if not raw:
         raise _fail(path, "rungs", "must map rung names to {teacher: RUNG, stages: [mim, clip]}")
     entries = []
@@ -131,10 +135,11 @@ def _rungs(path: Path, raw: Mapping[str, Any]) -> list[RungEntry]:
         except UnknownRungError as exc:
             raise _fail(path, f"rungs.{key}", f"is not a known rung: {exc}") from None
         body = body or {}
-        stages = tuple(body.get("stages") or default_kinds())
-        bad = [s for s in stages if s not in kind_names()]
+        stages = tuple(body.get("stages") or trained)
+        bad = [s for s in stages if s not in trained]
         if bad:
-            raise _fail(path, f"rungs.{key}.stages", f"has unknown stage kind(s) {bad}; use {', '.join(kind_names())}")
+            raise _fail(path, f"rungs.{key}.stages", f"has stage kind(s) {bad} that 'stages' does not wire; "
+                        f"use {', '.join(trained)}")
         text_init = body.get("text_init", TEXT_FROM_TEACHER)
         entries.append(RungEntry(key, canonical, body.get("teacher"), stages, text_init or None))
     keys = [e.key for e in entries]
@@ -177,7 +182,8 @@ def _layers(path: Path, data: Mapping[str, Any], base: DictConfig) -> dict[str, 
 
 def parse_ladder(data: Mapping[str, Any], path: Path) -> LadderSpec:
     """A ``LadderSpec`` from a merged ``LadderFile`` (as a plain container)."""
-    rungs = _rungs(path, data.get("rungs") or {})
+    wiring = parse_wiring(path, data.get("stages"))
+    rungs = _rungs(path, data.get("rungs") or {}, list(wiring))
     name = str(data.get("name") or path.stem)
     scratch = data.get("text_from_scratch") or {}
     base = schema()
@@ -186,6 +192,7 @@ def parse_ladder(data: Mapping[str, Any], path: Path) -> LadderSpec:
         name=name,
         experiment=str(data.get("experiment") or f"ladder-{name}"),
         rungs=rungs,
+        wiring=wiring,
         teacher_checkpoint=data.get("teacher_checkpoint") or None,
         law_metric=_law_metric(path, data.get("law_metric")),
         layers=_layers(path, data, base),

@@ -29,7 +29,8 @@ TWO_NODES = ["resources.nodes=2", "resources.tasks_per_node=1", "distributed.dee
 LADDER = {
     "name": "two-node",
     "experiment": "ladder-two-node",
-    "rungs": {"E14": {"teacher": None, "stages": ["clip"]}, "18B": {"teacher": "E14", "stages": ["clip"]}},
+    "stages": {"clip": {"init_text": "clip@text_init"}},  # the text tower from the E14 checkpoint
+    "rungs": {"E14": {"teacher": None}, "18B": {"teacher": "E14"}},
     "teacher_checkpoint": None,
     "config": {"all": {}, "mim": {}, "clip": {}},
     "proxy": {"all": {}},

@@ -58,6 +58,48 @@ def test_bad_ladder_file_names_file_and_key(tmp_path, old, new, message):
         load_ladder(ladder_file(tmp_path, old, new))
 
 
+WIRING = "  clip: {init_vision: mim, init_text: clip@text_init}"
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("  mim: {teacher: clip@teacher}", "  sft: {teacher: clip@teacher}",
+     r"bad\.yaml: 'stages\.sft' is not a stage kind"),
+    ("  mim: {teacher: clip@teacher}", "  mim: {init_text: clip@teacher}",
+     r"bad\.yaml: 'stages\.mim\.init_text' is not an input of a mim stage \(it reads teacher\)"),
+    ("  mim: {teacher: clip@teacher}", "  mim: {}", r"bad\.yaml: 'stages\.mim' a mim stage needs a teacher"),
+    ("  mim: {teacher: clip@teacher}", "  mim: {teacher: clip}",
+     r"'stages\.mim\.teacher' 'clip' must name a stage listed before this one \(none\)"),
+    ("  mim: {teacher: clip@teacher}", "  mim: {teacher: clip@above}",
+     r"'stages\.mim\.teacher' 'clip@above' must be <kind>"),
+    (WIRING, "  clip: {init_vision: mim@teacher, init_text: clip@text_init}",
+     r"'stages' take inputs from the stages clip, mim of other rungs"),
+    ("g14: {teacher: null, stages: [clip]", "g14: {teacher: null, stages: [clip, sft]",
+     r"'rungs\.g14\.stages' has stage kind\(s\) \['sft'\] that 'stages' does not wire; use mim, clip"),
+])
+def test_bad_stage_wiring_names_file_and_key(tmp_path, old, new, message):
+    with pytest.raises(ConfigError, match=message):
+        load_ladder(ladder_file(tmp_path, old, new))
+
+
+def test_a_ladder_file_without_stage_wiring_says_what_to_write(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("rungs:\n  E14: {teacher: null}\n  18B: {teacher: E14}\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: 'stages' must list what a rung trains .*e\.g\. stages: "):
+        load_ladder(path)
+
+
+def test_the_plan_wires_stages_as_the_file_says(tmp_path):
+    spec = load_ladder()
+    assert {k: {i: str(s) for i, s in w.inputs.items()} for k, w in spec.wiring.items()} == {
+        "mim": {"teacher": "clip@teacher"}, "clip": {"init_vision": "mim", "init_text": "clip@text_init"}}
+    # the same ladder with the CLIP's vision tower left out of its wiring: trained from scratch
+    plan = plan_ladder("E14", "18B", ladder=ladder_file(tmp_path, WIRING, "  clip: {init_text: clip@text_init}"),
+                       runs_dir=tmp_path / "runs")
+    clip = plan.stage("clip@18B")
+    assert clip.cfg.inputs.init_vision is None and clip.init == {"text": "clip@E14"}
+    assert clip.depends_on == ["clip@E14"] and plan.downstream("mim@18B") == []
+
+
 def test_ladder_overrides_merge_on_the_file():
     spec = load_ladder(None, ["teacher_checkpoint=/ckpt/e14", "rungs.L14.text_init=/ckpt/openai-l14.pt"])
     assert spec.teacher_checkpoint == "/ckpt/e14" and spec.rung("L14").text_init == "/ckpt/openai-l14.pt"
