@@ -45,26 +45,25 @@ class Countdown(submitit.helpers.Checkpointable):
 
 
 class PacedStage:
-    """The real ``run_stage``, with every logged training step held for at least ``seconds``.
+    """The real ``run_stage``, with every training step held for at least ``seconds``.
 
     A test of a real SLURM time limit needs a stage that is still training when the limit's
-    signal comes, however fast the machine is; pacing through the logger changes nothing the
-    stage computes (the pause sits between steps, on rank 0, like a slow metrics backend).
+    signal comes, however fast the machine is. The pause sits where the loop polls for a stop,
+    once per step on every rank, so it changes nothing the stage computes; not in the logger,
+    through which a resumed stage first resends its metric spool (paced there, a resume would
+    spend its whole time limit resending).
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
 
     def __call__(self, cfg, logger=None, stop_requested=None):
-        from scaling.metrics import MultiLogger, NullLogger
         from scaling.train import run_stage
 
         seconds = self.seconds
 
-        class Paced(MultiLogger):
-            def log_metrics(self, metrics, step):
-                super().log_metrics(metrics, step)
-                if "train/loss" in metrics:
-                    time.sleep(seconds)
+        def paced() -> bool:
+            time.sleep(seconds)
+            return bool(stop_requested is not None and stop_requested())
 
-        return run_stage(cfg, logger=Paced([logger or NullLogger()]), stop_requested=stop_requested)
+        return run_stage(cfg, logger=logger, stop_requested=paced)
