@@ -142,7 +142,7 @@ class TrackingSection:
     run_id: Optional[str] = None  # set by the ladder/sweep so a requeued job continues the same run
     parent_run_id: Optional[str] = None
     tags: dict[str, str] = field(default_factory=dict)
-    system_metrics_s: float = 10.0  # MLflow system metrics every N s from global rank 0; 0: off
+    system_metrics_s: float = 10.0  # MLflow system metrics every N s on each node's local rank 0; 0: off
 
 
 @dataclass

@@ -146,7 +146,7 @@ class StageJob(submitit.helpers.Checkpointable):
         log.info("rank %d of %s on %s: %s starts from %s", rank, env["WORLD_SIZE"], env.get("NODE") or "-",
                  cfg.stage.name, latest_checkpoint(cfg.out_dir) or "step 0")
         stage_fn = run_stage if self.stage_fn is None else self.stage_fn
-        monitor = start_system_metrics(cfg.tracking.uri, run_id, rank,
+        monitor = start_system_metrics(cfg.tracking.uri, run_id, int(env["LOCAL_RANK"]),
                                        float(cfg.tracking.get("system_metrics_s", SAMPLE_EVERY_S)))
         try:
             result = stage_fn(cfg, logger=logger, stop_requested=stop.is_set)

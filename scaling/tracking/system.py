@@ -1,7 +1,6 @@
 """MLflow's system metrics (CPU, memory, disk, network; GPU utilisation and memory where
-``pynvml`` sees GPUs) on a stage's run, from global rank 0 only, keyed by its hostname:
-``system/<host>/cpu_utilization_percentage``. Other nodes stay silent: on a hundred-node stage one
-request per node every few seconds would load the tracking server, and only rank 0 talks to it.
+``pynvml`` sees GPUs) on a stage's run, from local rank 0 of every node, keyed by its hostname:
+``system/<host>/cpu_utilization_percentage``, so a slow or memory-starved node shows in the UI.
 
 A sample costs the monitor thread a few milliseconds of CPU (``benchmarks/bench_system_metrics.py``);
 at ``tracking.system_metrics_s`` = 10 s that is well inside the 0.5 % tracking budget (docs/tracking.md).
@@ -19,11 +18,11 @@ log = logging.getLogger("scaling.tracking")
 SAMPLE_EVERY_S = 10.0  # the default of tracking.system_metrics_s
 
 
-def start_system_metrics(uri: str | None, run_id: str | None, rank: int,
+def start_system_metrics(uri: str | None, run_id: str | None, local_rank: int,
                          every_s: float = SAMPLE_EVERY_S) -> Any:
-    """Start MLflow's monitor on run ``run_id`` (global rank 0, ``every_s`` > 0); the monitor, to
+    """Start MLflow's monitor on run ``run_id`` (local rank 0, ``every_s`` > 0); the monitor, to
     ``finish()``, or ``None``. A requeued stage continues the run's system-metric steps."""
-    if not run_id or rank != 0 or every_s <= 0:
+    if not run_id or local_rank != 0 or every_s <= 0:
         return None
     try:
         import mlflow

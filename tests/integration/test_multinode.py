@@ -91,7 +91,8 @@ def test_ladder_stage_on_two_nodes_matches_one_node_two_processes(two_node_clust
     monkeypatch.chdir(tmp_path)
     uri = node_mlflow_server.uri
     before = node_mlflow_server.requests_from()
-    code, out = main(ladder_argv(tmp_path, uri, teacher, 96)), capsys.readouterr()
+    # system metrics off: they are the one stream every node sends (the preemption test checks it)
+    code, out = main(ladder_argv(tmp_path, uri, teacher, 96, "tracking.system_metrics_s=0")), capsys.readouterr()
     assert code == 0, out.out + out.err
 
     runs = {r.info.run_name: r for r in tracking.find_runs(uri, "ladder-two-node")}
@@ -153,7 +154,7 @@ def test_preempted_two_node_stage_resumes_both_nodes_from_one_checkpoint(two_nod
     from tests.services.jobs import PacedStage
 
     samples = 160
-    cfg, stage = _stage_job(tmp_path, node_mlflow_server.uri, samples, PacedStage(0.5))
+    cfg, stage = _stage_job(tmp_path, node_mlflow_server.uri, samples, PacedStage(0.5), "tracking.system_metrics_s=1")
     job = make_executor("slurm", submitit_folder, cfg.resources, name="two-node-preempt").submit(stage)
     out_dir = Path(cfg.out_dir)
     wait_for(lambda: _samples_seen(out_dir) >= 3 * BATCH, 400, "the stage to train a few steps")
@@ -177,6 +178,10 @@ def test_preempted_two_node_stage_resumes_both_nodes_from_one_checkpoint(two_nod
     assert tracking.run_status(node_mlflow_server.uri, cfg.tracking.run_id) == "FINISHED"
     steps = [m.step for m in tracking.get_metric_history(node_mlflow_server.uri, cfg.tracking.run_id, "train/loss")]
     assert sorted(steps) == list(range(1, samples // BATCH + 1)), steps
+    # each node's local rank 0 sent its own system metrics, keyed by its hostname
+    logged = tracking.get_run(node_mlflow_server.uri, cfg.tracking.run_id).data.metrics
+    for node in ("sn1", "sn2"):
+        assert any(key.startswith(f"system/{node}/") for key in logged), sorted(logged)
 
 
 def test_lost_node_ends_the_stage_and_status_names_it(two_node_cluster, node_mlflow_server, teacher, tmp_path,
