@@ -18,6 +18,7 @@ import torch
 
 from scaling.paths import REPO_ROOT
 from scaling.train import checkpoint as ckpt
+from tests.services.mlflow_server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -33,7 +34,7 @@ def command(root, name):
 
 def env():
     return {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": "29651", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+            "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 
 def losses(path):
@@ -63,7 +64,7 @@ def test_deepspeed_phases_resume_across_an_accumulation_change(tmp_path):
 
 
 def ddp_command(root, name):
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29653",
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
             "-m", "scaling.train", "--stage", "clip", "--rung", "B16", "--out", str(root / name), "--quiet",
             "--metrics", str(root / f"{name}.jsonl"), "optim.name=lamb", f"data.cache_dir={root / 'synth'}",
             "data.synth_samples=256", "data.shuffle_buffer=32", "train.batch_size=16", "train.samples=96",
