@@ -43,9 +43,12 @@ test-unit: setup
 	$(PY) -m pytest -m "not integration and not slow" -q $(ARGS)
 
 # pytest exits 5 when it collected nothing: that must fail CI, and it does since make
-# propagates any non-zero status.
+# propagates any non-zero status. Three workers on two cores: many integration tests wait on a
+# scheduler, a server or a signal; tests on a SLURM cluster keep to one worker (tests/conftest.py).
+# The 20 slowest tests are printed at the end, to keep the suite honest about its time.
+TEST_WORKERS ?= 3
 test: lint
-	$(PY) -m pytest -q --timeout 900 $(ARGS)
+	$(PY) -m pytest -q --timeout 900 -n $(TEST_WORKERS) --dist loadgroup --durations=20 $(ARGS)
 
 # prints each experiment's runs-table address, then serves the store with `mlflow ui`
 ui: setup

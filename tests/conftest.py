@@ -54,6 +54,18 @@ def pytest_configure(config: pytest.Config) -> None:
     _isolate_environment()
 
 
+# Tests on a SLURM cluster share one worker under ``pytest -n`` (``--dist loadgroup``): a
+# cluster is a session's, with its daemons, ports and network namespaces, and most of those
+# tests wait on the scheduler while the other workers use the cores.
+_SERIAL_FIXTURES = {"slurm_cluster", "_two_node_cluster"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+
+
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
     """A running single-node SLURM cluster (partition ``debug``); ``SLURM_CONF`` points at it."""
