@@ -137,7 +137,7 @@ def test_two_step_law_is_fitted_and_rolled_out(report) -> None:
 
 def test_minutes_are_the_stage_running_time_without_the_wait(store, report) -> None:
     from scaling.analysis.load import runs_frame
-    from scaling.analysis.report import running_seconds
+    from scaling.analysis.report_ladder import running_seconds
 
     runs = runs_frame(store, EXPERIMENT)
     stages = runs[~runs["is_parent"]]

@@ -166,7 +166,7 @@ TINY = ["train.samples=192", "train.batch_size=32", "eval.every_samples=0", "eva
 @pytest.mark.slow
 def test_study_end_to_end_on_a_tiny_budget(tmp_path: Path) -> None:
     from scaling.analysis.load import runs_frame
-    from scaling.analysis.report import running_seconds
+    from scaling.analysis.report_ladder import running_seconds
 
     args = ["--from", "E14", "--to", "18B", "--seeds", "2", "--arms", "mim_init,random_init",
             "--executor", "local", "--parallel", "2", *TINY]
