@@ -16,14 +16,12 @@ from scaling.analysis.predict import (
     base_stage,
     compute_points,
     fit_frontier,
-    fit_two_step_points,
     law_points,
     next_rung,
     predicted_vs_achieved,
     record_prediction,
-    two_step_rollout,
-    with_loss,
 )
+from scaling.analysis.predict_two_step import fit_two_step_points, two_step_rollout, with_loss
 from scaling.analysis.report_figures import FigureWriter
 from scaling.analysis.report_rollout import rollout_lines as _rollout_lines
 
