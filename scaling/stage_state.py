@@ -10,11 +10,14 @@ between saving it and recording it: ``read_state`` applies that rule, so every r
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ STATE_FILE = "stage_state.json"
 PROGRESS_FILE = "progress.json"
 FINAL_DIR = "final"
 MANIFEST = "manifest.json"  # of a checkpoint folder: step, samples, metrics, file sizes; written last
+LOCK_FILE = ".lock"  # held by the one process writing the folder (hold_folder)
 STATES = ("planned", "submitted", "running", "preempted", "finished", "failed", "cancelled")
 # the exit status of a stage (or ladder) stopped by a signal with a checkpoint: the same command
 # resumes. sysexits' EX_TEMPFAIL; not 1 (failed), 2 (bad input) or 128+N (killed outright)
@@ -173,3 +177,61 @@ class ProgressLogger(NullLogger):
 
     def close(self, status: str = "FINISHED") -> None:
         self.flush()
+
+
+class FolderBusy(RuntimeError):
+    """Another process holds a stage's or a ladder's folder; the message names it."""
+
+
+_HELD: dict[Path, int] = {}  # folders this process holds, with a depth (a job, then its stage)
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | Path, what: str, wait: bool = False) -> Iterator[None]:
+    """One writer per folder: an exclusive ``flock`` on ``<folder>/.lock`` for the ``with`` block.
+
+    The lock dies with its process (``kill -9`` included), so a stale one is taken over by the
+    next. The file also names the holder (host, pid, SLURM job) for the refusal message. Held
+    again by the same process (a job, then its stage), it is only counted. On NFS, Linux turns
+    ``flock`` into a whole-file POSIX lock the server arbitrates (NFSv4, or v3 with lockd), so it
+    holds across nodes; a node that dies keeps it until the server's lease runs out (90 s by
+    default on NFSv4). Without ``wait``, a held folder raises ``FolderBusy`` at once."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = (folder / LOCK_FILE).resolve()
+    if path in _HELD:
+        _HELD[path] += 1
+        try:
+            yield
+        finally:
+            _HELD[path] -= 1
+        return
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            busy = f"{what} {folder} is in use by {lock_holder(folder)}"
+            if not wait:
+                raise FolderBusy(f"{busy}: wait for it to end, or pass --wait to queue behind it") from None
+            log.warning("%s; waiting for it (--wait)", busy)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time(),
+                            "job_id": os.environ.get("SLURM_JOB_ID") or os.environ.get("SUBMITIT_LOCAL_JOB_ID")}))
+        f.flush()
+        _HELD[path] = 1
+        try:
+            yield
+        finally:
+            del _HELD[path]
+
+
+def lock_holder(folder: str | Path) -> str:
+    """Who the lock file of ``folder`` says holds it, in words."""
+    data = _read_json(Path(folder) / LOCK_FILE)
+    if not data:
+        return "another process"
+    job = f", job {data['job_id']}" if data.get("job_id") else ""
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(data.get("since") or 0)))
+    return f"pid {data.get('pid')} on {data.get('host')}{job} (since {since})"

@@ -24,8 +24,9 @@ from scaling.ladder.render import phase_lines, plan_table, plan_totals, status_t
 from scaling.ladder.status import stage_rows
 from scaling.launch.executors import LaunchError, resolve_executor
 from scaling.models.specs import SpecError
-from scaling.stage_state import STOPPED_EXIT
+from scaling.stage_state import STOPPED_EXIT, FolderBusy, hold_folder
 from scaling.tracking import resolve_uri
+from scaling.tracking.probe import store_problem, unreachable
 from scaling.tracking.ui import describe_experiment, ladder_description, publish_view, where_to_look
 
 EPILOG = """\
@@ -79,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", default="runs",
                         help="where stage folders go: RUNS/<experiment>/<stage>-<fingerprint>")
     parser.add_argument("--jobs-dir", help="submitit folder (default: RUNS/<experiment>/jobs)")
+    parser.add_argument("--strict-tracking", action="store_true",
+                        help="exit 2 when the MLflow server does not answer, instead of training untracked")
+    parser.add_argument("--wait", action="store_true",
+                        help="when another ladder runs in the same experiment folder, wait for it instead of refusing")
     parser.add_argument("--report-dir", help="where the final report goes (default: reports/<experiment>)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     return parser
@@ -134,10 +139,14 @@ def split_command(argv: list[str] | None) -> tuple[str, list[str]]:
     return "run", argv
 
 
-def print_status(plan: Any, as_json: bool) -> None:
-    """Each stage's state, run, job, progress and metrics (``status``)."""
+def print_status(plan: Any, as_json: bool, uri: str | None = None) -> None:
+    """Each stage's state, run, job, progress and metrics (``status``); a line on stderr when the
+    MLflow store at ``uri`` cannot be reached or holds no such experiment."""
     rows = stage_rows(plan)
     print(json.dumps(rows, indent=1) if as_json else status_table(rows))
+    problem = store_problem(uri, plan.experiment) if uri else None
+    if problem:
+        print(f"MLflow: {problem}; the states above are the stage folders' own", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None, stage_fn: Any = None) -> int:
             print(note, file=sys.stderr)
 
     if command == "status":
-        print_status(plan, args.json)
+        print_status(plan, args.json, resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri))
         return 0
 
     rows = plan_rows(plan)
@@ -225,12 +234,25 @@ def run_plan(plan: Any, executor: str, args: argparse.Namespace, prog: str,
     dispatcher = Dispatcher(plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
                             stage_fn=stage_fn, argv=[prog, *sys.argv[1:]], parallel=parallel)
     try:
-        announce(plan, resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri), " ".join(dispatcher.argv),
-                 Path(args.report_dir or Path("reports") / plan.experiment) / "report.md")
-        outcome = dispatcher.run()
+        # one ladder per experiment folder: a second one would train every stage twice
+        with hold_folder(plan.runs_dir / plan.experiment, "ladder folder", wait=getattr(args, "wait", False)):
+            uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
+            down = unreachable(uri)
+            if down and getattr(args, "strict_tracking", False):
+                raise LaunchError(f"MLflow at {uri} does not answer ({down}); start it, or drop --strict-tracking "
+                                  "to train untracked")
+            if down:
+                dispatcher.track = False
+                print(f"warning: MLflow at {uri} does not answer ({down}): the stages run untracked, each keeps "
+                      "its metrics in <stage folder>/metric_spool.jsonl; the same command with the server back "
+                      "records the stages still to run or resume, their spooled metrics included", file=sys.stderr)
+            else:
+                announce(plan, uri, " ".join(dispatcher.argv),
+                         Path(args.report_dir or Path("reports") / plan.experiment) / "report.md")
+            outcome = dispatcher.run()
     except KeyboardInterrupt:
         return 130
-    except (ConfigError, LaunchError) as exc:
+    except (ConfigError, LaunchError, FolderBusy) as exc:
         print(f"{prog.removeprefix('python -m ')}: error: {exc}", file=sys.stderr)
         return 2
     if outcome.uri is None:

@@ -67,6 +67,7 @@ class Dispatcher:
         self.out = out or sys.stdout
         self.argv = argv or []
         self.outcome = Outcome()
+        self.track = True  # False: the store was down at start; stages run untracked (spooled)
         self._shown: dict[str, tuple[str, int]] = {}
         # A live bar per running stage on a terminal; plain lines (every 10 %) otherwise.
         self._bars: dict[str, Any] | None = {} if out is None and sys.stderr.isatty() else None
@@ -224,7 +225,8 @@ class Dispatcher:
         if not todo:
             self.say("nothing to run: every stage of this plan finished earlier (same fingerprints)")
             return self.outcome
-        self._open_runs(todo)
+        if self.track:
+            self._open_runs(todo)
         jobs: dict[str, Any] = {}
         try:
             if follow.submits_ahead(self.executor):

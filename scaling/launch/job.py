@@ -12,6 +12,7 @@ what happens next. The requeued job resumes from the stage's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -27,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from scaling.launch.artifacts import log_stage_files
 from scaling.launch.distributed_env import run_distributed_env
 from scaling.metrics import MultiLogger
-from scaling.stage_state import ProgressLogger, write_state
+from scaling.stage_state import ProgressLogger, hold_folder, write_state
 from scaling.tracking import MlflowLogger
 from scaling.tracking.system import SAMPLE_EVERY_S, start_system_metrics, stop_system_metrics
 from scaling.train import run_stage
@@ -123,7 +124,9 @@ class StageJob(submitit.helpers.Checkpointable):
         rank = int(env["RANK"])
         stop = StopFlag().install()
         try:
-            return self._run(cfg, env, rank, stop)
+            # before the state file is touched: a second writer must not mark the holder's stage
+            with hold_folder(cfg.out_dir, "stage folder") if rank == 0 else contextlib.nullcontext():
+                return self._run(cfg, env, rank, stop)
         finally:
             stop.restore()
 

@@ -26,7 +26,7 @@ from scaling.data.errors import DataError
 from scaling.kinds import kind_names
 from scaling.metrics import JsonlLogger, MultiLogger, NullLogger
 from scaling.models import UnknownRungError
-from scaling.stage_state import remember_run_id, stage_run_id, stage_tags, write_state
+from scaling.stage_state import FolderBusy, remember_run_id, stage_run_id, stage_tags, write_state
 from scaling.tracking import MlflowLogger, open_stage_run, standard_tags
 from scaling.train import run_stage
 from scaling.train.errors import StageError
@@ -73,6 +73,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--show-config", action="store_true",
                    help="print the resolved config, each key with the layer that set it; train nothing")
     p.add_argument("--quiet", action="store_true", help="no metric lines on the console")
+    p.add_argument("--wait", action="store_true",
+                   help="when another process is writing --out, wait for it instead of refusing (exit 2)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. optim.lr=1e-3")
     return p
 
@@ -131,8 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     logger = MultiLogger(loggers) if loggers else NullLogger()
     stop = StopSignals().install()
     try:
-        result = run_stage(cfg, logger, stop_requested=stop.is_set)
-    except (StageError, ConfigError, DataError) as exc:
+        result = run_stage(cfg, logger, stop_requested=stop.is_set, wait=args.wait)
+    except (StageError, ConfigError, DataError, FolderBusy) as exc:
         logger.close("FAILED")
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -32,4 +32,4 @@ def check_finite(loss: float, grad_norm: float, step: int, out_dir: Path, check_
     raise DivergedError(
         f"training diverged at step {step}: train/loss={loss:.6g}, grad norm={grad_norm:.6g}; the stage "
         f"stops as failed and writes no checkpoint of this step; {where}. Lower optim.lr (or raise "
-        "optim.warmup_samples or optim.grad_clip) and run again: it resumes from that checkpoint")
+        "optim.warmup_samples or optim.grad_clip) and run again: it resumes from the newest checkpoint")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -12,7 +13,7 @@ from omegaconf import DictConfig
 from scaling.config import save_resolved
 from scaling.kinds import stage_kind
 from scaling.metrics import MetricLogger, NullLogger
-from scaling.stage_state import FINAL_DIR, final_manifest
+from scaling.stage_state import FINAL_DIR, FolderBusy, final_manifest, hold_folder
 from scaling.train.errors import StageInputError
 from scaling.train.result import StageResult
 from scaling.train.spool import MetricSpool
@@ -60,12 +61,14 @@ def pin_cpu_threads(cfg: DictConfig, environ: Mapping[str, str] = os.environ) ->
 
 
 def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
-              stop_requested: Callable[[], bool] | None = None) -> StageResult:
+              stop_requested: Callable[[], bool] | None = None, wait: bool = False) -> StageResult:
     """Train (or continue, or just report) the stage described by ``cfg`` under ``cfg.out_dir``.
 
     Resumes from the newest complete checkpoint there; returns at once when ``final/`` exists.
     ``stop_requested`` is polled at every step boundary (OR over ranks); when true the stage saves
     a checkpoint and returns ``status='preempted'``. Only global rank 0 talks to ``logger``.
+    Rank 0 holds the folder's lock throughout: another process on it raises ``FolderBusy``
+    naming the holder, or with ``wait`` queues behind it.
     """
     out = Path(cfg.out_dir)
     done = finished_result(out)
@@ -88,9 +91,15 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
     distributed.init(env, distributed.pick_backend(cfg.distributed.backend, device),
                      export=cfg.distributed.deepspeed)
     rank, _ = distributed.world()
+    held = contextlib.ExitStack()
     if rank == 0:
+        try:
+            held.enter_context(hold_folder(out, "stage folder", wait=wait))
+        except FolderBusy:
+            if owns_group and dist.is_initialized():
+                dist.destroy_process_group()
+            raise
         save_resolved(cfg, out / "config.yaml")
-    if rank == 0:
         # every metric goes through the stage's spool first; a resume resends what it holds
         logger = MetricSpool(out, logger if logger is not None else NullLogger())
         logger.resend()
@@ -102,6 +111,8 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
         if owns_group and dist.is_initialized():
             dist.destroy_process_group()  # no barrier: the other ranks may never reach it
         raise
+    finally:
+        held.close()
     if owns_group:
         distributed.cleanup()
     return result
