@@ -124,7 +124,8 @@ def test_kill_9_while_a_checkpoint_is_written(synth, reference, tmp_path):
         assert "resumed from" in again.stderr and "step_10" in again.stderr
         every = list(range(1, STEPS + 1))
         assert mlflow_steps(server.uri, out) == every
-        assert mlflow_steps(server.uri, out, "eval/synth_cls/top1") == [STEPS]
+        evals = mlflow_steps(server.uri, out, "eval/synth_cls/top1")
+        assert evals == sorted(set(evals)) and evals[-1] == STEPS
     assert jsonl_steps(metrics) == every  # steps 11-20 were written by both processes: once here
     assert_same_weights(reference, out)
 
@@ -176,3 +177,74 @@ def test_a_nan_loss_stops_the_stage_as_failed_naming_the_step(synth, tmp_path):
     assert line.startswith("error: training diverged at step ") and "train/loss=nan" in line
     assert "no checkpoint yet" in line and "Lower optim.lr" in line
     assert not (out / "final").exists() and ckpt.latest_checkpoint(out) is None
+
+
+# -- ladder rows: E14 -> 18B proxy ladder, local executor, tiny stages but a longer first one ------
+TINY = ["train.samples=32", "train.batch_size=16", "eval.every_samples=0", "eval.max_samples=32"]
+LONG_FIRST = [f"clip@E14.train.samples={16 * STEPS}", "clip@E14.train.ckpt_every=10", "clip@E14.train.log_every=1"]
+
+
+def ladder(cwd: Path, *args: str, wait: bool = True, command: str = "run"):
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_CONF", "MLFLOW_TRACKING_URI")}
+    cmd = [sys.executable, "-m", "scaling.ladder", command, "--from", "E14", "--to", "18B", "--executor", "local",
+           *args]
+    if wait:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stage_dir(cwd: Path, name: str) -> Path:
+    found = sorted((cwd / "runs" / "ladder-eva").glob(f"{name}-*"))
+    return found[0] if found else cwd / "runs" / "ladder-eva" / f"{name}-not-yet"
+
+
+# rows: a second ladder at once; SIGTERM to a ladder's local stage
+def test_a_second_ladder_is_refused_and_a_stopped_stage_is_not_a_failure(tmp_path):
+    from scaling import tracking
+
+    first = ladder(tmp_path, *TINY, *LONG_FIRST, wait=False)
+    while not (stage_dir(tmp_path, "clip@E14") / "checkpoints" / "step_10").exists():
+        assert first.poll() is None, first.communicate()[1][-2000:]
+    second = ladder(tmp_path, *TINY, *LONG_FIRST)
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines()[-1].startswith(
+        f"scaling.ladder: error: ladder folder {tmp_path / 'runs' / 'ladder-eva'} is in use by pid {first.pid} on ")
+
+    stage = stage_dir(tmp_path, "clip@E14")
+    os.kill(json.loads((stage / ".lock").read_text())["pid"], signal.SIGTERM)  # the stage's own process
+    out, err = first.communicate(timeout=600)
+    assert first.returncode == STOPPED_EXIT, out + err
+    assert "[clip@E14] stopped (preempted)" in out and "run the same command again to resume" in out
+    assert "[mim@18B] not started: upstream clip@E14 stopped" in out and "FAILED" not in out
+    status = ladder(tmp_path, *TINY, *LONG_FIRST, command="status")
+    assert status.returncode == 0
+    assert [line.split()[1] for line in status.stdout.splitlines() if line.startswith("clip@E14")] == ["preempted"]
+
+    again = ladder(tmp_path, *TINY, *LONG_FIRST)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.stdout.count("] finished:") == 3
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    history = tracking.get_metric_history(uri, read_state(stage)["run_id"], "train/loss")
+    assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
+
+
+# row: the tracking server is down when the ladder starts
+def test_a_down_tracking_server_does_not_stop_the_ladder(tmp_path):
+    from tests.services.mlflow_server import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    strict = ladder(tmp_path, *TINY, "--tracking-uri", uri, "--strict-tracking")
+    assert strict.returncode == 2 and strict.stderr.strip().splitlines()[-1] == (
+        f"scaling.ladder: error: MLflow at {uri} does not answer ([Errno 111] Connection refused); start it, "
+        "or drop --strict-tracking to train untracked")
+    assert not (tmp_path / "runs" / "ladder-eva" / "jobs").exists()  # nothing submitted
+
+    status = ladder(tmp_path, *TINY, "--tracking-uri", uri, command="status")
+    assert status.returncode == 0 and f"MLflow: cannot reach MLflow at {uri}" in status.stderr
+
+    done = ladder(tmp_path, *TINY, "--tracking-uri", uri)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"warning: MLflow at {uri} does not answer" in done.stderr and "Traceback" not in done.stderr
+    assert done.stdout.count("] finished:") == 3
+    spool = JsonlLogger(stage_dir(tmp_path, "clip@18B") / "metric_spool.jsonl").read()
+    assert [r["step"] for r in spool if "train/loss" in r] == [1, 2]  # kept for the store
