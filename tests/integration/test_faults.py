@@ -156,6 +156,7 @@ def test_a_second_process_on_a_stage_folder_is_refused_and_a_dead_holder_is_take
     out = tmp_path / "stage"
     first = start(command(out, synth))
     wait_for(first, out / "checkpoints" / "step_10")
+    first.send_signal(signal.SIGSTOP)  # held mid-stage, whatever the load, while the second one tries
     second = run(command(out, synth))
     assert second.returncode == 2
     line = second.stderr.strip().splitlines()[-1]
