@@ -28,6 +28,7 @@ from scaling.stage_state import STOPPED_EXIT, FolderBusy, hold_folder
 from scaling.tracking import resolve_uri
 from scaling.tracking.probe import store_problem, unreachable
 from scaling.tracking.ui import describe_experiment, ladder_description, publish_view, where_to_look
+from scaling.uris import error_line, mask
 
 EPILOG = """\
 overrides (key=value, validated against the stage schema; see experiments/ladders/eva.yaml):
@@ -223,10 +224,30 @@ def announce(plan: Any, uri: str, command: str, report: Path) -> None:
     print(*where_to_look(uri, plan.experiment), sep="\n", flush=True)
 
 
+def start_tracking(plan: Any, uri: str, command: str, args: argparse.Namespace) -> bool:
+    """Announce the plan in the store at ``uri``; ``False`` when it cannot be (the stages then run
+    untracked, after one warning line), ``LaunchError`` instead with ``--strict-tracking``."""
+    why = unreachable(uri)
+    if why is None:
+        try:
+            announce(plan, uri, command, Path(args.report_dir or Path("reports") / plan.experiment) / "report.md")
+            return True
+        except Exception as exc:  # a down database, a server that errs: the same choice as a silent one
+            why = error_line(exc)
+    trouble = f"MLflow at {mask(uri)} does not answer ({why})"
+    if getattr(args, "strict_tracking", False):
+        raise LaunchError(f"{trouble}; start it, or drop --strict-tracking to train untracked")
+    print(f"warning: {trouble}: the stages run untracked, each keeps its metrics in <stage folder>/"
+          "metric_spool.jsonl; run the same command once the server is back to record them "
+          "(--strict-tracking refuses instead)", file=sys.stderr, flush=True)
+    return False
+
+
 def run_plan(plan: Any, executor: str, args: argparse.Namespace, prog: str,
              stage_fn: Any = None, parallel: int = 1) -> Any:
     """Dispatch ``plan`` (the ladder's and the study's commands): its ``Outcome``, with ``uri`` set
-    to the store the runs went to, or the exit code when it was interrupted or could not launch."""
+    to the store the runs went to (None: they ran untracked), or the exit code when it was
+    interrupted or could not launch."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     # the dispatcher loads submitit and the jobs: --help, --dry-run and status stay light
     from scaling.ladder.dispatch import Dispatcher
@@ -234,29 +255,18 @@ def run_plan(plan: Any, executor: str, args: argparse.Namespace, prog: str,
     dispatcher = Dispatcher(plan, executor, tracking_uri=args.tracking_uri, jobs_dir=args.jobs_dir,
                             stage_fn=stage_fn, argv=[prog, *sys.argv[1:]], parallel=parallel)
     try:
+        uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
         # one ladder per experiment folder: a second one would train every stage twice
         with hold_folder(plan.runs_dir / plan.experiment, "ladder folder", wait=getattr(args, "wait", False)):
-            uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
-            down = unreachable(uri)
-            if down and getattr(args, "strict_tracking", False):
-                raise LaunchError(f"MLflow at {uri} does not answer ({down}); start it, or drop --strict-tracking "
-                                  "to train untracked")
-            if down:
-                dispatcher.track = False
-                print(f"warning: MLflow at {uri} does not answer ({down}): the stages run untracked, each keeps "
-                      "its metrics in <stage folder>/metric_spool.jsonl; the same command with the server back "
-                      "records the stages still to run or resume, their spooled metrics included", file=sys.stderr)
-            else:
-                announce(plan, uri, " ".join(dispatcher.argv),
-                         Path(args.report_dir or Path("reports") / plan.experiment) / "report.md")
+            dispatcher.track = start_tracking(plan, uri, " ".join(dispatcher.argv), args)
             outcome = dispatcher.run()
     except KeyboardInterrupt:
         return 130
     except (ConfigError, LaunchError, FolderBusy) as exc:
         print(f"{prog.removeprefix('python -m ')}: error: {exc}", file=sys.stderr)
         return 2
-    if outcome.uri is None:
-        outcome.uri = resolve_uri(args.tracking_uri or plan.stages[0].cfg.tracking.uri)
+    if outcome.uri is None and dispatcher.track:
+        outcome.uri = uri
     describe_parent(plan, outcome)
     return outcome
 

@@ -186,16 +186,18 @@ def main(argv: list[str] | None = None) -> int:
     outcome = run_plan(study.plan, executor, args, "python -m scaling.study", parallel=args.parallel)
     if isinstance(outcome, int):
         return outcome
-    uri = outcome.uri
-    _tag_runs(uri, study, outcome)
+    uri = outcome.uri  # None: the stages ran untracked (the store was down at start), nothing to tag or read
+    if uri:
+        _tag_runs(uri, study, outcome)
     print("\nresults (zero-shot top-1 on the held-out evaluation set):")
     rows = stage_rows(study.plan)
     print(status_table(rows))
     print("", *results_legend(study.plan, rows), sep="\n")
     report_dir = Path(args.report_dir or Path("reports") / study.plan.experiment)
-    try:
-        _summary(uri, study.plan.experiment, report_dir, sys.stdout, study.plan.ladder.law_metric)
-    except Exception as exc:  # a report problem must not turn a finished study into an error
-        print(f"warning: no report written: {type(exc).__name__}: {exc}")
-    print("", *where_to_look(uri, study.plan.experiment), sep="\n")
+    if uri:
+        try:
+            _summary(uri, study.plan.experiment, report_dir, sys.stdout, study.plan.ladder.law_metric)
+        except Exception as exc:  # a report problem must not turn a finished study into an error
+            print(f"warning: no report written: {type(exc).__name__}: {exc}")
+        print("", *where_to_look(uri, study.plan.experiment), sep="\n")
     return 0 if outcome.ok else STOPPED_EXIT if outcome.stopped else 1

@@ -1,8 +1,10 @@
 """Can the MLflow store be reached, and does the experiment exist? Asked without importing
-MLflow (``ladder status`` stays light): the REST API of a server, the tables of a SQLite file."""
+MLflow (``ladder status`` stays light): the REST API of a server, the tables of a SQLite file.
+Every line names the store masked (``scaling.uris.mask``)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import urllib.error
@@ -10,24 +12,38 @@ import urllib.parse
 import urllib.request
 
 from scaling.tracking.store import sqlite_path
+from scaling.uris import mask, mask_text
+
+
+def _get(uri: str, path: str, timeout_s: float) -> None:
+    """GET ``path`` of the server at ``uri``; raises what urllib raises. ``user:password@`` goes
+    in a Basic header, as MLflow's own client sends it: urllib would take it for part of the host."""
+    parts = urllib.parse.urlsplit(uri)
+    host = parts.netloc.rpartition("@")[2]
+    request = urllib.request.Request(f"{parts.scheme}://{host}{parts.path.rstrip('/')}{path}")
+    if parts.username is not None:
+        pair = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        request.add_header("Authorization", "Basic " + base64.b64encode(pair.encode()).decode())
+    with urllib.request.urlopen(request, timeout=timeout_s):
+        return
 
 
 def store_problem(uri: str, experiment: str, timeout_s: float = 5.0) -> str | None:
     """One line saying why ``experiment`` cannot be read at ``uri``, or None when it can (or
     when the store is of a kind this does not check: PostgreSQL, MySQL, Databricks, file)."""
+    shown = mask(uri)
     if uri.startswith(("http://", "https://")):
         query = urllib.parse.urlencode({"experiment_name": experiment})
-        url = f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/get-by-name?{query}"
         try:
-            with urllib.request.urlopen(url, timeout=timeout_s):
-                return None
+            _get(uri, f"/api/2.0/mlflow/experiments/get-by-name?{query}", timeout_s)
+            return None
         except urllib.error.HTTPError as exc:
             code = _error_code(exc)
             if code == "RESOURCE_DOES_NOT_EXIST":
-                return f"experiment '{experiment}' does not exist at {uri} (nothing was recorded there yet)"
-            return f"MLflow at {uri} answered {exc.code} {code or exc.reason}"
+                return f"experiment '{experiment}' does not exist at {shown} (nothing was recorded there yet)"
+            return f"MLflow at {shown} answered {exc.code} {code or exc.reason}"
         except (urllib.error.URLError, OSError) as exc:
-            return f"cannot reach MLflow at {uri}: {getattr(exc, 'reason', exc)}"
+            return f"cannot reach MLflow at {shown}: {_reason(exc)}"
     db = sqlite_path(uri)
     if db is None:
         return None
@@ -49,12 +65,16 @@ def unreachable(uri: str, timeout_s: float = 10.0) -> str | None:
     if not uri.startswith(("http://", "https://")):
         return None
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
-            return None
+        _get(uri, "/health", timeout_s)
+        return None
     except urllib.error.HTTPError:
         return None
     except (urllib.error.URLError, OSError) as exc:
-        return str(getattr(exc, "reason", exc))
+        return _reason(exc)
+
+
+def _reason(exc: Exception) -> str:
+    return mask_text(str(getattr(exc, "reason", exc)))
 
 
 def _error_code(exc: urllib.error.HTTPError) -> str:

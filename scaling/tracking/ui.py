@@ -78,10 +78,11 @@ def ui_command(uri: str | None) -> str | None:
 
 
 def where_to_look(uri: str | None, experiment: str) -> list[str]:
-    """Lines telling how to open ``experiment``'s runs table (empty if it does not exist)."""
+    """Lines telling how to open ``experiment``'s runs table (empty if it does not exist, or the
+    store cannot be read: a pointer is no reason to fail a command that has done its work)."""
     try:
         found = store.client(uri, create=False).get_experiment_by_name(experiment)
-    except FileNotFoundError:  # no store yet
+    except Exception:  # no store yet (FileNotFoundError), a server or database that is down
         return []
     if found is None:
         return []

@@ -229,23 +229,28 @@ def test_a_second_ladder_is_refused_and_a_stopped_stage_is_not_a_failure(tmp_pat
     assert sorted(m.step for m in history) == list(range(1, STEPS + 1))
 
 
-# row: the tracking server is down when the ladder starts
+# row: the tracking server is down when the ladder starts (its URI holds a password: shown masked)
 def test_a_down_tracking_server_does_not_stop_the_ladder(tmp_path):
     from tests.services.mlflow_server import free_port
 
-    uri = f"http://127.0.0.1:{free_port()}"
-    strict = ladder(tmp_path, *TINY, "--tracking-uri", uri, "--strict-tracking")
+    port = free_port()
+    uri, shown = f"http://alice:S3cretPW@127.0.0.1:{port}", f"http://alice:***@127.0.0.1:{port}"
+    args = [*TINY, "train.log_every=1", "--tracking-uri", uri]
+    strict = ladder(tmp_path, *args, "--strict-tracking")
     assert strict.returncode == 2 and strict.stderr.strip().splitlines()[-1] == (
-        f"scaling.ladder: error: MLflow at {uri} does not answer ([Errno 111] Connection refused); start it, "
+        f"scaling.ladder: error: MLflow at {shown} does not answer ([Errno 111] Connection refused); start it, "
         "or drop --strict-tracking to train untracked")
     assert not (tmp_path / "runs" / "ladder-eva" / "jobs").exists()  # nothing submitted
 
-    status = ladder(tmp_path, *TINY, "--tracking-uri", uri, command="status")
-    assert status.returncode == 0 and f"MLflow: cannot reach MLflow at {uri}" in status.stderr
+    status = ladder(tmp_path, *args, command="status")
+    assert status.returncode == 0 and f"MLflow: cannot reach MLflow at {shown}" in status.stderr
 
-    done = ladder(tmp_path, *TINY, "--tracking-uri", uri)
+    done = ladder(tmp_path, *args)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"warning: MLflow at {uri} does not answer" in done.stderr and "Traceback" not in done.stderr
+    warnings = [line for line in done.stderr.splitlines() if "MLflow" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: MLflow at {shown} does not answer")
+    assert "run the same command once the server is back" in warnings[0] and "Traceback" not in done.stderr
     assert done.stdout.count("] finished:") == 3
+    assert "S3cretPW" not in done.stdout + done.stderr + strict.stderr + status.stderr
     spool = JsonlLogger(stage_dir(tmp_path, "clip@18B") / "metric_spool.jsonl").read()
     assert [r["step"] for r in spool if "train/loss" in r] == [1, 2]  # kept for the store
