@@ -38,6 +38,13 @@ def mask(uri: Any) -> Any:
     return mask_text(uri) if isinstance(uri, str) else uri
 
 
+def error_line(exc: BaseException, limit: int = 200) -> str:
+    """An error's first non-empty line for a warning, masked (MLflow's messages repeat the URL they
+    requested); its type's name when it says nothing."""
+    line = next((text for text in str(exc).splitlines() if text.strip()), type(exc).__name__)
+    return mask_text(line.strip()[:limit])
+
+
 def has_secret(text: str) -> bool:
     return mask_text(text) != text
 

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from scaling import tracking
 from scaling.stage_state import PROGRESS_FILE
+from scaling.uris import error_line
 
 log = logging.getLogger("scaling.launch")
 STAGE_FILES = ("config.yaml", PROGRESS_FILE)
@@ -27,4 +28,4 @@ def log_stage_files(cfg: DictConfig) -> None:
             if (out / name).is_file():
                 mlc.log_artifact(run_id, str(out / name))
     except Exception as exc:
-        log.warning("stage files not logged to MLflow run %s: %s", run_id, str(exc).splitlines()[0][:200])
+        log.warning("stage files not logged to MLflow run %s: %s", run_id, error_line(exc))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import scaling.tracking.store as store
+from scaling.uris import error_line, mask
 
 log = logging.getLogger("scaling.tracking")
 # A log_batch costs ~10 ms of Python (SQLite) plus ~0.1 ms a metric; the UI trails by 5 s.
@@ -33,6 +34,7 @@ class MlflowLogger:
         if not run_id:
             raise ValueError("MlflowLogger needs the id of an existing run (see start_run)")
         self.uri, self.run_id = store.resolve_uri(uri), run_id
+        self.shown_uri = mask(self.uri)  # in warnings: a database's or server's password stays out of logs
         self.flush_every_s, self.max_buffer = flush_every_s, max(1, int(max_buffer))
         self.close_timeout_s, self.max_backoff_s = close_timeout_s, max_backoff_s
         self.dropped = 0  # metrics pushed out of a full buffer
@@ -68,7 +70,7 @@ class MlflowLogger:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.warning("MLflow buffer full (%d metrics): dropped the oldest (%d so far); raise "
-                                "max_buffer or bring %s back", self.max_buffer, self.dropped, self.uri)
+                                "max_buffer or bring %s back", self.max_buffer, self.dropped, self.shown_uri)
 
     def log_params(self, params: Mapping[str, Any]) -> None:  # write-once: MLflow keeps the first
         self._ops.append(self._client.log_batch(self.run_id, params=store.param_entities(params), synchronous=False))
@@ -108,7 +110,7 @@ class MlflowLogger:
         atexit.unregister(self._at_exit)
         if self._points:
             log.warning("MLflow at %s unreachable: %d metrics of run %s could not be delivered before "
-                        "close; they are lost", self.uri, len(self._points), self.run_id)
+                        "close; they are lost", self.shown_uri, len(self._points), self.run_id)
 
     def __enter__(self) -> MlflowLogger:
         return self
@@ -168,7 +170,7 @@ class MlflowLogger:
             except Exception as exc:
                 if store.is_permanent(exc) and not self._opened:  # no such run, or unusable
                     log.warning("MLflow run %s at %s cannot be logged to: %s; metrics are discarded",
-                                self.run_id, self.uri, str(exc).splitlines()[0])
+                                self.run_id, self.shown_uri, error_line(exc))
                     with self._cond:
                         self._broken = True
                         self._points.clear()
@@ -178,14 +180,14 @@ class MlflowLogger:
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
                     log.warning("MLflow at %s unreachable; buffering %d metrics; will retry (%s)",
-                                self.uri, len(self._points), str(exc).splitlines()[0][:200])
+                                self.shown_uri, len(self._points), error_line(exc))
                 backoff = min(max(0.5, backoff * 2), self.max_backoff_s)
                 if closing:  # an outage at close: keep trying until the deadline
                     time.sleep(min(backoff, max(0.0, self._deadline - time.monotonic())))
             else:
                 if self._outage_since is not None:
                     log.warning("MLflow at %s reachable again after %.0f s; buffered metrics delivered",
-                                self.uri, time.monotonic() - self._outage_since)
+                                self.shown_uri, time.monotonic() - self._outage_since)
                 backoff, self._outage_since = 0.0, None
             wait = backoff or self.flush_every_s
             if closing and (not self._points or time.monotonic() >= self._deadline):
@@ -196,5 +198,6 @@ class MlflowLogger:
         try:
             self._client.set_terminated(self.run_id, status=self._status)
         except Exception as exc:
-            log.warning("MLflow run %s not marked %s at %s: %s", self.run_id, self._status, self.uri,
-                        str(exc).splitlines()[0][:200])
+            log.warning("MLflow run %s not marked %s at %s: %s", self.run_id, self._status, self.shown_uri,
+                        error_line(exc))
+

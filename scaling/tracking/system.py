@@ -13,6 +13,7 @@ import socket
 from typing import Any
 
 from scaling.tracking import store
+from scaling.uris import error_line
 
 log = logging.getLogger("scaling.tracking")
 SAMPLE_EVERY_S = 10.0  # the default of tracking.system_metrics_s
@@ -35,7 +36,7 @@ def start_system_metrics(uri: str | None, run_id: str | None, local_rank: int,
         monitor.start()
         return monitor
     except Exception as exc:  # system metrics must never stop a stage
-        log.warning("MLflow system metrics not logged for run %s: %s", run_id, str(exc).splitlines()[0][:200])
+        log.warning("MLflow system metrics not logged for run %s: %s", run_id, error_line(exc))
         return None
 
 
@@ -44,4 +45,4 @@ def stop_system_metrics(monitor: Any) -> None:
         try:
             monitor.finish()
         except Exception as exc:
-            log.warning("MLflow system metrics did not stop cleanly: %s", str(exc).splitlines()[0][:200])
+            log.warning("MLflow system metrics did not stop cleanly: %s", error_line(exc))

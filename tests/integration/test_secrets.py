@@ -50,3 +50,13 @@ def test_a_tracking_password_is_masked_in_folder_store_and_console(tmp_path, mlf
     assert run.info.status == "FINISHED"
     assert run.data.params["tracking.uri"] == f"http://alice:***@{host}"
     assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if PASSWORD in v]
+
+
+def test_the_store_probe_sends_the_password_as_basic_auth_and_shows_it_masked(mlflow_server):
+    from scaling.tracking.probe import store_problem, unreachable
+
+    host = mlflow_server.uri.split("://", 1)[1]
+    uri = f"http://alice:{PASSWORD}@{host}"
+    assert unreachable(uri) is None  # not "Name or service not known": alice:... is no part of the host
+    assert store_problem(uri, "nothing-here") == (
+        f"experiment 'nothing-here' does not exist at http://alice:***@{host} (nothing was recorded there yet)")

@@ -324,14 +324,15 @@ def test_metrics_logged_during_an_outage_arrive_when_the_store_is_back(
     assert any("reachable again" in m for m in messages)
 
 
+@pytest.mark.parametrize("user", ["", "alice:S3cretPW@"])  # a password shows as *** in every warning
 def test_unreachable_server_keeps_training_with_a_bounded_buffer(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, user: str
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once closed
-    uri = f"http://127.0.0.1:{port}"
+    uri, shown = f"http://{user}127.0.0.1:{port}", f"http://{user.replace('S3cretPW', '***')}127.0.0.1:{port}"
     with caplog.at_level(logging.WARNING, logger="scaling.tracking"):
         logger = tracking.MlflowLogger(uri, "0" * 32, flush_every_s=0.05, max_buffer=10)
         for step in range(15):
@@ -339,9 +340,10 @@ def test_unreachable_server_keeps_training_with_a_bounded_buffer(
         assert logger.pending == 10 and logger.dropped == 5
         logger.close("FAILED", timeout_s=1.0)
     messages = [r.getMessage() for r in caplog.records]
-    assert any(f"MLflow at {uri} unreachable; buffering" in m for m in messages)
-    assert any("buffer full" in m for m in messages)
-    assert any("could not be delivered" in m for m in messages)
+    assert any(f"MLflow at {shown} unreachable; buffering" in m for m in messages)
+    assert any("buffer full" in m and f"bring {shown} back" in m for m in messages)
+    assert any(f"MLflow at {shown} unreachable: 10 metrics" in m and "could not be delivered" in m for m in messages)
+    assert not [m for m in messages if "S3cretPW" in m]
 
 
 def test_exit_without_close_delivers_and_marks_the_run_killed(uri: str) -> None:
