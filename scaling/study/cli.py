@@ -176,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, LaunchError, SpecError, ValueError) as exc:
         return _fail(str(exc))
     if command == "status":
-        print_status(study.plan, args.json, tracking.resolve_uri(args.tracking_uri or study.plan.stages[0].cfg.tracking.uri))
+        uri = tracking.resolve_uri(args.tracking_uri or study.plan.stages[0].cfg.tracking.uri)
+        print_status(study.plan, args.json, uri)
         return 0
     if args.dry_run:
         _dry_run(study, args.json)
