@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from scaling.data.masking import mask_generator
 from scaling.data.shards import ShardStream
-from scaling.data.synth import ensure_synthetic
+from scaling.data.synth_cache import ensure_synthetic
 from scaling.data.transforms import train_transform
 from scaling.kinds import stage_kind
 from scaling.paths import REPO_ROOT

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scaling.data import synth, world
+from scaling.data import synth, synth_cache, world
 from scaling.data.evalsets import load_classification, load_retrieval
 
 
@@ -149,7 +149,7 @@ def test_eval_images_differ_from_training_images():
 
 def _ensure(args):
     cache, samples = args
-    return synth.ensure_synthetic(cache, samples=samples, image_size=16, seed=0, shard_size=20)
+    return synth_cache.ensure_synthetic(cache, samples=samples, image_size=16, seed=0, shard_size=20)
 
 
 def test_ensure_synthetic_generates_once_and_survives_concurrency(tmp_path, monkeypatch):
@@ -161,13 +161,13 @@ def test_ensure_synthetic_generates_once_and_survives_concurrency(tmp_path, monk
     assert set(out) == {"train", "classification", "composition", "retrieval"}
     assert out["train"].endswith("train-{000000..000001}.tar")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
-    marker = next(tmp_path.glob("synth-*")) / synth.MARKER
+    marker = next(tmp_path.glob("synth-*")) / synth_cache.MARKER
     assert marker.exists()
 
     def boom(*a, **k):
         raise AssertionError("regenerated although the cache was complete")
 
-    monkeypatch.setattr(synth, "write_world", boom)
+    monkeypatch.setattr(synth_cache, "write_world", boom)
     assert _ensure((str(tmp_path), 40)) == out
     assert load_classification(out["classification"], 16).classnames
 

@@ -146,7 +146,7 @@ def test_stage_input_errors_name_the_key(synth, tmp_path):
 
 
 def test_bad_samples_are_skipped_and_reported(synth, tmp_path, clip_stage):
-    from scaling.data.synth import ensure_synthetic
+    from scaling.data.synth_cache import ensure_synthetic
 
     paths = ensure_synthetic(synth, samples=256, image_size=32)
     good = paths["train"]
