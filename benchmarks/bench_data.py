@@ -56,6 +56,7 @@ def _best(fn, repeat: int, name: str | None = None) -> float:
 
 def bench_generator(work: Path, samples: int, size: int, repeat: int) -> dict:
     from scaling.data import captions, synth, world
+    from scaling.data.world_drawing import render_indexed
 
     def write() -> None:
         out = work / f"gen{size}"
@@ -68,7 +69,7 @@ def bench_generator(work: Path, samples: int, size: int, repeat: int) -> dict:
         for i in range(n_parts):
             rnd = world.sample_rng("train", 0, i)
             scene = world.sample_scene(rnd, size)
-            world.render_indexed(scene, size, rnd)
+            render_indexed(scene, size, rnd)
             captions.caption(scene, rnd)
 
     drawings = [synth._make_indexed("train", 0, i, size)[0] for i in range(n_parts)]

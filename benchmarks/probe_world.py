@@ -25,6 +25,7 @@ from torch import nn
 
 from scaling.data import world
 from scaling.data.transforms import normalize_batch
+from scaling.data.world_drawing import render
 from scaling.models.build import build_vision
 from scaling.models.registry import get_rung
 
@@ -38,7 +39,7 @@ def scenes(split: str, n: int, size: int, single: bool, solid: bool) -> tuple[to
         if solid:
             for ent in scene.entities:
                 ent.texture = "solid"
-        images.append(world.render(scene, size, rnd))
+        images.append(render(scene, size, rnd))
         main = scene.entities[0]
         labels.append((world.SHAPES.index(main.shape), world.COLOUR_NAMES.index(main.colour)))
     return normalize_batch(images), torch.tensor(labels)

@@ -33,6 +33,7 @@ from scaling.data import captions as grammar
 from scaling.data import world
 from scaling.data.encoding import FORMATS, encode, png_indexed, resolve_format, tar_member
 from scaling.data.synth_eval import TEMPLATES, write_digits, write_eval_sets
+from scaling.data.world_drawing import render_indexed
 
 __all__ = [
     "FORMATS",
@@ -59,7 +60,7 @@ def make_sample(
 def _make_indexed(split: str, seed: int, index: int, image_size: int, **scene_kw):
     rnd = world.sample_rng(split, seed, index)
     scene = world.sample_scene(rnd, image_size, **scene_kw)
-    drawing = world.render_indexed(scene, image_size, rnd)
+    drawing = render_indexed(scene, image_size, rnd)
     return drawing, grammar.caption(scene, rnd), scene
 
 

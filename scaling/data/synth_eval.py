@@ -21,6 +21,7 @@ from PIL import Image
 from scaling.data import captions as grammar
 from scaling.data import world
 from scaling.data.encoding import png_indexed
+from scaling.data.world_drawing import render_indexed
 
 TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a rendering of a {}.")
 
@@ -48,7 +49,7 @@ def _write_folder_set(
             rnd = world.sample_rng(split, seed, index)
             scene = world.sample_scene(rnd, image_size, combos=((shape, colour),), single=True)
             (folder / f"{j:04d}.png").write_bytes(
-                png_indexed(*world.render_indexed(scene, image_size, rnd))
+                png_indexed(*render_indexed(scene, image_size, rnd))
             )
             index += 1
 
@@ -93,7 +94,7 @@ def write_eval_sets(
             rnd = world.sample_rng("eval-ret", seed, i)
             scene = world.sample_scene(rnd, image_size)
             name = f"images/{i:05d}.png"
-            (ret / name).write_bytes(png_indexed(*world.render_indexed(scene, image_size, rnd)))
+            (ret / name).write_bytes(png_indexed(*render_indexed(scene, image_size, rnd)))
             texts = [grammar.caption(scene, rnd, detail=2) for _ in range(2)]
             f.write(json.dumps({"image": name, "captions": texts}) + "\n")
     return paths

@@ -16,6 +16,7 @@ from PIL import Image
 
 from scaling.data import synth, synth_cache, world
 from scaling.data.evalsets import load_classification, load_retrieval
+from scaling.data.world_drawing import render
 
 
 def _members(path: Path) -> dict[str, bytes]:
@@ -144,7 +145,7 @@ def test_eval_images_differ_from_training_images():
     train = {synth.make_sample("train", 0, i, 32)[0].tobytes() for i in range(200)}
     rnd = world.sample_rng("eval-cls", 0, 0)
     scene = world.sample_scene(rnd, 32, combos=(("circle", "red"),), single=True)
-    assert world.render(scene, 32, rnd).tobytes() not in train
+    assert render(scene, 32, rnd).tobytes() not in train
 
 
 def _ensure(args):
