@@ -36,7 +36,8 @@ import torch
 
 from scaling.data.errors import DataError
 from scaling.data.shard_urls import expand_urls
-from scaling.data.stream import StreamConfig, WorkerStream
+from scaling.data.stream import WorkerStream
+from scaling.data.stream_types import StreamConfig
 
 STATE_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 (no seek state) restores by replay
