@@ -145,6 +145,9 @@ def print_status(plan: Any, as_json: bool, uri: str | None = None) -> None:
     MLflow store at ``uri`` cannot be reached or holds no such experiment."""
     rows = stage_rows(plan)
     print(json.dumps(rows, indent=1) if as_json else status_table(rows))
+    for row in [] if as_json else [r for r in rows if r["untracked"]]:
+        print(f"note: {row['stage']} ran untracked (MLflow was down); its metrics wait in {row['out_dir']}/"
+              "metric_spool.jsonl: the same command, run with the server up, records them")
     problem = store_problem(uri, plan.experiment) if uri else None
     if problem:
         print(f"MLflow: {problem}; the states above are the stage folders' own", file=sys.stderr)

@@ -93,9 +93,11 @@ class Dispatcher:
 
     # -- tracking -------------------------------------------------------------------------------
 
-    def _open_runs(self, todo: list[PlannedStage]) -> None:
+    def _open_runs(self, todo: list[PlannedStage], untracked: list[PlannedStage]) -> None:
         uri = self.outcome.uri = tracking.resolve_uri(self.tracking_uri or self.plan.stages[0].cfg.tracking.uri)
         parent = self.outcome.parent_run_id = runs.open_parent_run(uri, self.plan, self.executor, self.argv, self.say)
+        # upstream first: the runs opened next link to theirs
+        runs.record_untracked(uri, self.plan, parent, untracked, self.outcome.run_ids, self.say)
         runs.open_stage_runs(uri, self.plan, parent, todo, self.outcome.run_ids)
 
     def _end_run(self, name: str, status: str) -> None:
@@ -115,7 +117,7 @@ class Dispatcher:
         job_id = job_id_of(job)
         self.outcome.job_ids[stage.name] = job_id
         self.outcome.submitted.append(stage.name)
-        write_state(stage.out_dir, "submitted", job_id=job_id, submitted=time.time())
+        write_state(stage.out_dir, "submitted", job_id=job_id, submitted=time.time(), untracked=not self.track)
         after = f" (afterok {', '.join(depends)})" if depends else ""
         self.say(f"[{stage.name}] submitted: {self.executor} job {job_id}{after}")
         self._shown[stage.name] = ("submitted", -1)  # the progress lines need not say it again
@@ -222,11 +224,17 @@ class Dispatcher:
                 self.say(f"[{stage.name}] finished earlier (fingerprint {stage.fingerprint}): skipped")
             else:
                 todo.append(stage)
+        # finished while the store was down: recorded now that it answers
+        untracked = [s for s in plan.stages if self.outcome.states.get(s.name) == "skipped"
+                     and s.state().get("untracked")] if self.track else []
         if not todo:
             self.say("nothing to run: every stage of this plan finished earlier (same fingerprints)")
+            if untracked:
+                self._open_runs([], untracked)
+                self._finish("FINISHED")
             return self.outcome
         if self.track:
-            self._open_runs(todo)
+            self._open_runs(todo, untracked)
         jobs: dict[str, Any] = {}
         try:
             if follow.submits_ahead(self.executor):

@@ -16,7 +16,9 @@ from collections.abc import Callable
 from scaling import tracking
 from scaling.ladder.describe import lineage_tags, stage_params
 from scaling.ladder.plan import Plan, PlannedStage
+from scaling.launch.artifacts import log_stage_files
 from scaling.stage_state import stage_run_id, stage_tags, write_state
+from scaling.train.spool import MetricSpool
 
 Say = Callable[[str], None]
 
@@ -73,30 +75,52 @@ def open_parent_run(uri: str, plan: Plan, executor: str, argv: list[str], say: S
     )
 
 
-def open_stage_runs(uri: str, plan: Plan, parent: str, todo: list[PlannedStage], ids: dict[str, str]) -> None:
-    """Each stage's run (its earlier one, or a new child of ``parent`` with lineage tags) into
-    ``ids``, its config's ``tracking`` section and its state file (``planned``)."""
+def stage_run(uri: str, plan: Plan, parent: str | None, stage: PlannedStage, ids: dict[str, str]) -> str:
+    """The stage's run (its earlier one, or a new child of ``parent`` with lineage tags), into ``ids``."""
     names = {s.name for s in plan.stages}
+    # the run it learns from: a MIM stage's teacher, a CLIP stage's text init
+    teacher = stage.teacher or stage.init.get("text")
+    links = {"teacher": ids.get(stage.teacher or ""),
+             "init": ids.get(stage.init.get("vision", "")), "text init": ids.get(stage.init.get("text", ""))}
+    tags = tracking.standard_tags(
+        **stage_tags(stage.kind, stage.rung, stage.name),
+        teacher_run_id=ids.get(teacher or ""), init_run_id=ids.get(stage.init.get("vision", "")),
+        teacher_checkpoint=None if teacher in ids or teacher in names else teacher,
+        teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy, **stage.tags,
+    ) | lineage_tags(uri, tracking.get_or_create_experiment(plan.experiment, uri), links,
+                     {v: k for k, v in ids.items()})
+    ids[stage.name] = tracking.open_stage_run(uri, plan.experiment, stage.name, stage.fingerprint,
+                                              known=stage_run_id(stage.out_dir), parent_run_id=parent,
+                                              tags=tags, params=stage_params(stage))
+    return ids[stage.name]
+
+
+def open_stage_runs(uri: str, plan: Plan, parent: str, todo: list[PlannedStage], ids: dict[str, str]) -> None:
+    """Each stage's run (``stage_run``) into ``ids``, its config's ``tracking`` section and its
+    state file (``planned``)."""
     for stage in todo:
-        # the run it learns from: a MIM stage's teacher, a CLIP stage's text init
-        teacher = stage.teacher or stage.init.get("text")
-        params = stage_params(stage)
-        links = {"teacher": ids.get(stage.teacher or ""),
-                 "init": ids.get(stage.init.get("vision", "")), "text init": ids.get(stage.init.get("text", ""))}
-        tags = tracking.standard_tags(
-            **stage_tags(stage.kind, stage.rung, stage.name),
-            teacher_run_id=ids.get(teacher or ""), init_run_id=ids.get(stage.init.get("vision", "")),
-            teacher_checkpoint=None if teacher in ids or teacher in names else teacher,
-            teacher_rung=stage.teacher_rung, ladder=plan.ladder.name, proxy=plan.proxy, **stage.tags,
-        ) | lineage_tags(uri, tracking.get_or_create_experiment(plan.experiment, uri), links,
-                         {v: k for k, v in ids.items()})
-        run_id = tracking.open_stage_run(uri, plan.experiment, stage.name, stage.fingerprint,
-                                         known=stage_run_id(stage.out_dir), parent_run_id=parent,
-                                         tags=tags, params=params)
-        ids[stage.name] = run_id
+        run_id = stage_run(uri, plan, parent, stage, ids)
         stage.cfg.tracking.uri, stage.cfg.tracking.run_id, stage.cfg.tracking.parent_run_id = uri, run_id, parent
         write_state(stage.out_dir, "planned", stage=stage.name, run_id=run_id, fingerprint=stage.fingerprint,
                     proxy=plan.proxy, parent_run_id=parent, error=None)
+
+
+def record_untracked(uri: str, plan: Plan, parent: str, stages: list[PlannedStage], ids: dict[str, str],
+                     say: Say) -> None:
+    """Stages that finished while the store was down (``untracked`` in their state file): each gets
+    its run now, with every metric its spool kept and its files, ended ``FINISHED``."""
+    for stage in stages:
+        run_id = stage_run(uri, plan, parent, stage, ids)
+        stage.cfg.tracking.uri, stage.cfg.tracking.run_id = uri, run_id
+        logger = tracking.MlflowLogger(uri, run_id)
+        rows = MetricSpool(stage.out_dir, logger).resend()
+        logger.close("FINISHED")
+        if logger.pending:  # the store went away again: the flag stays, the next run tries again
+            say(f"[{stage.name}] ran untracked; its metrics did not reach MLflow run {run_id} yet")
+            continue
+        log_stage_files(stage.cfg)
+        write_state(stage.out_dir, "finished", run_id=run_id, parent_run_id=parent, untracked=False)
+        say(f"[{stage.name}] ran untracked: recorded now in MLflow run {run_id} ({rows} spooled metric rows)")
 
 
 def end_run(uri: str | None, run_id: str | None, status: str, say: Say) -> None:

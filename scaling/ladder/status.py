@@ -34,6 +34,7 @@ def stage_rows(plan: Plan) -> list[dict[str, Any]]:
             "fingerprint": stage.fingerprint,
             "out_dir": stage.out_dir.as_posix(),
             "error": state.get("error"),
+            "untracked": bool(state.get("untracked")),  # ran while the store was down
             "nodes": state.get("nodes"),
             **(job_report(state.get("job_id"), state.get("nodes")) if state.get("state") in _ASK_SLURM else {}),
         })

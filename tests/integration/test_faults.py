@@ -231,6 +231,7 @@ def test_a_second_ladder_is_refused_and_a_stopped_stage_is_not_a_failure(tmp_pat
 
 # row: the tracking server is down when the ladder starts (its URI holds a password: shown masked)
 def test_a_down_tracking_server_does_not_stop_the_ladder(tmp_path):
+    from scaling import tracking
     from tests.services.mlflow_server import free_port
 
     port = free_port()
@@ -254,3 +255,17 @@ def test_a_down_tracking_server_does_not_stop_the_ladder(tmp_path):
     assert "S3cretPW" not in done.stdout + done.stderr + strict.stderr + status.stderr
     spool = JsonlLogger(stage_dir(tmp_path, "clip@18B") / "metric_spool.jsonl").read()
     assert [r["step"] for r in spool if "train/loss" in r] == [1, 2]  # kept for the store
+
+    # status names them; the same command with the server back records them from their spools
+    stages = sorted((tmp_path / "runs" / "ladder-eva").glob("*@*"))
+    status = ladder(tmp_path, *args, command="status")
+    notes = [line for line in status.stdout.splitlines() if line.startswith("note: ") and "ran untracked" in line]
+    assert len(stages) == 3 and len(notes) == 3, status.stdout
+    with MlflowServer(tmp_path / "server", port=port) as server:
+        again = ladder(tmp_path, *args)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert again.stdout.count("ran untracked: recorded now in MLflow run") == 3, again.stdout
+        for stage in stages:
+            assert mlflow_steps(server.uri, stage) == [1, 2]
+            assert tracking.run_status(server.uri, read_state(stage)["run_id"]) == "FINISHED"
+        assert "ran untracked" not in ladder(tmp_path, *args, command="status").stdout
