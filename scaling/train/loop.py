@@ -1,4 +1,9 @@
-"""The training loop of a stage: setup, resume, steps, periodic evaluation and checkpoints."""
+"""The training loop of a stage: setup, resume, steps, periodic evaluation and checkpoints.
+
+``TrainingLoop.run`` reads top to bottom; what it leans on lives beside it: the phases
+(``train.phases``), when to log, evaluate and checkpoint (``train.cadence``), what a checkpoint
+holds and how a resume reads it back (``train.loop_checkpoints``), and the stage kind's model,
+loss and evaluation (``train.kinds``)."""
 
 from __future__ import annotations
 
@@ -12,26 +17,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from timm.layers import PatchDropoutWithIndices
 from tqdm.auto import tqdm
 
-from scaling.batching import apply_auto_micro_batch, batch_layout
+from scaling.batching import apply_auto_micro_batch
 from scaling.config import Phase, stage_phases
 from scaling.data.tokenizer import get_tokenizer
 from scaling.data.transforms import normalize_on_device
-from scaling.eval.cadence import eval_every_samples
 from scaling.eval.runner import StageEvaluator
 from scaling.kinds import stage_kind
 from scaling.metrics import MetricLogger
 from scaling.models import apply_overrides
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
-from scaling.train import integrity
+from scaling.train import loop_checkpoints
+from scaling.train.cadence import Cadence
 from scaling.train.engine import DeepSpeedEngine, Engine
-from scaling.train.errors import StageConfigError
 from scaling.train.kinds import training_kind
 from scaling.train.nonfinite import check_finite
 from scaling.train.optim import CosineSchedule, build_optimizer, param_groups, tower_lrs
+from scaling.train.phases import check_phase_sizes, phase_at, phase_key, phase_layout, set_patch_dropout
 from scaling.train.resize import set_teacher_grid, set_tower_image_size
 from scaling.train.result import StageResult
 from scaling.train.stage_data import resolve_sources, train_stream
@@ -45,25 +49,6 @@ def seed_all(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def phase_layout(batch: int, micro_batch: int | None, world: int, where: str = "train") -> tuple[int, int]:
-    """(micro batch per process, accumulation steps) for a global batch of ``batch``."""
-    micro, accum, divides = batch_layout(batch, world, micro_batch)
-    if not divides:
-        raise StageConfigError(
-            f"{where}.batch_size={batch} is not a multiple of micro batch ({micro}) x processes ({world}); "
-            f"set {where}.micro_batch or the batch size so that it divides")
-    return micro, accum
-
-
-def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
-    """Set the patch dropout of every timm ``Eva`` trunk in ``module`` (a phase boundary)."""
-    for sub in module.modules():
-        if hasattr(sub, "patch_drop") and hasattr(sub, "num_prefix_tokens"):
-            # None at 0, as a tower built without dropout: no module, no random numbers drawn
-            sub.patch_drop = PatchDropoutWithIndices(rate, num_prefix_tokens=sub.num_prefix_tokens) \
-                if rate > 0 else None
 
 
 class TrainingLoop:
@@ -90,14 +75,14 @@ class TrainingLoop:
         self.total_steps = int(self.phase_ends[-1])
         self.phase = self.phases[0]
         self.micro, self.accum = phase_layout(self.phase.batch_size, self.phase.micro_batch, self.world,
-                                              self._where(0))
+                                              phase_key(cfg, 0))
         self.step = 0
         self.samples_seen = 0
         self.metrics: dict[str, float] = {}
         built = self.description.tower(stage_rung(cfg))
         # the size the towers are built at; a phase may run at another (checked before any build)
         self.base_image_size = built.image_size
-        self._check_phase_sizes(built.patch_size)
+        check_phase_sizes(cfg, self.phases, self.base_image_size, built.patch_size)
         self.engine: Engine | None = None
 
         seed_all(cfg.train.seed)  # identical initial weights on every rank
@@ -107,7 +92,7 @@ class TrainingLoop:
         self.image_size, self.grid = spec.image_size, spec.grid  # the size the towers run at now
         self.teacher_image_size = info.get("teacher_image_size")
         self.teacher_spec = info.get("teacher_spec")
-        self._move_towers(self._phase_size(self.phase))  # a first phase may set its own size
+        self._move_towers(self.phase_size(self.phase))  # a first phase may set its own size
         self.engine = self._engine()
         if cfg.train.compile:
             self.engine.compile()  # compiles at the first step; evaluation runs the eager module
@@ -125,32 +110,18 @@ class TrainingLoop:
             if len(self.phases) > 1:
                 log.info("%s: phases %s", cfg.stage.name, ", ".join(
                     f"{p.name} ({p.steps} steps of {p.batch_size}, patch dropout {p.patch_dropout}, "
-                    f"{self._phase_size(p)} px)"
+                    f"{self.phase_size(p)} px)"
                     for p in self.phases))
         self.evaluator = self._evaluator()
         # Per-rank randomness (drop path, patch dropout) after the shared init.
         seed_all(cfg.train.seed + 1_000_003 * self.rank)
 
     # -- phases ------------------------------------------------------------------------------
-    def _where(self, index: int) -> str:
-        return f"phases[{index}]" if self.cfg.phases else "train"
-
-    def _phase_size(self, phase: Phase) -> int:
+    def phase_size(self, phase: Phase) -> int:
         return phase.image_size or self.base_image_size
 
-    def _check_phase_sizes(self, patch: int) -> None:
-        first = self._phase_size(self.phases[0])  # the size the engine starts at
-        for phase in self.phases:
-            size, key = self._phase_size(phase), f"{self._where(phase.index)}.image_size"
-            if size % patch:
-                raise StageConfigError(f"{key}={size} is not a multiple of the tower's patch size ({patch})")
-            if size != first and self.cfg.distributed.deepspeed:
-                raise StageConfigError(
-                    f"{key}={size}: a phase that changes the image size ({first} -> {size}) runs "
-                    "without DeepSpeed (distributed.deepspeed=false; DDP on several processes): DeepSpeed "
-                    "keeps the weights and optimizer state in flat buffers sized when its engine starts, "
-                    "which the resampled position table no longer fits. Or run the new size as its own "
-                    "clip stage (data.image_size, inputs.init_vision/init_text from this one)")
+    def phase_at(self, step: int) -> Phase:
+        return phase_at(self.phases, self.phase_ends, step)
 
     def _evaluator(self) -> StageEvaluator:
         return StageEvaluator(self.cfg, self.sources, self.image_size, self.grid, self.tokenizer,
@@ -175,16 +146,11 @@ class TrainingLoop:
                      old, size, self.grid, self.grid, " and its moments" if optimizer else "")
         return True
 
-    def _set_image_size(self, size: int) -> None:
+    def set_image_size(self, size: int) -> None:
         """Train and evaluate at ``size`` from now on (a phase boundary, or a resume into a phase)."""
         if self._move_towers(size):
             self.engine.params_changed()
             self.evaluator = self._evaluator()
-
-    def _phase_at(self, step: int) -> Phase:
-        """The phase that optimiser step ``step`` (0-based, about to be taken) belongs to."""
-        return next((p for p, end in zip(self.phases, self.phase_ends, strict=True) if step < end),
-                    self.phases[-1])
 
     def _stream(self, index: int):
         # each phase draws its own data order (the seed moves with the phase), so a later phase
@@ -192,12 +158,12 @@ class TrainingLoop:
         return train_stream(self.cfg, self.sources.train, self.image_size, self.grid, self.tokenizer,
                             self.micro, self.rank, self.world, seed_offset=index)
 
-    def _enter_phase(self, phase: Phase) -> None:
+    def enter_phase(self, phase: Phase) -> None:
         """Switch to ``phase``: batch layout, patch dropout, image size and a new data stream."""
         self.phase = phase
-        self._set_image_size(self._phase_size(phase))
+        self.set_image_size(self.phase_size(phase))
         self.micro, self.accum = phase_layout(phase.batch_size, phase.micro_batch, self.world,
-                                              self._where(phase.index))
+                                              phase_key(self.cfg, phase.index))
         self.engine.set_batch(phase.batch_size, self.micro, self.accum)
         if self.description.patch_dropout:
             set_patch_dropout(self.module, phase.patch_dropout)
@@ -223,58 +189,12 @@ class TrainingLoop:
         return Engine(self.module, optimizer, schedule, cfg.optim.grad_clip, cfg.train.precision,
                       self.device, self.world)
 
-    # -- checkpoints ---------------------------------------------------------------------------
+    # -- checkpoints (train.loop_checkpoints) -------------------------------------------------
     def resume(self) -> Path | None:
-        # a checkpoint that fails its content hash or does not read back: the one before it
-        loaded = ckpt.load_newest_good(self.out, self.rank, self._load, dist_utils.any_true)
-        if loaded is None:
-            return None
-        found, manifest = loaded
-        if self.rank == 0:
-            log.info("resumed from %s (step %d, %d samples)", found, self.step, self.samples_seen)
-        return found
-
-    def _load(self, found: Path, manifest: dict) -> None:
-        step = manifest.get("step")
-        rank_file = found / f"rank_{self.rank}.pt"
-        same_world = manifest.get("world_size") == self.world and rank_file.is_file()
-        # read before anything changes, so that a bad file leaves the loop as it was
-        state = integrity.load(rank_file, step, map_location="cpu", weights_only=False) if same_world else None
-        # the weights are at the size of the phase the checkpoint was saved in
-        self._set_image_size(int(manifest.get("image_size") or
-                                 self._phase_size(self.phases[int(manifest.get("phase", 0))])))
-        self.engine.load(found, step)
-        self.step, self.samples_seen = int(manifest["step"]), int(manifest["samples_seen"])
-        phase = self._phase_at(self.step)
-        if phase.index != self.phase.index:
-            self._enter_phase(phase)
-        if state is not None:
-            ckpt.set_rng_state(state["rng"])
-            # saved at the last step of the phase before: this phase's stream starts fresh
-            if int(state.get("phase", 0)) == phase.index:
-                self.stream.load_state_dict(state["stream"])
-        else:
-            log.warning("resuming %s saved by %s processes on %s: data order and RNG streams restart",
-                        found, manifest.get("world_size"), self.world)
+        return loop_checkpoints.resume(self)
 
     def save(self, target: Path, final: bool = False) -> Path:
-        full = self.engine.full_state_dict()
-        manifest = {"kind": self.kind, "rung": self.cfg.stage.rung, "proxy": self.cfg.stage.proxy,
-                    "step": self.step, "samples_seen": self.samples_seen, "world_size": self.world,
-                    "deepspeed": self.engine.deepspeed, "final": final, "phase": self.phase.index,
-                    "image_size": self.image_size,
-                    "metrics": self.metrics if final else {}}
-        rank_state = {"rng": ckpt.rng_state(), "stream": self.stream.state_dict(), "phase": self.phase.index}
-        if self.rank == 0:
-            self.logger.sync()  # a complete checkpoint has its metrics on disk (train.spool)
-        path = ckpt.save(target, self.rank, dist_utils.barrier,
-                         write_shared=lambda book: book.save(full, book.root / ckpt.MODEL_FILE),
-                         rank_state=rank_state, manifest=manifest,
-                         write_collective=lambda book: self.engine.save(book, self.rank),
-                         agree=dist_utils.any_true, world=self.world)
-        if self.rank == 0 and not final:
-            ckpt.prune(self.out, self.cfg.train.keep_checkpoints)
-        return path
+        return loop_checkpoints.save(self, target, final)
 
     # -- steps ---------------------------------------------------------------------------------
     def micro_loss(self, batch: dict) -> torch.Tensor:
@@ -321,14 +241,14 @@ class TrainingLoop:
         cfg = self.cfg
         self.resume()
         batches = iter(self.stream)
-        every = eval_every_samples(cfg)
+        due = Cadence(cfg, self.total_steps)
         bar = _progress(self.total_steps, self.step, f"{self.cfg.stage.name}", self.rank == 0)
         window_loss, window_steps, grad_norm = 0.0, 0, float("nan")
         tick = time.perf_counter()
         while self.step < self.total_steps:
-            phase = self._phase_at(self.step)
+            phase = self.phase_at(self.step)
             if phase.index != self.phase.index:
-                self._enter_phase(phase)
+                self.enter_phase(phase)
                 batches = iter(self.stream)
             if self._stop():
                 target = self.out / "checkpoints" / f"step_{self.step}"
@@ -346,16 +266,15 @@ class TrainingLoop:
             window_loss += loss
             window_steps += 1
             bar.update(1)
-            if self.step % cfg.train.log_every == 0 or self.step == self.total_steps:
+            if due.log(self.step):
                 self._log_train(window_loss, window_steps, grad_norm, time.perf_counter() - tick)
                 bar.set_postfix(loss=f"{self.metrics['train/loss']:.4f}")
                 window_loss, window_steps = 0.0, 0
                 tick = time.perf_counter()
             paused = time.perf_counter()
-            if every and self.samples_seen // every > (self.samples_seen - self.phase.batch_size) // every \
-                    and self.step < self.total_steps:
+            if due.evaluate(self.step, self.samples_seen, self.phase.batch_size):
                 self.evaluate()
-            if cfg.train.ckpt_every and self.step % cfg.train.ckpt_every == 0 and self.step < self.total_steps:
+            if due.checkpoint(self.step):
                 self.save(self.out / "checkpoints" / f"step_{self.step}")
             tick += time.perf_counter() - paused  # eval and checkpoints do not count as training time
         bar.close()
