@@ -39,10 +39,6 @@ class StageWiring:
     kind: str
     inputs: dict[str, Source]  # inputs.<key> -> its source, in the file's order
 
-    def teacher_input(self) -> str | None:
-        """The input that is the stage's teacher (it sizes ``stage.teacher_rung``), if wired."""
-        return "teacher" if "teacher" in self.inputs else None
-
 
 def _fail(path: Path, key: str, why: str) -> ConfigError:
     return ConfigError(key_message(str(path), key, why))

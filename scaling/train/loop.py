@@ -29,10 +29,10 @@ from scaling.metrics import MetricLogger
 from scaling.models import apply_overrides
 from scaling.train import checkpoint as ckpt
 from scaling.train import distributed as dist_utils
-from scaling.train import loop_checkpoints
 from scaling.train.cadence import Cadence
 from scaling.train.engine import DeepSpeedEngine, Engine
 from scaling.train.kinds import training_kind
+from scaling.train.loop_checkpoints import LoopCheckpoints
 from scaling.train.nonfinite import check_finite
 from scaling.train.optim import CosineSchedule, build_optimizer, param_groups, tower_lrs
 from scaling.train.phases import check_phase_sizes, phase_at, phase_key, phase_layout, set_patch_dropout
@@ -51,8 +51,9 @@ def seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class TrainingLoop:
-    """One stage's training loop; `scaling.train.stage.run_stage` sets up the process and runs it."""
+class TrainingLoop(LoopCheckpoints):
+    """One stage's training loop; `scaling.train.stage.run_stage` sets up the process and runs it.
+    ``resume`` and ``save`` are its checkpoint half, ``LoopCheckpoints``."""
 
     def __init__(self, cfg: DictConfig, device: torch.device, logger: MetricLogger,
                  stop_requested=None) -> None:
@@ -188,13 +189,6 @@ class TrainingLoop:
                                    batch_size=self.phase.batch_size)
         return Engine(self.module, optimizer, schedule, cfg.optim.grad_clip, cfg.train.precision,
                       self.device, self.world)
-
-    # -- checkpoints (train.loop_checkpoints) -------------------------------------------------
-    def resume(self) -> Path | None:
-        return loop_checkpoints.resume(self)
-
-    def save(self, target: Path, final: bool = False) -> Path:
-        return loop_checkpoints.save(self, target, final)
 
     # -- steps ---------------------------------------------------------------------------------
     def micro_loss(self, batch: dict) -> torch.Tensor:
