@@ -135,6 +135,20 @@ class Phase:
     def steps(self) -> int:
         return max(1, self.samples // self.batch_size)
 
+    def size(self, base: int) -> int:
+        """The image size this phase trains at: its own, else the stage's ``base``."""
+        return self.image_size or base
+
+
+def first_resize(phases: list[Phase], base: int) -> tuple[Phase, int, int] | None:
+    """The first phase whose image size differs from the first phase's, as (phase, from, to).
+
+    Such a phase cannot run under DeepSpeed: its engine keeps the weights and optimizer state in
+    flat buffers sized when it starts, which the resampled position table no longer fits. The loop
+    refuses it and the planner reports it, both from this one check."""
+    first = phases[0].size(base)
+    return next(((p, first, p.size(base)) for p in phases if p.size(base) != first), None)
+
 
 def stage_phases(cfg: DictConfig, source: str = "config") -> list[Phase]:
     """The stage's phases in order (one, the stage itself, when ``phases`` is empty)."""

@@ -17,7 +17,7 @@ from scaling.batching import (
     stage_rungs,
     world,
 )
-from scaling.config import Phase, stage_phases
+from scaling.config import Phase, first_resize, stage_phases
 from scaling.kinds import stage_kind
 from scaling.ladder.plan import Plan, PlannedStage
 from scaling.models.registry import RungSpec, apply_overrides
@@ -130,11 +130,11 @@ def _stage_problems(name: str, cfg: DictConfig, phases: list[Phase], per_phase: 
 
 def _resize_problems(name: str, cfg: DictConfig, phases: list[Phase], rung_size: int) -> list[str]:
     """A phase that changes the image size cannot run under DeepSpeed (the loop refuses it)."""
-    sizes = [p.image_size or rung_size for p in phases]
-    if len(set(sizes)) == 1 or not cfg.distributed.deepspeed:
+    resize = first_resize(phases, rung_size)
+    if resize is None or not cfg.distributed.deepspeed:
         return []
-    p = next(p for p, size in zip(phases, sizes, strict=True) if size != sizes[0])
-    return [f"{name} phase '{p.name}': image size {sizes[0]} -> {sizes[p.index]} needs "
+    phase, first, size = resize
+    return [f"{name} phase '{phase.name}': image size {first} -> {size} needs "
             "distributed.deepspeed=false (DeepSpeed's flat buffers are sized for the first grid's "
             "position table); or run the new size as its own clip stage"]
 

@@ -119,7 +119,7 @@ class TrainingLoop(LoopCheckpoints):
 
     # -- phases ------------------------------------------------------------------------------
     def phase_size(self, phase: Phase) -> int:
-        return phase.image_size or self.base_image_size
+        return phase.size(self.base_image_size)
 
     def phase_at(self, step: int) -> Phase:
         return phase_at(self.phases, self.phase_ends, step)

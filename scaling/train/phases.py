@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from timm.layers import PatchDropoutWithIndices
 
 from scaling.batching import batch_layout
-from scaling.config import Phase
+from scaling.config import Phase, first_resize
 from scaling.train.errors import StageConfigError
 
 
@@ -34,18 +34,20 @@ def phase_at(phases: list[Phase], ends: list[int], step: int) -> Phase:
 
 def check_phase_sizes(cfg: DictConfig, phases: list[Phase], base_size: int, patch: int) -> None:
     """Every phase's image size fits the tower's patches, and only a run without DeepSpeed changes it."""
-    first = phases[0].image_size or base_size  # the size the engine starts at
     for phase in phases:
-        size, key = phase.image_size or base_size, f"{phase_key(cfg, phase.index)}.image_size"
+        size = phase.size(base_size)
         if size % patch:
-            raise StageConfigError(f"{key}={size} is not a multiple of the tower's patch size ({patch})")
-        if size != first and cfg.distributed.deepspeed:
-            raise StageConfigError(
-                f"{key}={size}: a phase that changes the image size ({first} -> {size}) runs "
-                "without DeepSpeed (distributed.deepspeed=false; DDP on several processes): DeepSpeed "
-                "keeps the weights and optimizer state in flat buffers sized when its engine starts, "
-                "which the resampled position table no longer fits. Or run the new size as its own "
-                "clip stage (data.image_size, inputs.init_vision/init_text from this one)")
+            raise StageConfigError(f"{phase_key(cfg, phase.index)}.image_size={size} is not a multiple of the "
+                                   f"tower's patch size ({patch})")
+    resize = first_resize(phases, base_size)
+    if resize and cfg.distributed.deepspeed:
+        phase, first, size = resize
+        raise StageConfigError(
+            f"{phase_key(cfg, phase.index)}.image_size={size}: a phase that changes the image size ({first} -> "
+            f"{size}) runs without DeepSpeed (distributed.deepspeed=false; DDP on several processes): DeepSpeed "
+            "keeps the weights and optimizer state in flat buffers sized when its engine starts, "
+            "which the resampled position table no longer fits. Or run the new size as its own "
+            "clip stage (data.image_size, inputs.init_vision/init_text from this one)")
 
 
 def set_patch_dropout(module: torch.nn.Module, rate: float) -> None:
