@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -124,21 +125,11 @@ def _log(uri, experiment: str, report: Report) -> None:
             return
 
 
-def write_report(
-    uri: str | None,
-    experiment: str,
-    out_dir: str | Path,
-    *,
-    metric: str = DEFAULT_METRIC,
-    log_artifacts: bool = False,
-    record_predictions: bool | None = None,
-    **kwargs,
-) -> Path:
+def write_report(uri: str | None, experiment: str, out_dir: str | Path, **options: Any) -> Path:
     """Write the report of ``experiment`` into ``out_dir`` and return the path of ``report.md``.
 
-    ``log_artifacts``: also attach report and figures to the experiment's latest parent run and
-    record each run's predicted metric (``pred/<metric>``) unless ``record_predictions=False``.
-    Other keywords (``sections``, ``formats``) go to :func:`build_report`.
+    ``options`` are :func:`build_report`'s: ``log_artifacts=True`` also attaches report and figures
+    to the experiment's latest parent run and records each run's predicted metric
+    (``pred/<metric>``) unless ``record_predictions=False``; ``metric``, ``sections``, ``formats``.
     """
-    return build_report(uri, experiment, out_dir, metric=metric, log_artifacts=log_artifacts,
-                        record_predictions=record_predictions, **kwargs).path  # fmt: skip
+    return build_report(uri, experiment, out_dir, **options).path

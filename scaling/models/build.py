@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 from unittest import mock
 
 import torch
@@ -79,26 +80,17 @@ def build_clip(
     spec: RungSpec,
     *,
     device: torch.device | str = "cpu",
-    attn: str = "sdpa",
-    patch_dropout: float = 0.0,
     grad_checkpointing: bool = False,
-    drop_path: float = 0.0,
-    subln_rescale: bool = False,
+    **vision: Any,
 ) -> EvaClip:
-    """The EVA CLIP of a rung. ``device='meta'`` allocates nothing (any rung in seconds)."""
+    """The EVA CLIP of a rung. ``device='meta'`` allocates nothing (any rung in seconds).
+    ``vision``: the vision tower's options, as :func:`build_vision` takes them (``attn``,
+    ``patch_dropout``, ``drop_path``, ``subln_rescale``)."""
     if spec.text is None:
         raise ValueError(
             f"{spec.name} is a MIM-only tower (no text tower); use build_mim or a CLIP rung"
         )
-    visual = build_vision(
-        spec.vision,
-        device=device,
-        attn=attn,
-        patch_dropout=patch_dropout,
-        grad_checkpointing=grad_checkpointing,
-        drop_path=drop_path,
-        subln_rescale=subln_rescale,
-    )
+    visual = build_vision(spec.vision, device=device, grad_checkpointing=grad_checkpointing, **vision)
     with _init_context(device):
         text = build_text_tower(spec.text)
         model = EvaClip(spec, visual, text)
