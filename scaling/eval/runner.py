@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,26 +30,30 @@ def _batches(tensors: torch.Tensor, size: int) -> Iterator[torch.Tensor]:
         yield tensors[i : i + size]
 
 
+@dataclass
 class StageEvaluator:
     """Loads the held-out sets once; ``__call__(model, rank, all_ranks)`` returns ``eval/...`` metrics
     on rank 0 from ``evaluate(self, model)`` (the stage kind's evaluation, e.g. :func:`zero_shot`).
     With ``all_ranks`` (ZeRO-3: parameters are gathered collectively) every rank runs."""
 
-    def __init__(self, cfg: DictConfig, sources, image_size: int, grid: int, tokenizer, device: torch.device,
-                 evaluate: Callable[[StageEvaluator, torch.nn.Module], dict[str, float]],
-                 teacher=None, teacher_image_size: int | None = None) -> None:
-        self.cfg = cfg
-        self.evaluate = evaluate
-        self.sources = sources
-        self.image_size = image_size
-        self.tokenizer = tokenizer
-        self.device = device
-        self.teacher = teacher
-        self.teacher_image_size = teacher_image_size
-        self.batch = cfg.eval.batch_size
-        self.max_samples = cfg.eval.max_samples
-        self._cache: dict = {}
-        self.grid = grid
+    cfg: DictConfig
+    sources: Any  # train.stage_data.StageData: where the held-out sets are
+    image_size: int
+    grid: int
+    tokenizer: Any
+    device: torch.device
+    evaluate: Callable[[StageEvaluator, torch.nn.Module], dict[str, float]]
+    teacher: torch.nn.Module | None = None
+    teacher_image_size: int | None = None
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def batch(self) -> int:
+        return int(self.cfg.eval.batch_size)
+
+    @property
+    def max_samples(self) -> int | None:
+        return self.cfg.eval.max_samples
 
     def classification_set(self):
         if "cls" not in self._cache:

@@ -125,8 +125,8 @@ class TrainingLoop(LoopCheckpoints):
         return phase_at(self.phases, self.phase_ends, step)
 
     def _evaluator(self) -> StageEvaluator:
-        return StageEvaluator(self.cfg, self.sources, self.image_size, self.grid, self.tokenizer,
-                              self.device, self.training.evaluate, self.teacher, self.teacher_image_size)
+        return StageEvaluator(self.cfg, self.sources, self.image_size, self.grid, self.tokenizer, self.device,
+                              self.training.evaluate, self.teacher, self.teacher_image_size)
 
     def _move_towers(self, size: int) -> bool:
         """Run the towers at ``size``: the trained tower's position table (and its optimizer
