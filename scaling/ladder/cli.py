@@ -22,7 +22,7 @@ from scaling.ladder.estimate import plan_problems, plan_rows
 from scaling.ladder.plan import plan_ladder
 from scaling.ladder.render import phase_lines, plan_table, plan_totals, status_table
 from scaling.ladder.status import stage_rows
-from scaling.launch.executors import LaunchError, resolve_executor
+from scaling.launch.executors import EXECUTORS, LaunchError, resolve_executor
 from scaling.models.specs import SpecError
 from scaling.stage_state import STOPPED_EXIT, FolderBusy, hold_folder
 from scaling.tracking import resolve_uri
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--via", action="append", default=[], metavar="RUNG",
                         help="go through these rungs (repeat or comma-separate); default: the ladder file's teachers")
     parser.add_argument("--ladder", metavar="FILE", help="ladder file (default: experiments/ladders/eva.yaml)")
-    parser.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default="auto",
+    parser.add_argument("--executor", choices=EXECUTORS, default="auto",
                         help="auto: slurm when a SLURM cluster is reachable, else local subprocesses")
     proxy = parser.add_mutually_exclusive_group()
     proxy.add_argument("--proxy", dest="proxy", action="store_true", default=None,

@@ -7,7 +7,7 @@ import json
 import sys
 
 from scaling.config import ConfigError
-from scaling.launch import LaunchError
+from scaling.launch import EXECUTORS, LaunchError
 from scaling.sweep import run_sweep, study_status
 from scaling.sweep.runner import prepare
 from scaling.sweep.spec import SweepError, load_sweep
@@ -30,7 +30,7 @@ def _run_parser() -> argparse.ArgumentParser:
         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="sweep file (path, or a name under sweeps/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="changes to the sweep file")
-    p.add_argument("--executor", choices=("auto", "local", "slurm", "debug"), default=None,
+    p.add_argument("--executor", choices=EXECUTORS, default=None,
                    help="where workers run (default: the file's 'executor', else auto)")
     p.add_argument("--check", action="store_true", help="validate the file and open the storage; submit nothing")
     p.add_argument("--detach", action="store_true", help="return once the workers are submitted")
