@@ -82,7 +82,7 @@ class Dispatcher:
         assert self._bars is not None
         bar = self._bars.get(stage.name)
         if bar is None:
-            bar = self._bars[stage.name] = tqdm(total=int(stage.cfg.train.samples), desc=stage.name, unit="sample",
+            bar = self._bars[stage.name] = tqdm(total=stage.samples, desc=stage.name, unit="sample",
                                                 file=sys.stderr, dynamic_ncols=True)
         bar.n = int(seen or 0)
         bar.set_postfix_str(f"{state}, job {job_id}", refresh=True)
@@ -130,7 +130,7 @@ class Dispatcher:
         if self._bars is not None:
             self._bar(stage, seen, state, job_id_of(job))
             return
-        total = int(stage.cfg.train.samples)
+        total = stage.samples
         pct = int(100 * seen / total) if seen is not None and total else -1
         bucket = (state, pct // 10)
         if self._shown.get(stage.name) == bucket:

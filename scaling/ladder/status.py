@@ -29,7 +29,7 @@ def stage_rows(plan: Plan) -> list[dict[str, Any]]:
             "run_id": state.get("run_id"),
             "job_id": state.get("job_id"),
             "samples_seen": None if seen is None else int(seen),
-            "samples": int(stage.cfg.train.samples),
+            "samples": stage.samples,
             "metrics": metrics,
             "fingerprint": stage.fingerprint,
             "out_dir": stage.out_dir.as_posix(),

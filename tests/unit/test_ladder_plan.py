@@ -192,3 +192,16 @@ def test_a_stages_tower_overrides_change_what_the_plan_and_the_report_count(runs
     plain = _costs(pd.Series(row))
     logged = _costs(pd.Series({**row, "params.model.text.depth": "8"}))
     assert logged[2] == plain[2] == "cost model" and logged[1] > plain[1]
+
+
+def test_progress_counts_towards_the_whole_batches_a_stage_trains(runs):
+    from scaling.ladder.status import stage_rows
+
+    plan = plan_ladder("E14", "18B", proxy=True, runs_dir=runs,
+                       overrides=["train.samples=1000", "train.batch_size=48", "clip@18B.phases=[{samples: 500}, {}]"])
+    boot, _, clip = plan.stages
+    assert boot.samples == 1000 // 48 * 48  # 20 steps: 960, not the 1000 asked for
+    assert clip.samples == 500 // 48 * 48 + 500 // 48 * 48  # each phase in whole batches
+    write_state(boot.out_dir, "finished", samples_seen=960)
+    row = next(r for r in stage_rows(plan) if r["stage"] == "clip@E14")
+    assert (row["samples_seen"], row["samples"]) == (960, 960)
