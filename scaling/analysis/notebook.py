@@ -16,6 +16,7 @@ import pandas as pd
 
 from scaling.analysis import load
 from scaling.paths import REPO_ROOT
+from scaling.uris import mask
 
 STORE_FILE = "mlflow.db"  # where make ladder / make ui keep the store, in the project folder
 REPORT_FORMATS = ("png", "svg")  # what python -m scaling.analysis report writes: a rerun replaces both
@@ -42,6 +43,17 @@ def report_dir(experiment: str, out_dir: str | os.PathLike | None = None,
                start: str | os.PathLike | None = None) -> Path:
     """Where the report of ``experiment`` lives (``<project>/reports/<experiment>``), unless given."""
     return Path(out_dir) if out_dir else project_root(start) / "reports" / experiment
+
+
+def has_experiment(uri: str, experiment: str, how: str) -> bool:
+    """Whether the store has ``experiment``; if not, say so and ``how`` to make it, so a notebook
+    opened before its experiment exists runs to the end and shows nothing instead of failing."""
+    try:
+        load.experiment_ids(load.client(uri), experiment)
+        return True
+    except load.AnalysisError as exc:
+        print(f"{exc} in {mask(uri)}: {how}; the cells below show nothing until it exists")
+        return False
 
 
 def curves(uri: str, runs: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -53,25 +53,30 @@ def test_notebook_is_stored_without_outputs(name: str) -> None:
     assert len(tagged) == 1 and "TRACKING_URI" in "".join(tagged[0]["source"])
 
 
-@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
-def test_notebook_executes(name: str, store: str, kernel_dir: Path, tmp_path: Path, monkeypatch) -> None:
-    """Run as a user opens it: the kernel in analysis/, the store from $MLFLOW_TRACKING_URI."""
+def _execute(name: str, experiment: str, store: str, kernel_dir: Path, out: Path, monkeypatch) -> list:
+    """Run as a user opens it: the kernel in analysis/, the store from $MLFLOW_TRACKING_URI; its outputs."""
     import nbformat
     from nbclient import NotebookClient
 
     for key, value in (("JUPYTER_PATH", str(kernel_dir)), ("MLFLOW_TRACKING_URI", store),
-                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("MPLCONFIGDIR", str(tmp_path / "mpl")),
+                       ("MLFLOW_DISABLE_TELEMETRY", "true"), ("MPLCONFIGDIR", str(out.parent / "mpl")),
                        ("PYTHONPATH", str(REPO_ROOT))):
         monkeypatch.setenv(key, value)
     nb = nbformat.read(REPO_ROOT / "analysis" / name, as_version=4)
     # Papermill-style injection: a cell after the tagged parameters cell overrides the defaults.
     index = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
-    out = tmp_path / "out"
-    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(f"EXPERIMENT = {NOTEBOOKS[name]!r}\nOUT_DIR = {str(out)!r}"))
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(f"EXPERIMENT = {experiment!r}\nOUT_DIR = {str(out)!r}"))
     NotebookClient(nb, kernel_name=KERNEL, timeout=120,
                    resources={"metadata": {"path": str(REPO_ROOT / "analysis")}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert [o for o in outputs if o.output_type == "error"] == []
+    return outputs
+
+
+@pytest.mark.parametrize("name", sorted(NOTEBOOKS))
+def test_notebook_executes(name: str, store: str, kernel_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "out"
+    outputs = _execute(name, NOTEBOOKS[name], store, kernel_dir, out, monkeypatch)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 4, "the notebook shows the report's figures"
     written: dict[str, set[str]] = {}
@@ -85,6 +90,16 @@ def test_notebook_executes(name: str, store: str, kernel_dir: Path, tmp_path: Pa
         assert "90 % interval" in text and "no fit" not in text
         assert "predicted" in text and "achieved" in text
         assert {"notebook_curves", "notebook_fit"} <= set(written)
+
+
+def test_a_notebook_whose_experiment_is_not_there_yet_says_how_to_make_it(store: str, kernel_dir: Path,
+                                                                        tmp_path: Path, monkeypatch) -> None:
+    # After `make ladder` the store has the ladder's experiment only: the sweep notebook still runs
+    # to the end (as `make notebooks` runs every notebook) and says what to run first.
+    outputs = _execute("sweep_report.ipynb", "sweep-not-run-yet", store, kernel_dir, tmp_path / "out", monkeypatch)
+    text = "\n".join(o.get("text", "") for o in outputs)
+    assert "no MLflow experiment named 'sweep-not-run-yet'" in text and "python -m scaling.sweep" in text, text
+    assert not (tmp_path / "out").exists()  # no empty report written for it
 
 
 def test_project_folder_is_found_from_a_subfolder(tmp_path: Path, monkeypatch) -> None:
