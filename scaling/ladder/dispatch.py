@@ -94,14 +94,28 @@ class Dispatcher:
     # -- tracking -------------------------------------------------------------------------------
 
     def _open_runs(self, todo: list[PlannedStage], untracked: list[PlannedStage]) -> None:
+        """The parent run now; a stage's own run when its job is submitted (``_stage_run``), so that
+        on the local executor its MLflow start time and duration are its job's, not the ladder's."""
         uri = self.outcome.uri = tracking.resolve_uri(self.tracking_uri or self.plan.stages[0].cfg.tracking.uri)
         parent = self.outcome.parent_run_id = runs.open_parent_run(uri, self.plan, self.executor, self.argv, self.say)
         # upstream first: the runs opened next link to theirs
         runs.record_untracked(uri, self.plan, parent, untracked, self.outcome.run_ids, self.say)
-        runs.open_stage_runs(uri, self.plan, parent, todo, self.outcome.run_ids)
+        for stage in todo:
+            write_state(stage.out_dir, "planned", stage=stage.name, fingerprint=stage.fingerprint,
+                        proxy=self.plan.proxy, parent_run_id=parent, error=None)
 
-    def _end_run(self, name: str, status: str) -> None:
-        runs.end_run(self.outcome.uri, self.outcome.run_ids.get(name), status, self.say)
+    def _stage_run(self, stage: PlannedStage) -> str | None:
+        """The stage's run, opened (or its earlier one found again) the first time it is asked for."""
+        if self.track and self.outcome.parent_run_id and stage.name not in self.outcome.run_ids:
+            runs.open_stage_runs(self.outcome.uri, self.plan, self.outcome.parent_run_id, [stage],
+                                 self.outcome.run_ids)
+        return self.outcome.run_ids.get(stage.name)
+
+    def _end_run(self, name: str, status: str, record: bool = True) -> None:
+        """End the stage's run as ``status``; with ``record``, a stage that never started gets a run
+        that says so (a cancelled stage is in the runs table, KILLED, not missing)."""
+        run_id = self._stage_run(self.plan.stage(name)) if record else self.outcome.run_ids.get(name)
+        runs.end_run(self.outcome.uri, run_id, status, self.say)
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -109,6 +123,7 @@ class Dispatcher:
         executor = make_executor(self.executor, self.jobs_dir, stage.cfg.resources,
                                  name=f"{self.plan.experiment}:{stage.name}")
         follow.depend_on(executor, self.executor, depends)
+        self._stage_run(stage)  # its tracking section set before the job is pickled
         try:
             job = executor.submit(StageJob(stage.cfg, stage_fn=self.stage_fn))
         except Exception as exc:  # sbatch refused (partition, account, limits...): say what it said
@@ -183,7 +198,7 @@ class Dispatcher:
             if job is not None:
                 job.cancel(check=False)
             stage = self.plan.stage(other)
-            self._end_run(other, "KILLED")
+            self._end_run(other, "KILLED", record=not stopped)  # a waiting stage opens its run when it runs
             if stopped:
                 write_state(stage.out_dir, "planned")
                 self.outcome.states[other] = "waiting"

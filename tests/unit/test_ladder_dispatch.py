@@ -89,6 +89,10 @@ def test_ladder_runs_tracks_lineage_and_skips_when_finished(env):
     assert runs["clip@18B"].data.tags["init_run_id"] == ids["mim@18B"]
     assert runs["clip@18B"].data.tags["teacher_run_id"] == ids["clip@E14"]
     assert runs["clip@18B"].data.metrics["eval/synth_cls/top1"] == 0.5
+    # a stage's run opens when its job is submitted (here: after its upstream ended), so the UI's
+    # start time and duration are the stage's own, not the ladder's
+    for up, down in (("clip@E14", "mim@18B"), ("mim@18B", "clip@18B")):
+        assert runs[down].info.start_time >= runs[up].info.end_time, (up, down)
 
     _, again = _run(env)
     assert again.submitted == [] and again.ok and set(again.states.values()) == {"skipped"}
