@@ -44,11 +44,13 @@ test-unit: setup
 
 # pytest exits 5 when it collected nothing: that must fail CI, and it does since make
 # propagates any non-zero status. Three workers on two cores: many integration tests wait on a
-# scheduler, a server or a signal; tests on a SLURM cluster keep to one worker (tests/conftest.py).
+# scheduler, a server or a signal. Each worker that runs a SLURM test starts its own cluster on its
+# own port block (tests/services/slurm.py::worker_port_base): pytest 9.2 ignores the group suffix
+# xdist 3.8 puts on test ids, so --dist loadgroup would not keep them on one worker.
 # The 20 slowest tests are printed at the end, to keep the suite honest about its time.
 TEST_WORKERS ?= 3
 test: lint
-	$(PY) -m pytest -q --timeout 900 -n $(TEST_WORKERS) --dist loadgroup --durations=20 $(ARGS)
+	$(PY) -m pytest -q --timeout 900 -n $(TEST_WORKERS) --dist load --durations=20 $(ARGS)
 
 # prints each experiment's runs-table address, then serves the store with `mlflow ui`
 ui: setup

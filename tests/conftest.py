@@ -20,7 +20,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `tests.services` and `scaling` import from a bare `pytest`
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.services import MlflowServer, ServiceError, SlurmCluster  # noqa: E402
+from tests.services import MlflowServer, ServiceError, SlurmCluster, worker_port_base  # noqa: E402
 
 CACHE = REPO_ROOT / ".cache"
 # Unix socket paths hold 108 bytes: the sockets under the SLURM root need a short root.
@@ -54,17 +54,6 @@ def pytest_configure(config: pytest.Config) -> None:
     _isolate_environment()
 
 
-# Tests on a SLURM cluster share one worker under ``pytest -n`` (``--dist loadgroup``): a
-# cluster is a session's, with its daemons, ports and network namespaces, and most of those
-# tests wait on the scheduler while the other workers use the cores.
-_SERIAL_FIXTURES = {"slurm_cluster", "_two_node_cluster"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if _SERIAL_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.xdist_group("slurm"))
-
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
@@ -74,7 +63,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
     root = tmp_path_factory.mktemp("slurm")
     if len(str(root)) > _MAX_SLURM_ROOT:
         root = Path(tempfile.mkdtemp(prefix="scaling-slurm-", dir="/tmp"))
-    cluster = SlurmCluster(root)
+    cluster = SlurmCluster(root, port_base=worker_port_base())  # a port block per xdist worker
     try:
         cluster.start()
     except ServiceError as exc:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import MlflowServer, PostgresServer, ServiceError, SlurmCluster
+from tests.services import MlflowServer, PostgresServer, ServiceError, SlurmCluster, worker_port_base
 
 
 def _started(what: str, start) -> None:
@@ -37,7 +37,7 @@ def _two_node_cluster() -> Iterator[SlurmCluster]:
         pytest.skip("SCALING_SKIP_SLURM=1: tests that need SLURM are skipped on request")
     # Unix sockets live under the root: it must be short.
     root = Path(tempfile.mkdtemp(prefix="scaling-slurm2-", dir="/tmp"))
-    cluster = SlurmCluster(root, nodes=2)
+    cluster = SlurmCluster(root, port_base=worker_port_base(nodes=2), nodes=2)
     started = time.monotonic()
     try:
         _started("the two-node SLURM test cluster (set SCALING_SKIP_SLURM=1 to skip SLURM tests on purpose)",

@@ -4,6 +4,6 @@ network namespaces), an ``mlflow server`` and PostgreSQL. See README.md in this 
 from .mlflow_server import MlflowServer
 from .postgres import PostgresServer
 from .processes import ServiceError
-from .slurm import SlurmCluster
+from .slurm import SlurmCluster, worker_port_base
 
-__all__ = ["MlflowServer", "PostgresServer", "ServiceError", "SlurmCluster"]
+__all__ = ["MlflowServer", "PostgresServer", "ServiceError", "SlurmCluster", "worker_port_base"]

@@ -24,11 +24,11 @@ from pathlib import Path
 if __package__:
     from . import processes as ps
     from .netns import Network, Node, netns_pids, recorded_netns, remove_recorded
-    from .slurm_conf import CLUSTER_NAME, DB_PASSWORD, slurm_conf, slurmdbd_conf
+    from .slurm_conf import CLUSTER_NAME, DB_PASSWORD, PORT_BASE, slurm_conf, slurmdbd_conf
 else:  # imported by slurm_cli.py run as a script
     import processes as ps
     from netns import Network, Node, netns_pids, recorded_netns, remove_recorded
-    from slurm_conf import CLUSTER_NAME, DB_PASSWORD, slurm_conf, slurmdbd_conf
+    from slurm_conf import CLUSTER_NAME, DB_PASSWORD, PORT_BASE, slurm_conf, slurmdbd_conf
 
 # Debian package -> a program it provides (checked before anything starts).
 PACKAGES = {
@@ -68,6 +68,18 @@ def ensure_packages() -> None:
     )
 
 
+WORKER_PORTS = 200  # each pytest-xdist worker's block: a single-node cluster at +0, a two-node one at +100
+
+
+def worker_port_base(nodes: int = 1) -> int:
+    """This test worker's first port for a cluster of ``nodes`` (``gw<i>`` of ``pytest -n``): two
+    workers that start clusters at the same moment never probe the same ports, so neither takes
+    the other's between its check and its bind."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    return PORT_BASE + WORKER_PORTS * index + (100 if nodes > 1 else 0)
+
+
 class SlurmCluster:
     """Start/stop a cluster (partition ``debug``) whose files live under ``root``.
 
@@ -76,7 +88,7 @@ class SlurmCluster:
     each in its own network namespace (``self.network``).
     """
 
-    def __init__(self, root: Path, port_base: int = 16817, cpus: int | None = None,
+    def __init__(self, root: Path, port_base: int = PORT_BASE, cpus: int | None = None,
                  nodes: int = 1) -> None:
         self.root = Path(root).resolve()
         self.node = socket.gethostname().split(".")[0]
@@ -103,7 +115,7 @@ class SlurmCluster:
 
     def _network(self) -> Network:
         # One subnet per port block: two live clusters never share a bridge or an address.
-        return Network(self.root, (self.ctld_port - 16817) // 10, self.num_nodes)
+        return Network(self.root, (self.ctld_port - PORT_BASE) // 10, self.num_nodes)
 
     @property
     def nodes(self) -> list[str]:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 CLUSTER_NAME = "scaling"
 PARTITION = "debug"
 DB_PASSWORD = "scaling-test"  # MariaDB listens on 127.0.0.1 only and lives as long as the cluster
+PORT_BASE = 16817  # the first cluster's slurmctld port; each further block of 10 is another cluster's
 
 
 def slurm_conf(c: SlurmCluster) -> str:
@@ -79,7 +80,7 @@ PartitionName={PARTITION} Nodes={",".join(c.nodes)} Default=YES MaxTime=INFINITE
 
 
 def _first_job_id(c: SlurmCluster) -> int:
-    block = (c.ctld_port - 16817) // 10
+    block = (c.ctld_port - PORT_BASE) // 10
     return 1 + 100_000 * block + (500_000 if c.network else 0)
 
 
