@@ -138,8 +138,8 @@ class StageJob(submitit.helpers.Checkpointable):
                         resume_from=self.resume_from, started=time.time(), world_size=int(env["WORLD_SIZE"]),
                         nodes=os.environ.get("SLURM_JOB_NODELIST"), master=f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}")
             if logger is not None and self.resume_from is None:
-                # The ladder opens a stage's MLflow run when it plans, long before an upstream
-                # stage lets it start: this tag is when the stage's own time begins.
+                # The ladder opens a stage's MLflow run when it submits the job, on SLURM long
+                # before an upstream stage lets it start: this tag is when its own time begins.
                 logger.set_tags({"stage_started_at": f"{time.time():.3f}"})
         # in the job process, as above
         from scaling.train.checkpoint import latest_checkpoint

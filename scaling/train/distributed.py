@@ -97,6 +97,19 @@ def pick_device(env: DistEnv) -> torch.device:
     return torch.device("cpu")
 
 
+def kernel_tags(device: torch.device) -> dict[str, str]:
+    """What picks a run's floating-point kernels, as MLflow tags. On CPU, torch's instruction set
+    (``AVX512`` or ``AVX2``; ``ATEN_CPU_CAPABILITY`` and oneDNN's ``ONEDNN_MAX_CPU_ISA`` cap it)
+    changes the rounding, and a proxy stage from the same seed then takes another trajectory, as
+    large as a seed change: two runs that differ should be checked here first."""
+    tags = {"torch_version": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if os.environ.get("ONEDNN_MAX_CPU_ISA"):
+        tags["onednn_max_cpu_isa"] = os.environ["ONEDNN_MAX_CPU_ISA"]
+    if device.type == "cuda":
+        tags["gpu"] = torch.cuda.get_device_name(device)
+    return tags
+
+
 def init(env: DistEnv, backend: str, export: bool = False) -> None:
     """Join the process group (nothing to do for one process). ``export`` writes the torchrun
     variables, which DeepSpeed reads even for a single process."""

@@ -103,6 +103,7 @@ def run_stage(cfg: DictConfig, logger: MetricLogger | None = None,
         # every metric goes through the stage's spool first; a resume resends what it holds
         logger = MetricSpool(out, logger if logger is not None else NullLogger())
         logger.resend()
+        logger.set_tags(distributed.kernel_tags(device))
     else:
         logger = NullLogger()
     try:

@@ -55,6 +55,11 @@ def test_a_stage_in_the_foreground_logs_to_mlflow_and_continues_its_run(tmp_path
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and run.data.tags["rung"] == "B16"
     assert (run.data.tags["stage"], run.data.tags["kind"]) == ("clip@B16", "clip")  # as the ladder tags it
+    import torch
+
+    # the kernels that ran: CPU runs on another instruction set take another trajectory
+    assert run.data.tags["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert run.data.tags["torch_version"] == torch.__version__
     assert run.data.params["optim.name"] == "lamb"
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [1, 2]
     assert "eval/synth_cls/top1" in run.data.metrics
