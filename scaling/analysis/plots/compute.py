@@ -1,4 +1,4 @@
-"""Metric against training compute: frontier, power-law fit with bootstrap band, next-rung prediction."""
+"""Metric against training compute: frontier, power-law fit with its 90 % band, next-rung prediction."""
 
 from __future__ import annotations
 
@@ -67,9 +67,9 @@ def compute_scaling(
         b_lo, b_hi = fit.exponent_interval()
         formula = fit.formula("err" if spec.higher_is_better else "y", "C", "FLOPs")
         ax.plot(xs, fit.predict(xs), color=COLORS["fit"], lw=2,
-                label=f"fit: {formula}\n     exponent 90% CI [{b_lo:.3g}, {b_hi:.3g}], {fit.n} stages")  # fmt: skip
+                label=f"fit: {formula}\n     exponent 90% CI [{b_lo:.3g}, {b_hi:.3g}] ({fit.interval})")  # fmt: skip
         if len(fit.boot) >= 2:
-            ax.fill_between(xs, lo, hi, color=COLORS["fit"], alpha=0.15, lw=0, label="90% bootstrap band")
+            ax.fill_between(xs, lo, hi, color=COLORS["fit"], alpha=0.15, lw=0, label=f"90% band ({fit.interval})")
         if next_point is not None:
             name, x = next_point
             y = float(fit.predict(x))
