@@ -220,3 +220,9 @@ def verdict(row: pd.Series, key: str = "mim_init-random_init") -> str:
     if hi < 0:
         return "loss: interval below 0"
     return "not resolved: interval contains 0"
+
+
+def signed_gain(value: float, spec: str = "+.4g", scale: float = 1.0) -> str:
+    """A gain with its sign, as the report and the study's printout show it; two equal arm means
+    differ by float rounding (e.g. -9e-18), which reads +0, not -9.252e-18 or -0.0."""
+    return format(0.0 if abs(value) < 1e-12 else scale * value, spec)

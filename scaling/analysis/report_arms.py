@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from scaling.analysis.arms import ARMS, COMPARISONS, gains, verdict, weak_to_strong
+from scaling.analysis.arms import ARMS, COMPARISONS, gains, signed_gain, verdict, weak_to_strong
 from scaling.analysis.markdown import md_table
 
 # held-out losses a study's arms are also compared on (``scaling.eval.zeroshot``)
@@ -54,7 +54,7 @@ def arms_section(runs: pd.DataFrame, metric: str,
                                  strict=True)]  # fmt: skip
     for a, b, _ in comparisons:
         key = f"{a}-{b}"
-        out[f"gain vs {b}"] = [_signed(v) if not pd.isna(v) else "–" for v in table[key]]
+        out[f"gain vs {b}"] = [signed_gain(v) if not pd.isna(v) else "–" for v in table[key]]
         out[f"90 % vs {b}"] = [_interval(lo, hi) for lo, hi in zip(table[f"{key}_low"], table[f"{key}_high"],
                                                                     strict=True)]  # fmt: skip
         out[f"method vs {b}"] = table[f"{key}_method"]
@@ -76,11 +76,6 @@ def arms_section(runs: pd.DataFrame, metric: str,
     return lines, notes
 
 
-def _signed(value: float) -> str:
-    """A gain with its sign; equal arms (a difference of float means, e.g. -9e-18) read +0."""
-    return f"{0.0 if abs(value) < 1e-12 else value:+.4g}"
-
-
 def _arm_losses(runs: pd.DataFrame) -> list[str]:
     """The same comparison on the held-out losses, which keep separating the arms after top-1 has
     reached the colour plateau."""
@@ -91,7 +86,7 @@ def _arm_losses(runs: pd.DataFrame) -> list[str]:
     out["metric"] = [f"`{m}`" for m in table["metric"]]
     out["mim_init"] = [f"{v:.4g}" for v in table["mim_init"]]
     out["control mean"] = [f"{v:.4g}" for v in table["control_mean"]]
-    out["gain (lower loss)"] = [_signed(v) for v in table["gain"]]
+    out["gain (lower loss)"] = [signed_gain(v) for v in table["gain"]]
     out["90 %"] = [_interval(lo, hi) for lo, hi in zip(table["low"], table["high"], strict=True)]
     out["method"] = table["method"]
     out["verdict"] = [verdict(pd.Series({"g_low": lo, "g_high": hi}), "g")

@@ -145,7 +145,7 @@ def _tag_runs(uri: str, study, outcome) -> None:
 
 def _summary(uri: str, experiment: str, report_dir: Path, out: Any, law_metric: str) -> None:
     # pandas and scipy only for the summary
-    from scaling.analysis.arms import COMPARISONS, verdict, weak_to_strong
+    from scaling.analysis.arms import COMPARISONS, signed_gain, verdict, weak_to_strong
     from scaling.analysis.load import runs_frame
     from scaling.analysis.report import DEFAULT_METRIC, write_report
 
@@ -160,8 +160,9 @@ def _summary(uri: str, experiment: str, report_dir: Path, out: Any, law_metric: 
                 continue
             lo, hi = row[f"{key}_low"], row[f"{key}_high"]
             interval = f"[{100 * lo:+.1f}, {100 * hi:+.1f}]" if lo == lo else "(no interval)"
+            gain = signed_gain(row[key], "+.1f", scale=100)
             print(f"  {row['stage']} at {row['budget']} samples ({row['upstream']} upstream) vs {b}: "
-                  f"{100 * row[key]:+.1f} {interval}; {row[f'{key}_method']}; {verdict(row, key)}", file=out)
+                  f"{gain} {interval}; {row[f'{key}_method']}; {verdict(row, key)}", file=out)
     print(f"report: {path}", file=out)
 
 

@@ -71,6 +71,7 @@ def test_export_benchmark_and_log_back(trained: dict) -> None:
         for metric in wanted:
             ours, theirs = metrics[f"eval/{name}/{metric}"], metrics[f"benchmark/{name}/{metric}"]
             assert theirs == pytest.approx(ours, abs=1e-6), (name, metric)
+    assert "benchmark/tiny-captions/image_r5" in metrics
 
 
 def test_wrong_stage_or_folder_exits_2(trained: dict, tmp_path: Path) -> None:

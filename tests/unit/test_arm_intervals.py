@@ -58,3 +58,11 @@ def test_one_data_set_gives_floats_and_too_few_seeds_is_an_error() -> None:
         mean_difference_interval([0.3], [0.2, 0.1])
     with pytest.raises(FitError, match="one value per seed in both arms"):
         mean_difference_interval([0.3, 0.2, 0.1], [0.2, 0.1], paired=True)
+
+
+def test_a_gain_of_equal_arm_means_reads_plus_zero() -> None:
+    from scaling.analysis.arms import signed_gain
+
+    gain, _, _ = mean_difference_interval([0.1524, 0.14, 0.13], [0.14, 0.1524, 0.13], paired=True)
+    assert signed_gain(gain) == "+0" and signed_gain(gain, "+.1f", scale=100) == "+0.0"
+    assert signed_gain(0.04702, "+.1f", scale=100) == "+4.7" and signed_gain(-0.01845) == "-0.01845"
